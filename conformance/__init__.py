@@ -1,0 +1,1 @@
+"""Conformance: case catalog, golden corpus, runner, reports, CLI."""

@@ -1,0 +1,12 @@
+"""refmask: the reference specification of Transformer attention masks and attention outputs.
+
+``refmask.masks`` is the mask algebra; ``refmask.convert`` translates masks to and from the
+peers' representations; ``refmask.render`` draws them. Nothing here imports a framework.
+"""
+
+from . import masks
+
+__version__ = "0.1.0"
+SPEC_VERSION = "0.1"
+
+__all__ = ["SPEC_VERSION", "__version__", "masks"]

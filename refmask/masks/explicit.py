@@ -1,0 +1,94 @@
+"""An explicit boolean keep array, as given (True = attend).
+
+    explicit([[0,0,0,0,0],         the "dynamic mask" example of the masking articles:
+              [1,1,1,1,1], ...])   row 0 keeps nothing -- an empty row
+        01234
+      0 ·····
+      1 █████
+      2 █████
+      3 █████
+      4 █████
+
+The array must already be bool: 0/1 integers, additive floats and "True = masked" arrays are
+refused rather than guessed at; convert them with :mod:`refmask.convert`, which names the
+polarity. Shapes broadcast to (B, H, Tq, Tk): a 2-D array is (Tq, Tk), a (B, 1, 1, Tk) array is
+a per-batch key mask, and so on.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._validate import check_bool_array
+from ._base import Mask, classify_by_evaluation
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class Explicit(Mask):
+    """keep iff ``array[b, h, i, j]`` (size-1 axes broadcast)."""
+
+    array: np.ndarray
+    kind = "explicit"
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.array.shape[0] if self.array.shape[0] > 1 else None
+
+    @property
+    def num_heads(self) -> int | None:
+        return self.array.shape[1] if self.array.shape[1] > 1 else None
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Explicit) and self.array.shape == other.array.shape and bool(
+            np.array_equal(self.array, other.array))
+
+    def __hash__(self) -> int:
+        return hash((self.array.shape, self.array.tobytes()))
+
+    def _keep(self, grid, b, h, i, j):
+        batch, heads, rows, cols = self.array.shape
+        for axis, size, length in (("Tq", rows, grid.q_len), ("Tk", cols, grid.k_len)):
+            if size not in (1, length):
+                raise ValueError(f"explicit: keep array has {axis} = {size} but the attention "
+                                 f"has {axis} = {length}")
+        xp = grid.xp
+        flat = xp.asarray(self.array.reshape(-1), device=grid.device)
+        # Size-1 axes broadcast: their index is always 0.
+        index = (((b if batch > 1 else b * 0) * heads + (h if heads > 1 else h * 0)) * rows
+                 + (i if rows > 1 else i * 0)) * cols + (j if cols > 1 else j * 0)
+        return xp.reshape(xp.take(flat, xp.reshape(index, (-1,)), axis=0), index.shape)
+
+    def _classify(self, b, h, q0, q1, k0, k1, q_len, k_len):
+        return classify_by_evaluation(self, b, h, q0, q1, k0, k1, q_len, k_len)
+
+    def _params(self) -> dict:
+        packed = np.packbits(self.array.reshape(-1), bitorder="little")
+        return {"shape": list(self.array.shape), "bits": base64.b64encode(packed).decode("ascii")}
+
+    def __repr__(self) -> str:
+        return f"explicit(<bool array of shape {tuple(self.array.shape)}>)"
+
+
+def explicit(keep) -> Explicit:
+    """Mask from a bool array broadcastable to (B, H, Tq, Tk), True = attend (2 to 4 dims)."""
+    array = check_bool_array("explicit", "keep", keep)
+    if not 2 <= array.ndim <= 4:
+        raise ValueError(f"explicit: keep must have 2 to 4 dims (…, Tq, Tk), got shape "
+                         f"{array.shape}")
+    array = array.reshape((1,) * (4 - array.ndim) + array.shape)
+    array.setflags(write=False)
+    return Explicit(array)
+
+
+def explicit_from_json(shape, bits: str) -> Explicit:
+    """Inverse of ``Explicit._params``: unpack little-endian bits into a bool array."""
+    count = int(np.prod(shape))
+    raw = np.frombuffer(base64.b64decode(bits.encode("ascii"), validate=True), dtype=np.uint8)
+    if raw.size != (count + 7) // 8:
+        raise ValueError(f"explicit: bits holds {raw.size} bytes, expected {(count + 7) // 8} for "
+                         f"shape {shape}")
+    array = np.unpackbits(raw, count=count, bitorder="little").astype(bool).reshape(shape)
+    return explicit(array)

@@ -1,0 +1,74 @@
+"""A user predicate ``fn(b, h, q_idx, kv_idx) -> bool array`` (FlexAttention ``mask_mod`` style).
+
+The function receives *indices* (not positions) as broadcastable integer arrays of one
+array-API namespace and must return a bool array; it must be pure. ``classify`` evaluates it
+on each rectangle. A module-level function serialises to JSON as ``"module:qualname"``.
+
+    predicate(lambda b, h, i, j: (i + j) % 2 == 0), Tq=Tk=4
+        0123
+      0 █·█·
+      1 ·█·█
+      2 █·█·
+      3 ·█·█
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from ._base import Mask, classify_by_evaluation
+
+
+@dataclass(frozen=True, repr=False)
+class Predicate(Mask):
+    """keep iff ``fn(b, h, i, j)``."""
+
+    fn: object
+    kind = "predicate"
+
+    def _keep(self, grid, b, h, i, j):
+        result = self.fn(b, h, i, j)
+        dtype = getattr(result, "dtype", None)
+        if dtype != grid.xp.bool:
+            raise TypeError(f"predicate: fn must return a bool array (True = attend), got "
+                            f"{type(result).__name__} with dtype {dtype}")
+        return result
+
+    def _classify(self, b, h, q0, q1, k0, k1, q_len, k_len):
+        return classify_by_evaluation(self, b, h, q0, q1, k0, k1, q_len, k_len)
+
+    def _params(self) -> dict:
+        return {"fn": function_path(self.fn)}
+
+    def __repr__(self) -> str:
+        name = getattr(self.fn, "__qualname__", type(self.fn).__name__)
+        return f"predicate({getattr(self.fn, '__module__', '?')}:{name})"
+
+
+def function_path(fn) -> str:
+    """``"module:qualname"`` of an importable module-level function, else a clear error."""
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", "")
+    if not module or "<" in qualname:
+        raise ValueError(f"predicate: fn {qualname or fn!r} cannot be serialised: only functions "
+                         "defined at module level can be named in JSON")
+    return f"{module}:{qualname}"
+
+
+def import_function(path: str):
+    """Inverse of :func:`function_path`."""
+    module, _, qualname = path.partition(":")
+    if not module or not qualname:
+        raise ValueError(f"predicate: fn must be written 'module:qualname', got {path!r}")
+    target = importlib.import_module(module)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def predicate(fn) -> Predicate:
+    """Mask from ``fn(b, h, q_idx, kv_idx) -> bool array``; fn must be callable and pure."""
+    if not callable(fn):
+        raise TypeError(f"predicate: fn must be callable, got {type(fn).__name__}")
+    return Predicate(fn)
