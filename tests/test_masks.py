@@ -530,3 +530,21 @@ def test_classify_of_a_tile_grid_matches_dense_for_all_batches(case, tile_q, til
                 assert block.all()
             elif spec["kind"] not in ("and", "or", "not"):
                 assert block.any() and not block.all()
+
+
+def test_from_json_errors_name_the_field():
+    with pytest.raises(ValueError, match="bits must be base64"):
+        from_json({"kind": "explicit", "shape": [1, 1, 2, 2], "bits": "not base64!"})
+    with pytest.raises(ValueError, match="bits holds"):
+        from_json({"kind": "explicit", "shape": [1, 1, 4, 4], "bits": "AA=="})
+    with pytest.raises(ValueError, match="fn 'numpy:nonexistent_fn' cannot be imported"):
+        from_json({"kind": "predicate", "fn": "numpy:nonexistent_fn"})
+    with pytest.raises(ValueError, match="cannot be imported"):
+        from_json({"kind": "predicate", "fn": "no_such_module_xyz:f"})
+
+
+def test_repr_of_offsets_is_the_constructor_argument():
+    assert repr(causal(align=7)) == "causal(align=7)"
+    assert repr(causal(align=[1, 2])) == "causal(align=[1, 2])"
+    again = eval(repr(causal(align=[1, 2])), {"causal": causal})  # noqa: S307 - our own repr
+    assert again == causal(align=[1, 2])

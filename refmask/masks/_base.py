@@ -209,7 +209,10 @@ class Mask:
         return {"kind": self.kind, **self._params()}
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{name}={value!r}" for name, value in self._params().items())
+        params = self._params()
+        if "align" in params:
+            params["align"] = self.align  # Alignment's repr is the constructor argument
+        args = ", ".join(f"{name}={value!r}" for name, value in params.items())
         return f"{self.kind}({args})"
 
     # -- helpers for subclasses ---------------------------------------------------------------

@@ -86,7 +86,12 @@ def explicit(keep) -> Explicit:
 def explicit_from_json(shape, bits: str) -> Explicit:
     """Inverse of ``Explicit._params``: unpack little-endian bits into a bool array."""
     count = int(np.prod(shape))
-    raw = np.frombuffer(base64.b64decode(bits.encode("ascii"), validate=True), dtype=np.uint8)
+    try:
+        raw = np.frombuffer(base64.b64decode(str(bits).encode("ascii"), validate=True),
+                            dtype=np.uint8)
+    except (ValueError, UnicodeEncodeError) as error:
+        raise ValueError(f"explicit: bits must be base64 text, got {str(bits)[:40]!r}: "
+                         f"{error}") from None
     if raw.size != (count + 7) // 8:
         raise ValueError(f"explicit: bits holds {raw.size} bytes, expected {(count + 7) // 8} for "
                          f"shape {shape}")

@@ -61,9 +61,14 @@ def import_function(path: str):
     module, _, qualname = path.partition(":")
     if not module or not qualname:
         raise ValueError(f"predicate: fn must be written 'module:qualname', got {path!r}")
-    target = importlib.import_module(module)
-    for part in qualname.split("."):
-        target = getattr(target, part)
+    try:
+        target = importlib.import_module(module)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"predicate: fn {path!r} cannot be imported: {error}") from None
+    if not callable(target):
+        raise ValueError(f"predicate: fn {path!r} is not callable")
     return target
 
 

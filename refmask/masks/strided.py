@@ -11,8 +11,10 @@ positions away.
       3 ·█·█·
       4 █·█·█
 
-A dilated sliding window is ``sliding_window(...) & strided(d, ...)``; the Sparse Transformer's
-strided pattern is ``sliding_window(l - 1, 0) | strided(l)`` under ``causal``.
+A dilated sliding window is ``sliding_window(...) & strided(d, ...)``. The Sparse Transformer's
+strided pattern splits over two heads: A1(i) = {max(0, i - l), ..., i}, i.e.
+``sliding_window(l, 0)``, and A2 = ``strided(l) & causal``; as one head,
+``per_head(sliding_window(l, 0, ...), strided(l, ...) & causal(...))``.
 """
 
 from __future__ import annotations
