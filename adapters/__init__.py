@@ -1,1 +1,36 @@
-"""Backend adapters: one module per backend, each imported lazily."""
+"""Backend adapters: one module per backend, each imported lazily.
+
+Every backend module has the same shape: a tuple ``ADAPTERS`` of
+:class:`~refmask.adapters.common.Adapter`. :func:`load` finds an adapter by name without
+importing any other backend, so a missing framework only affects its own adapters.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .common import Adapter, Output, Profile, Unsupported
+
+#: adapter name -> module that defines it (imported only when asked for).
+REGISTRY = {
+    "numpy": "refmask.adapters.reference",
+}
+
+
+def names() -> list[str]:
+    """Every registered adapter name."""
+    return sorted(REGISTRY)
+
+
+def load(name: str) -> Adapter:
+    """The adapter called ``name``; unknown names are an error listing the known ones."""
+    if name not in REGISTRY:
+        raise ValueError(f"adapters.load: unknown backend {name!r}; known backends: {names()}")
+    module = importlib.import_module(REGISTRY[name])
+    for adapter in module.ADAPTERS:
+        if adapter.name == name:
+            return adapter
+    raise ValueError(f"adapters.load: module {REGISTRY[name]} defines no adapter {name!r}")
+
+
+__all__ = ["Adapter", "Output", "Profile", "Unsupported", "load", "names"]

@@ -1,5 +1,12 @@
 """The ``refmask`` command line.
 
+    refmask check BACKEND... [--impl module:function] [--dtype D ...] [--filter TEXT]
+                  [--grads] [--report out.html|.md|.json] [--overwrite] [--quiet]
+                                                      the conformance suite; exit 1 on a fail
+    refmask golden generate DIR [--dtype D ...] [--filter TEXT] [--overwrite]
+    refmask golden verify [DIR] [--no-regenerate]     default DIR: the shipped corpus
+    refmask fuzz BACKEND [--examples N] [--seed S] [--dtype D ...]
+                                                      random cases; prints a reproducer
     refmask gallery [--ascii]                         every primitive, drawn
     refmask render MASK_JSON --q-len N --k-len N      one mask (JSON as written by to_json)
                    [--batch B] [--head H] [--png PATH] [--cell PX] [--overwrite]
@@ -48,11 +55,128 @@ def _render(args) -> int:
     return 0
 
 
+def _check(args) -> int:
+    import os
+
+    from . import report as reports
+    from .cases import DTYPES
+    from .runner import check
+
+    targets = list(args.backends) + list(args.impl or [])
+    if not targets:
+        raise ValueError("check: name at least one BACKEND or --impl module:function")
+    for dtype in args.dtype or ():
+        if dtype not in DTYPES:
+            raise ValueError(f"check: --dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    failed = False
+    for n, target in enumerate(targets):
+        result = check(target, dtypes=args.dtype, filter=args.filter, grads=args.grads)
+        if not result.results:
+            raise ValueError(f"check: no case matches --filter {args.filter!r} and --dtype "
+                             f"{args.dtype}")
+        print(reports.terminal(result, colour=colour, details=not args.quiet))
+        if args.report:
+            path = args.report
+            if len(targets) > 1:
+                stem, suffix = os.path.splitext(path)
+                path = f"{stem}.{n}-{result.backend.replace(':', '_').replace('/', '_')}{suffix}"
+            reports.write(result, path, overwrite=args.overwrite)
+            print(f"wrote {path}")
+        failed = failed or result.failed
+    return 1 if failed else 0
+
+
+def _progress_bar(label: str):
+    """A one-line progress bar on stderr (only when stderr is a terminal)."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        filled = int(30 * done / max(total, 1))
+        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def _golden(args) -> int:
+    from . import golden
+    from .runner import select_cases
+
+    if args.action == "generate":
+        if not args.directory:
+            raise ValueError("golden generate: DIR is required")
+        cases = select_cases(dtypes=args.dtype, filter=args.filter)
+        path = golden.generate(args.directory, cases, overwrite=args.overwrite,
+                               progress=_progress_bar("generating"))
+        print(f"wrote {len(cases)} cases to {path}")
+        return 0
+    directory = args.directory or golden.shipped_corpus_path()
+    problems = golden.verify(directory, regenerate=not args.no_regenerate)
+    for problem in problems:
+        print(f"problem: {problem}")
+    what = "hashes and bit-identical regeneration" if not args.no_regenerate else "hashes"
+    print(f"{directory}: {'OK' if not problems else f'{len(problems)} problems'} ({what})")
+    return 1 if problems else 0
+
+
+def _fuzz(args) -> int:
+    from .cases import DTYPES
+    from .strategies import fuzz
+
+    found = fuzz(args.backend, max_examples=args.examples, seed=args.seed,
+                 dtypes=args.dtype or DTYPES)
+    if found is None:
+        print(f"no failing case in {args.examples} random cases")
+        return 0
+    case, result, code = found
+    print(f"fail on {case.id}: {result.reason}")
+    if result.picture:
+        print(result.picture)
+    print("\nreproducer:\n")
+    print(code)
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refmask", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version",
                         version=f"refmask {__version__} (spec {SPEC_VERSION})")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("check", help="run the conformance suite against backends")
+    run.add_argument("backends", nargs="*", help="backend names, e.g. numpy")
+    run.add_argument("--impl", action="append", metavar="MODULE:FUNCTION",
+                     help="check your own function fn(q, k, v, call) (see README)")
+    run.add_argument("--dtype", action="append", metavar="DTYPE",
+                     help="only these dtypes (repeatable; default: all)")
+    run.add_argument("--filter", help="only cases whose id or flags contain one of these "
+                     "comma-separated texts")
+    run.add_argument("--grads", action="store_true", help="also check gradients")
+    run.add_argument("--report", help="write a report: .json, .md or .html")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    run.add_argument("--quiet", action="store_true", help="only the summary table")
+    run.set_defaults(run=_check)
+
+    gold = commands.add_parser("golden", help="generate or verify a golden corpus")
+    gold.add_argument("action", choices=["generate", "verify"])
+    gold.add_argument("directory", nargs="?", help="corpus directory")
+    gold.add_argument("--dtype", action="append", metavar="DTYPE", help="generate: dtypes")
+    gold.add_argument("--filter", help="generate: only matching cases")
+    gold.add_argument("--overwrite", action="store_true", help="generate: replace DIR")
+    gold.add_argument("--no-regenerate", action="store_true",
+                      help="verify: check hashes only, do not recompute")
+    gold.set_defaults(run=_golden)
+
+    fz = commands.add_parser("fuzz", help="judge a backend on random cases (hypothesis)")
+    fz.add_argument("backend", help="backend name or module:function")
+    fz.add_argument("--examples", type=int, default=200, help="random cases (default 200)")
+    fz.add_argument("--seed", type=int, default=None, help="seed for reproducible runs")
+    fz.add_argument("--dtype", action="append", metavar="DTYPE", help="only these dtypes")
+    fz.set_defaults(run=_fuzz)
 
     show = commands.add_parser("gallery", help="draw every mask primitive")
     show.add_argument("--ascii", action="store_true", help="use '#' and '.' only")
@@ -76,7 +200,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, FileExistsError) as error:
         print(f"refmask: error: {error}", file=sys.stderr)
         return 2
 

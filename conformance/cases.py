@@ -1,0 +1,423 @@
+"""The case catalog: named, flagged attention cases in the spirit of Wycheproof and the ONNX
+backend tests.
+
+A :class:`Case` is a complete specification of one attention call: the mask, the shapes
+(B, Hq, Hkv, Tq, Tk, Dqk, Dv), the dtype, every score feature (scale, softcap, bias, ALiBi,
+sinks, dropout) and the seed of its inputs. Inputs are never stored: :func:`case_inputs`
+regenerates them bit for bit from Philox words (``refmask.rng``), keyed by
+``(seed, "<case name>/<tensor name>")``.
+
+Flags are *derived* from the case (``EmptyRow`` from the materialised mask, ``GQA`` from the
+head counts, ...) plus a few that only the author knows (``WindowConvention``), so a flag can
+never disagree with the case it labels. The catalog reads as a list of specifications:
+``catalog()`` builds it from the base cases in :func:`base_cases`, each expanded to every dtype
+in :data:`DTYPES`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from refmask import masks as m
+from refmask import rng
+from refmask.attention import Alibi
+
+DTYPES = ("float64", "float32", "float16", "bfloat16")
+
+#: Every flag a case may carry, with its meaning (reports group by these).
+FLAGS = {
+    "EmptyRow": "some query row keeps no key (the empty-row policy decides the output)",
+    "NonSquare": "Tq != Tk",
+    "NonSquareCausal": "a position-dependent mask with Tq != Tk (alignment matters)",
+    "TopLeft": "the mask or ALiBi uses top-left alignment",
+    "BottomRight": "the mask or ALiBi uses bottom-right alignment",
+    "KVCache": "an explicit integer query offset (past tokens in a KV cache)",
+    "Causal": "the mask contains a causal part",
+    "SlidingWindow": "the mask contains a sliding window",
+    "WindowConvention": "the case separates the W / W+1 / (W-1, 0) window conventions",
+    "Chunked": "chunked (Llama 4) attention",
+    "BlockCausal": "block-causal progressive exposure",
+    "PrefixLM": "prefix-LM",
+    "Documents": "packed documents / segment ids / varlen",
+    "KeyPadding": "padded keys",
+    "QueryPadding": "padded query rows",
+    "LeftPadding": "left padding",
+    "Strided": "strided / dilated pattern",
+    "GlobalTokens": "global tokens",
+    "ExplicitMask": "an explicit bool array mask",
+    "PerHeadMask": "the mask differs between heads",
+    "PerBatchMask": "the mask differs between batch entries",
+    "GQA": "grouped-query attention (1 < Hkv < Hq)",
+    "MQA": "multi-query attention (Hkv = 1 < Hq)",
+    "CustomScale": "an explicit scale instead of 1/sqrt(Dqk)",
+    "Softcap": "tanh softcapping of the scores",
+    "SoftcapBeforeMask": "softcap together with a mask (softcap must come first)",
+    "Bias": "an additive bias array",
+    "ALiBi": "ALiBi linear biases",
+    "Sink": "per-head attention sinks",
+    "Dropout": "a given dropout keep-mask",
+    "DqkNeDv": "different head dims for q/k and v",
+    "BTHD": "(B, T, H, D) layout",
+    "Length1": "Tq or Tk is 1",
+    "Length0": "Tq or Tk is 0",
+    "LargeMagnitude": "scores large enough to overflow a naive exp",
+    "LowPrecision": "float16 or bfloat16",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One attention call, completely specified.
+
+    Shapes use B (batch), Hq/Hkv (query/key-value heads), Tq/Tk (query/key length),
+    Dqk/Dv (head dims). ``scale=None`` means the spec's default ``1/sqrt(Dqk)``.
+    ``bias``/``sinks`` are switches: the values come from the case's random stream.
+    ``input_scale`` multiplies q and k (large values stress the softmax).
+    ``empty_rows`` is the policy under which the golden output is defined.
+    """
+
+    name: str
+    family: str
+    mask: m.Mask | None
+    batch: int = 2
+    q_heads: int = 2
+    kv_heads: int = 2
+    q_len: int = 6
+    k_len: int = 6
+    qk_dim: int = 8
+    v_dim: int = 8
+    dtype: str = "float64"
+    layout: str = "BHTD"
+    scale: float | None = None
+    softcap: float | None = None
+    bias: bool = False
+    alibi: Alibi | None = None
+    sinks: bool = False
+    dropout_rate: float | None = None
+    input_scale: float = 1.0
+    empty_rows: str = "zero"
+    seed: int = 0
+    notes: str = ""
+    extra_flags: tuple = field(default=())
+
+    @property
+    def id(self) -> str:
+        """Unique id: the base name and the dtype, e.g. ``causal/bottom_right/wide@float16``."""
+        return f"{self.name}@{self.dtype}"
+
+    @property
+    def flags(self) -> tuple:
+        return derive_flags(self)
+
+    def keep(self) -> np.ndarray:
+        """The dense keep mask (B, Hq, Tq, Tk); all True without a mask."""
+        if self.mask is None:
+            return np.ones((self.batch, self.q_heads, self.q_len, self.k_len), dtype=bool)
+        return np.asarray(self.mask.materialize(self.batch, self.q_heads, self.q_len,
+                                                self.k_len))
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id, "name": self.name, "family": self.family,
+            "mask": None if self.mask is None else self.mask.to_json(),
+            "shape": {"B": self.batch, "Hq": self.q_heads, "Hkv": self.kv_heads,
+                      "Tq": self.q_len, "Tk": self.k_len, "Dqk": self.qk_dim, "Dv": self.v_dim},
+            "dtype": self.dtype, "layout": self.layout, "scale": self.scale,
+            "softcap": self.softcap, "bias": self.bias,
+            "alibi": None if self.alibi is None else {
+                "slopes": list(self.alibi.slopes), "convention": self.alibi.convention,
+                "align": self.alibi.align.to_json()},
+            "sinks": self.sinks, "dropout_rate": self.dropout_rate,
+            "input_scale": self.input_scale, "empty_rows": self.empty_rows, "seed": self.seed,
+            "flags": list(self.flags), "notes": self.notes,
+        }
+
+
+def _nodes(mask):
+    """Every node of a mask tree (the mask, its parts, their parts, ...)."""
+    stack = [mask]
+    while stack:
+        node = stack.pop()
+        if node is None:
+            continue
+        yield node
+        stack.extend(getattr(node, "masks", ()))
+        if hasattr(node, "mask"):
+            stack.append(node.mask)
+
+
+def _alignments(mask) -> set:
+    """Alignment kinds used anywhere in a mask tree."""
+    return {node.align.kind for node in _nodes(mask) if getattr(node, "align", None)}
+
+
+def _kinds(mask) -> set:
+    """Mask kinds in a tree, plus "left_padding" when some padding is on the left."""
+    kinds = set()
+    for node in _nodes(mask):
+        kinds.add(node.kind)
+        if node.kind in ("key_padding", "query_padding") and node.side == "left":
+            kinds.add("left_padding")
+    return kinds
+
+
+_KIND_FLAGS = {
+    "causal": "Causal", "sliding_window": "SlidingWindow", "chunked": "Chunked",
+    "block_causal": "BlockCausal", "prefix_lm": "PrefixLM", "documents": "Documents",
+    "key_padding": "KeyPadding", "query_padding": "QueryPadding", "left_padding": "LeftPadding",
+    "strided": "Strided", "global_tokens": "GlobalTokens", "explicit": "ExplicitMask",
+    "per_head": "PerHeadMask", "per_batch": "PerBatchMask",
+}
+
+
+def derive_flags(case: Case) -> tuple:
+    """The case's flags, computed from its fields (plus ``extra_flags``), sorted."""
+    flags = set(case.extra_flags)
+    kinds = _kinds(case.mask)
+    flags.update(flag for kind, flag in _KIND_FLAGS.items() if kind in kinds)
+    aligns = _alignments(case.mask) | ({case.alibi.align.kind} if case.alibi else set())
+    flags.update({"top_left": "TopLeft", "bottom_right": "BottomRight",
+                  "offset": "KVCache"}[a] for a in aligns)
+    if case.q_len != case.k_len:
+        flags.add("NonSquare")
+        if aligns & {"top_left", "bottom_right"}:
+            flags.add("NonSquareCausal")
+    if case.q_len and case.k_len and case.keep().sum(axis=-1).min() == 0:
+        flags.add("EmptyRow")
+    if case.k_len == 0 and case.q_len:
+        flags.add("EmptyRow")
+    if 1 < case.kv_heads < case.q_heads:
+        flags.add("GQA")
+    if case.kv_heads == 1 < case.q_heads:
+        flags.add("MQA")
+    flags.update(name for name, on in (
+        ("CustomScale", case.scale is not None), ("Softcap", case.softcap is not None),
+        ("SoftcapBeforeMask", case.softcap is not None and case.mask is not None),
+        ("Bias", case.bias), ("ALiBi", case.alibi is not None), ("Sink", case.sinks),
+        ("Dropout", case.dropout_rate is not None), ("DqkNeDv", case.qk_dim != case.v_dim),
+        ("BTHD", case.layout == "BTHD"), ("Length1", 1 in (case.q_len, case.k_len)),
+        ("Length0", 0 in (case.q_len, case.k_len)), ("LargeMagnitude", case.input_scale >= 8),
+        ("LowPrecision", case.dtype in ("float16", "bfloat16")),
+    ) if on)
+    unknown = flags - set(FLAGS)
+    if unknown:
+        raise ValueError(f"case {case.name}: unknown flags {sorted(unknown)}")
+    return tuple(sorted(flags))
+
+
+def _shape(case: Case, heads: int, length: int, dim: int) -> tuple:
+    if case.layout == "BTHD":
+        return (case.batch, length, heads, dim)
+    return (case.batch, heads, length, dim)
+
+
+def numpy_dtype(name: str):
+    """The NumPy dtype for a dtype name; bfloat16 comes from ml_dtypes."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def case_inputs(case: Case) -> dict:
+    """The case's inputs, regenerated bit for bit from ``(seed, "<name>/<tensor>")``.
+
+    q, k, v, d_out (and bias, sinks when switched on) are ``(2u - 1) * sqrt(3) * factor``
+    with ``u = refmask.rng.uniform(seed, "<name>/<tensor>", shape)``: zero mean, unit variance
+    (times ``factor``), and only exactly rounded IEEE operations, so every machine produces the
+    same bits (a Gaussian would need libm's log and cos, which may differ in the last ulp).
+    The float64 values are rounded once to the case dtype; ``factor`` is ``input_scale`` for
+    q and k and 1 otherwise. ``dropout_keep`` is ``u >= rate``. The streams do not depend on
+    the dtype, so the float16 case sees the float64 case's inputs, rounded.
+    """
+    dtype = numpy_dtype(case.dtype)
+
+    def normal(tensor: str, shape: tuple, factor: float = 1.0) -> np.ndarray:
+        u = rng.uniform(case.seed, f"{case.name}/{tensor}", shape)
+        return ((2.0 * u - 1.0) * np.sqrt(3.0) * factor).astype(dtype)
+
+    out_len = case.q_len
+    inputs = {
+        "q": normal("q", _shape(case, case.q_heads, case.q_len, case.qk_dim), case.input_scale),
+        "k": normal("k", _shape(case, case.kv_heads, case.k_len, case.qk_dim), case.input_scale),
+        "v": normal("v", _shape(case, case.kv_heads, case.k_len, case.v_dim)),
+        "d_out": normal("d_out", _shape(case, case.q_heads, out_len, case.v_dim)),
+    }
+    full_scores = (case.batch, case.q_heads, case.q_len, case.k_len)
+    if case.bias:
+        inputs["bias"] = normal("bias", full_scores)
+    if case.sinks:
+        inputs["sinks"] = normal("sinks", (case.q_heads,))
+    if case.dropout_rate is not None:
+        draws = rng.uniform(case.seed, f"{case.name}/dropout_keep", full_scores)
+        inputs["dropout_keep"] = draws >= case.dropout_rate
+    return inputs
+
+
+def attention_kwargs(case: Case, inputs: dict) -> dict:
+    """Keyword arguments of ``refmask.attention.attention`` for the case (besides q, k, v)."""
+    return {
+        "mask": case.mask, "scale": case.scale, "softcap": case.softcap,
+        "bias": inputs.get("bias"), "alibi": case.alibi, "sinks": inputs.get("sinks"),
+        "dropout_keep": inputs.get("dropout_keep"), "dropout_rate": case.dropout_rate,
+        "empty_rows": case.empty_rows, "layout": case.layout,
+    }
+
+
+# --- the base cases ----------------------------------------------------------------------------
+
+def _c(name, family, mask, **fields) -> Case:
+    return Case(name=name, family=family, mask=mask, **fields)
+
+
+def base_cases() -> list[Case]:
+    """Every base case (float64), one specification per line or two."""
+    tl, br = "top_left", "bottom_right"
+    causal_tl, causal_br = m.causal(align=tl), m.causal(align=br)
+    cases = [
+        # -- no mask, shapes, scale, layout, lengths
+        _c("full/square", "full", None),
+        _c("full/wide", "full", None, q_len=3, k_len=9),
+        _c("full/tall", "full", None, q_len=9, k_len=3),
+        _c("full/custom_scale", "full", None, scale=0.3),
+        _c("full/dqk_ne_dv", "full", None, qk_dim=12, v_dim=5),
+        _c("full/bthd", "full", None, layout="BTHD"),
+        _c("full/q_len_1", "full", None, q_len=1, k_len=7),
+        _c("full/k_len_1", "full", None, q_len=5, k_len=1),
+        _c("full/q_len_0", "full", None, q_len=0, k_len=4),
+        _c("full/k_len_0", "full", None, q_len=4, k_len=0,
+           notes="every row is empty: the empty-row policy defines the output"),
+        _c("full/large_magnitude", "full", None, input_scale=30.0,
+           notes="scores near +-2000: exp overflows unless the row maximum is subtracted"),
+        # -- causal, both alignments, all length relations
+        _c("causal/top_left/square", "causal", causal_tl),
+        _c("causal/bottom_right/square", "causal", causal_br),
+        _c("causal/top_left/wide", "causal", causal_tl, q_len=3, k_len=8),
+        _c("causal/bottom_right/wide", "causal", causal_br, q_len=3, k_len=8),
+        _c("causal/top_left/tall", "causal", causal_tl, q_len=8, k_len=3),
+        _c("causal/bottom_right/tall", "causal", causal_br, q_len=8, k_len=3,
+           notes="the first Tq - Tk rows keep nothing (FlashAttention: output 0)"),
+        _c("causal/kv_cache_offset", "causal", m.causal(align=5), q_len=2, k_len=7),
+        _c("causal/kv_cache_per_batch", "causal", m.causal(align=[1, 4]), q_len=3, k_len=7),
+        _c("causal/decode_q_len_1", "causal", causal_br, q_len=1, k_len=9),
+        _c("causal/large_magnitude", "causal", causal_tl, input_scale=30.0),
+        # -- sliding windows: the three conventions
+        _c("window/fa_2_0/square", "sliding_window", m.sliding_window(2, 0, align=tl),
+           q_len=9, k_len=9, extra_flags=("WindowConvention",),
+           notes="FA window_size=(2, 0) = 3 keys incl. self = HF sliding_window=3"),
+        _c("window/fa_3_0/square", "sliding_window", m.sliding_window(3, 0, align=tl),
+           q_len=9, k_len=9, extra_flags=("WindowConvention",),
+           notes="attention-gym generate_sliding_window(3): q - kv <= 3 = 4 keys"),
+        _c("window/fa_2_0/bottom_right_wide", "sliding_window",
+           m.sliding_window(2, 0, align=br), q_len=4, k_len=9),
+        _c("window/fa_2_0/bottom_right_tall", "sliding_window",
+           m.sliding_window(2, 0, align=br), q_len=9, k_len=4),
+        _c("window/symmetric_2_2", "sliding_window", m.sliding_window(2, 2, align=tl),
+           q_len=9, k_len=9),
+        _c("window/left_unbounded_right_1", "sliding_window",
+           m.sliding_window(None, 1, align=br), q_len=5, k_len=7),
+        _c("window/self_only", "sliding_window", m.sliding_window(0, 0, align=tl)),
+        # -- chunked, block-causal, prefix-LM
+        _c("chunked/llama4_3", "chunked", m.chunked(3, align=tl) & causal_tl, q_len=9, k_len=9),
+        _c("chunked/bidirectional_3", "chunked", m.chunked(3, align=tl), q_len=9, k_len=9),
+        _c("chunked/bottom_right_wide", "chunked", m.chunked(4, align=br) & causal_br,
+           q_len=3, k_len=10),
+        _c("block_causal/2", "block_causal", m.block_causal(2, align=tl), q_len=8, k_len=8),
+        _c("block_causal/3_bottom_right_wide", "block_causal", m.block_causal(3, align=br),
+           q_len=4, k_len=9),
+        _c("prefix_lm/3", "prefix_lm", m.prefix_lm(3, align=tl), q_len=8, k_len=8),
+        _c("prefix_lm/per_batch", "prefix_lm", m.prefix_lm([1, 5], align=tl),
+           q_len=8, k_len=8),
+        # -- documents / varlen
+        _c("documents/packed_causal", "documents",
+           m.documents_from_cu_seqlens([0, 3, 4, 8]) & causal_tl, batch=1, q_len=8, k_len=8),
+        _c("documents/packed_bidirectional", "documents",
+           m.documents_from_cu_seqlens([0, 5, 9]), batch=1, q_len=9, k_len=9),
+        _c("documents/position_ids", "documents",
+           m.documents_from_position_ids([[0, 1, 2, 0, 1, 0, 1, 2], [0, 1, 2, 3, 4, 5, 0, 1]])
+           & causal_tl, q_len=8, k_len=8),
+        # -- padding
+        _c("padding/keys_right", "padding", m.key_padding([7, 3], side="right"), k_len=7),
+        _c("padding/keys_left", "padding", m.key_padding([7, 3], side="left"), k_len=7),
+        _c("padding/keys_right_causal_bottom_right", "padding",
+           m.key_padding([6, 4], side="right")
+           & m.causal(align=m.bottom_right(q_lengths=[3, 3], k_lengths=[6, 4])),
+           q_len=3, k_len=6),
+        _c("padding/queries_right", "padding", m.query_padding([6, 2], side="right"),
+           notes="padded query rows are empty rows"),
+        _c("padding/queries_left_keys_left_causal", "padding",
+           m.query_padding([6, 4], side="left") & m.key_padding([6, 4], side="left")
+           & causal_tl, q_len=6, k_len=6),
+        _c("padding/all_keys_padded", "padding", m.key_padding([0, 4], side="right"),
+           k_len=4, notes="batch 0 has no valid key: every row of it is empty"),
+        # -- strided, global, explicit, per-head
+        _c("strided/2_causal", "strided", m.strided(2, align=tl) & causal_tl, q_len=8, k_len=8),
+        _c("strided/sparse_transformer", "strided",
+           (m.sliding_window(2, 0, align=tl) | m.strided(3, align=tl)) & causal_tl,
+           q_len=9, k_len=9),
+        _c("global/longformer", "global_tokens",
+           m.global_tokens([0, 5], align=tl) | m.sliding_window(1, 1, align=tl),
+           q_len=9, k_len=9),
+        _c("explicit/articles_empty_first_row", "explicit",
+           m.explicit(np.array([[0] * 5] + [[1] * 5] * 4, dtype=bool)), q_len=5, k_len=5,
+           notes="the 'dynamic mask' of the masking articles: its first row keeps nothing"),
+        _c("explicit/random", "explicit",
+           m.explicit(rng.uniform(7, "explicit/random", (2, 2, 5, 6)) < 0.6), q_len=5, k_len=6),
+        _c("per_head/causal_and_window", "per_head",
+           m.per_head(causal_tl, m.sliding_window(1, 0, align=tl), m.full(),
+                      m.chunked(2, align=tl)), q_heads=4, kv_heads=2),
+        # -- heads
+        _c("gqa/4_to_2_causal", "gqa", causal_tl, q_heads=4, kv_heads=2),
+        _c("gqa/6_to_3_window", "gqa", m.sliding_window(1, 0, align=br), q_heads=6,
+           kv_heads=3, q_len=4, k_len=7),
+        _c("mqa/4_to_1", "gqa", causal_br, q_heads=4, kv_heads=1, q_len=3, k_len=6),
+        # -- score features
+        _c("softcap/causal", "softcap", causal_tl, softcap=2.0, input_scale=3.0),
+        _c("softcap/window_bottom_right", "softcap", m.sliding_window(2, 0, align=br),
+           softcap=5.0, input_scale=4.0, q_len=4, k_len=8),
+        _c("softcap/no_mask", "softcap", None, softcap=1.5, input_scale=3.0),
+        _c("bias/full", "bias", None, bias=True),
+        _c("bias/causal", "bias", causal_tl, bias=True),
+        _c("alibi/abs_causal_bottom_right", "alibi", causal_br, q_heads=4, kv_heads=4,
+           q_len=4, k_len=8, alibi=Alibi(4, convention="abs", align=br)),
+        _c("alibi/abs_bidirectional", "alibi", None, q_heads=4, kv_heads=4,
+           alibi=Alibi(4, convention="abs", align=tl),
+           notes="abs and signed ALiBi differ without a causal mask"),
+        _c("alibi/signed_bidirectional", "alibi", None, q_heads=4, kv_heads=4,
+           alibi=Alibi(4, convention="signed", align=tl)),
+        _c("alibi/signed_causal_6_heads", "alibi", causal_tl, q_heads=6, kv_heads=6,
+           alibi=Alibi(6, convention="signed", align=tl),
+           notes="non-power-of-two head count: Press et al. interleaved slopes"),
+        _c("sinks/full", "sinks", None, sinks=True),
+        _c("sinks/window_with_empty_rows", "sinks", m.sliding_window(1, 0, align=br),
+           sinks=True, q_len=6, k_len=3,
+           notes="with a sink an empty row's lse is the sink and its output is 0"),
+        _c("dropout/causal", "dropout", causal_tl, dropout_rate=0.25),
+        _c("dropout/full", "dropout", None, dropout_rate=0.5),
+        # -- empty rows
+        _c("empty_rows/all_masked", "empty_rows", ~m.full(), q_len=3, k_len=4),
+        _c("empty_rows/every_other_query_padded", "empty_rows",
+           m.explicit(np.array([[1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]],
+                               dtype=bool)), q_len=4, k_len=4),
+        # -- everything at once
+        _c("combined/gqa_softcap_window_sink_bthd", "combined",
+           m.sliding_window(3, 0, align=br) & m.key_padding([9, 6], side="right"),
+           q_heads=4, kv_heads=2, q_len=5, k_len=9, qk_dim=8, v_dim=6, softcap=4.0,
+           input_scale=3.0, sinks=True, layout="BTHD", bias=True),
+    ]
+    names = [case.name for case in cases]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise ValueError(f"base_cases: duplicate case names {sorted(duplicates)}")
+    return cases
+
+
+def catalog(dtypes=DTYPES) -> list[Case]:
+    """Every base case in every dtype of ``dtypes`` (float64 first)."""
+    unknown = set(dtypes) - set(DTYPES)
+    if unknown:
+        raise ValueError(f"catalog: dtypes must be among {list(DTYPES)}, got {sorted(unknown)}")
+    return [replace(case, dtype=dtype) for dtype in dtypes for case in base_cases()]

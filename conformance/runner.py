@@ -1,0 +1,308 @@
+"""The conformance runner: one verdict per (backend, case).
+
+Verdicts:
+
+* ``pass`` -- every returned tensor is within the tolerance model of the golden value and has
+  NaN/inf exactly where the golden value has them.
+* ``policy`` -- the output misses the golden value but matches the reference under a
+  documented convention (:mod:`.explanations`, kind "policy"); the verdict names it.
+* ``fail`` -- neither; the result carries the errors, the first offending index, a picture of
+  the mask rows around it and, when the output matches a known bug, the bug's name.
+* ``unsupported`` -- the backend cannot express the case natively (or is not installed here);
+  the reason is given.
+
+The golden value of a case comes from the shipped exact corpus when it holds the case, and
+from the float64 reference otherwise (fuzzed cases); the tolerance comes from refmask's
+naive computation of the same case in the case dtype (:mod:`.tolerance`).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import refmask
+from refmask import render
+from refmask.adapters import Adapter, Unsupported
+from refmask.adapters import load as load_adapter
+from refmask.attention import attention, attention_vjp
+
+from .cases import Case, attention_kwargs, case_inputs, catalog
+from .explanations import Explanation, explanations
+from .tolerance import TensorCheck, check_tensor
+
+VERDICTS = ("pass", "policy", "fail", "unsupported")
+GRAD_NAMES = ("dq", "dk", "dv", "dbias", "dsinks")
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """The verdict on one case, with everything a bug report needs."""
+
+    case: Case
+    backend: str
+    verdict: str
+    reason: str = ""
+    convention: str | None = None
+    convention_kind: str | None = None
+    checks: tuple = ()
+    picture: str = ""
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.case.id, "family": self.case.family, "flags": list(self.case.flags),
+            "dtype": self.case.dtype, "backend": self.backend, "verdict": self.verdict,
+            "reason": self.reason, "convention": self.convention,
+            "convention_kind": self.convention_kind,
+            "checks": [c.to_json() for c in self.checks], "picture": self.picture,
+            "seconds": round(self.seconds, 4), "mask": repr(self.case.mask),
+        }
+
+
+@dataclass
+class Report:
+    """All verdicts of one run."""
+
+    backend: str
+    results: list = field(default_factory=list)
+    environment: dict = field(default_factory=dict)
+
+    def counts(self) -> dict:
+        counted = Counter(r.verdict for r in self.results)
+        return {verdict: counted.get(verdict, 0) for verdict in VERDICTS}
+
+    @property
+    def failed(self) -> bool:
+        return any(r.verdict == "fail" for r in self.results)
+
+    def to_json(self) -> dict:
+        return {"backend": self.backend, "counts": self.counts(),
+                "environment": self.environment,
+                "results": [r.to_json() for r in self.results]}
+
+
+# --- references ------------------------------------------------------------------------------
+
+def _bhtd(case: Case, x):
+    return np.swapaxes(x, 1, 2) if case.layout == "BTHD" else x
+
+
+def reference_outputs(case: Case, inputs: dict, *, float64: bool, grads: bool) -> dict:
+    """refmask's result for the case: in float64 (``float64=True``) or naively in the case
+    dtype (inputs and arithmetic in that dtype), as float64 NumPy arrays in BHTD layout."""
+    def cast(x):
+        if x.dtype == np.bool_:
+            return x
+        return np.asarray(x, np.float64) if float64 else x
+
+    values = {name: cast(x) for name, x in inputs.items()}
+    kwargs = attention_kwargs(case, values)
+    with np.errstate(all="ignore"):
+        result = attention(values["q"], values["k"], values["v"], **kwargs)
+        arrays = {"out": _bhtd(case, np.asarray(result.out, np.float64)),
+                  "lse": np.asarray(result.lse, np.float64)}
+        if grads:
+            g = attention_vjp(values["q"], values["k"], values["v"], values["d_out"], **kwargs)
+            for name in GRAD_NAMES:
+                value = getattr(g, name)
+                if value is not None:
+                    value = np.asarray(value, np.float64)
+                    arrays[name] = _bhtd(case, value) if name in ("dq", "dk", "dv") else value
+    return arrays
+
+
+def _golden_from_reference(case: Case, inputs: dict, grads: bool) -> dict:
+    return reference_outputs(case, inputs, float64=True, grads=grads)
+
+
+def corpus_golden(corpus) -> Callable:
+    """A golden source reading the exact values of a loaded corpus (``golden.load``).
+
+    A case is taken from the corpus only when its stored JSON equals the case's own JSON (so
+    an edited catalog never meets stale values); other cases get the float64 reference.
+    """
+    def golden(case: Case, inputs: dict, grads: bool) -> dict:
+        entry = corpus.manifest_entry(case.id) if hasattr(corpus, "manifest_entry") else None
+        if entry is None or entry["case"] != case.to_json():
+            return _golden_from_reference(case, inputs, grads)
+        expected = corpus[case.id].expected
+        return {name: _bhtd(case, value) if name in ("out", "dq", "dk", "dv") else value
+                for name, value in expected.items()}
+
+    return golden
+
+
+def shipped_golden() -> Callable:
+    """The golden source of the corpus shipped with refmask (verified on load)."""
+    from .golden import load, shipped_corpus_path
+
+    return corpus_golden(load(shipped_corpus_path()))
+
+
+# --- judging one case ----------------------------------------------------------------------------
+
+def _mask_rows_picture(case: Case, first_bad: tuple | None) -> str:
+    """The mask rows around the first offending (b, h, i), as text."""
+    if first_bad is None or len(first_bad) < 3 or case.q_len == 0 or case.k_len == 0:
+        return ""
+    b, h, i = first_bad[:3]
+    keep = case.keep()[b, h]
+    lo, hi = max(0, i - 2), min(case.q_len, i + 3)
+    lines = render.to_text(keep[lo:hi], ascii=True).splitlines()
+    header, rows = lines[0], lines[1:]
+    rows = [f"{'>' if lo + n == i else ' '} {lo + n:>3} {row.split(' ', 1)[1]}"
+            if row.strip() else row for n, row in enumerate(rows)]
+    return "\n".join([f"mask rows {lo}..{hi - 1} of batch {b}, head {h} (> = first bad row):",
+                      "      " + header.strip()] + rows)
+
+
+def _compare(case: Case, output, golden: dict, naive: dict, grads: bool) -> list:
+    checks = [check_tensor("out", output.out, golden["out"], naive["out"], case.dtype)]
+    if output.lse is not None:
+        checks.append(check_tensor("lse", output.lse, golden["lse"], naive["lse"], case.dtype))
+    if grads and output.grads:
+        for name in GRAD_NAMES:
+            if name in output.grads and name in golden:
+                checks.append(check_tensor(name, output.grads[name], golden[name], naive[name],
+                                           case.dtype, backward=True))
+    return checks
+
+
+def _explain(case: Case, inputs: dict, output, golden: dict, naive: dict,
+             candidates: Iterable[Explanation]) -> Explanation | None:
+    """The first explanation whose alternative reference the output matches."""
+    for explanation in candidates:
+        if not explanation.applies(case):
+            continue
+        try:
+            with np.errstate(all="ignore"):
+                alt_out, alt_lse = explanation.reference(case, inputs)
+        except (ValueError, TypeError):
+            continue
+        ok = check_tensor("out", output.out, alt_out, naive["out"], case.dtype,
+                          tol=check_tensor("out", golden["out"], golden["out"], naive["out"],
+                                           case.dtype).tolerance).ok
+        if ok and output.lse is not None:
+            ok = check_tensor("lse", output.lse, alt_lse, naive["lse"], case.dtype,
+                              tol=check_tensor("lse", golden["lse"], golden["lse"],
+                                               naive["lse"], case.dtype).tolerance).ok
+        if ok:
+            return explanation
+    return None
+
+
+def _ordered_explanations(adapter: Adapter) -> list:
+    """Explanations in trial order: the conventions the backend declares come first."""
+    declared = {f"empty_rows={adapter.profile.empty_rows}",
+                f"lse_base={adapter.profile.lse_base}"}
+    every = explanations()
+    return [e for e in every if e.name in declared] + [e for e in every if e.name not in declared]
+
+
+def run_case(adapter: Adapter, case: Case, *, grads: bool = False,
+             golden: Callable | None = None) -> CaseResult:
+    """Judge one case; ``golden(case, inputs, grads) -> dict`` overrides the golden source."""
+    start = time.perf_counter()
+
+    def result(verdict, reason="", **extra):
+        return CaseResult(case=case, backend=adapter.name, verdict=verdict, reason=reason,
+                          seconds=time.perf_counter() - start, **extra)
+
+    reason = adapter.unavailable() or adapter.unsupported(case)
+    if reason:
+        return result("unsupported", reason)
+    inputs = case_inputs(case)
+    grads = grads and adapter.profile.backward
+    try:
+        output = adapter.run(case, inputs, grads=grads)
+    except Unsupported as why:
+        return result("unsupported", str(why))
+    except Exception as error:  # noqa: BLE001 - a crash is a verdict, not a runner error
+        return result("fail", f"the backend raised {type(error).__name__}: {error}")
+    gold = (golden or _golden_from_reference)(case, inputs, grads)
+    naive = reference_outputs(case, inputs, float64=False, grads=grads)
+    checks = _compare(case, output, gold, naive, grads)
+    if all(c.ok for c in checks):
+        return result("pass", checks=tuple(checks))
+    first = next(c for c in checks if not c.ok)
+    picture = _mask_rows_picture(case, first.first_bad)
+    explanation = _explain(case, inputs, output, gold, naive, _ordered_explanations(adapter))
+    if explanation is not None and explanation.kind == "policy":
+        return result("policy", f"{explanation.name}: {explanation.description}",
+                      convention=explanation.name, convention_kind="policy",
+                      checks=tuple(checks), picture=picture)
+    if explanation is not None:
+        return result("fail", f"matches the known bug {explanation.name}: "
+                      f"{explanation.description}", convention=explanation.name,
+                      convention_kind="bug", checks=tuple(checks), picture=picture)
+    return result("fail", first.reason, checks=tuple(checks), picture=picture)
+
+
+# --- whole runs ------------------------------------------------------------------------------
+
+def environment(adapter: Adapter) -> dict:
+    return {"refmask": refmask.__version__, "spec": refmask.SPEC_VERSION,
+            "numpy": np.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "backend_notes": adapter.profile.notes}
+
+
+def select_cases(cases: Iterable[Case] | None = None, *, dtypes: Iterable[str] | None = None,
+                 filter: str | None = None) -> list[Case]:
+    """Catalog cases (or the given ones) restricted to ``dtypes`` and to ids containing
+    ``filter`` (a substring; several may be given separated by commas)."""
+    chosen = list(catalog() if cases is None else cases)
+    if dtypes is not None:
+        dtypes = set(dtypes)
+        chosen = [c for c in chosen if c.dtype in dtypes]
+    if filter:
+        parts = [p.strip() for p in filter.split(",") if p.strip()]
+        chosen = [c for c in chosen if any(p in c.id or p in c.flags for p in parts)]
+    return chosen
+
+
+def resolve_backend(target) -> Adapter:
+    """An Adapter from a backend name, an Adapter, or a user function ``fn(q, k, v, call)``."""
+    from refmask.adapters.user import from_function, from_path
+
+    if isinstance(target, Adapter):
+        return target
+    if isinstance(target, str):
+        return from_path(target) if ":" in target else load_adapter(target)
+    if callable(target):
+        return from_function(target)
+    raise TypeError(f"check: target must be a backend name, 'module:function', an Adapter or "
+                    f"a function, got {type(target).__name__}")
+
+
+def check(target, *, cases: Iterable[Case] | None = None, dtypes=None, filter=None,
+          grads: bool = False, golden: Callable | None = None,
+          progress: Callable | None = None) -> Report:
+    """Run the conformance suite against ``target`` and return the :class:`Report`.
+
+    target: a backend name (``"numpy"``), ``"module:function"``, an Adapter, or a function
+    following the user calling convention (:mod:`refmask.adapters.user`).
+    cases/dtypes/filter: which cases (default: the whole catalog, every dtype).
+    grads: also compare gradients where the backend provides them.
+    golden: ``golden(case, inputs, grads) -> dict`` of float64 arrays (BHTD); default: the
+    exact values of the shipped corpus, the float64 reference for cases it does not hold.
+    progress: optional ``callable(done, total)``.
+    """
+    adapter = resolve_backend(target)
+    chosen = select_cases(cases, dtypes=dtypes, filter=filter)
+    golden = golden or shipped_golden()
+    report = Report(backend=adapter.name, environment=environment(adapter))
+    for n, case in enumerate(chosen):
+        report.results.append(run_case(adapter, case, grads=grads, golden=golden))
+        if progress is not None:
+            progress(n + 1, len(chosen))
+    return report
+
+
+__all__ = ["VERDICTS", "CaseResult", "Report", "TensorCheck", "check", "reference_outputs",
+           "run_case", "select_cases"]
