@@ -213,6 +213,17 @@ def _shape(case: Case, heads: int, length: int, dim: int) -> tuple:
     return (case.batch, heads, length, dim)
 
 
+def dtype_unavailable(name: str) -> str | None:
+    """Why the dtype cannot be used here (None when it can): bfloat16 needs ml_dtypes."""
+    if name != "bfloat16":
+        return None
+    try:
+        import ml_dtypes  # noqa: F401
+    except ImportError:
+        return "bfloat16 needs ml_dtypes (pip install 'refmask[conformance]')"
+    return None
+
+
 def numpy_dtype(name: str):
     """The NumPy dtype for a dtype name; bfloat16 comes from ml_dtypes."""
     if name == "bfloat16":

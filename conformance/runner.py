@@ -32,7 +32,7 @@ from refmask.adapters import Adapter, Unsupported
 from refmask.adapters import load as load_adapter
 from refmask.attention import attention, attention_vjp
 
-from .cases import Case, attention_kwargs, case_inputs, catalog
+from .cases import Case, attention_kwargs, case_inputs, catalog, dtype_unavailable
 from .explanations import Explanation, explanations
 from .tolerance import TensorCheck, check_tensor
 
@@ -214,7 +214,7 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool = False,
         return CaseResult(case=case, backend=adapter.name, verdict=verdict, reason=reason,
                           seconds=time.perf_counter() - start, **extra)
 
-    reason = adapter.unavailable() or adapter.unsupported(case)
+    reason = adapter.unavailable() or dtype_unavailable(case.dtype) or adapter.unsupported(case)
     if reason:
         return result("unsupported", reason)
     inputs = case_inputs(case)
