@@ -190,22 +190,12 @@ def write(report: Report, path: str, *, overwrite: bool = False) -> None:
     """Write the report in the format its suffix names (.json, .md, .html), atomically; an
     existing file is kept unless ``overwrite``."""
     import os
-    import tempfile
+
+    from refmask._files import write_atomic
 
     formats = {".json": to_json, ".md": markdown, ".html": html}
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in formats:
         raise ValueError(f"--report {path}: the suffix must be one of {sorted(formats)}")
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"--report {path}: the file exists; pass --overwrite to replace it")
-    text = formats[suffix](report)
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temp = tempfile.mkstemp(prefix=".refmask-report-", dir=directory)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    write_atomic(formats[suffix](report).encode("utf-8"), path, overwrite,
+                 where="refmask check", name="--report")

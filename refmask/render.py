@@ -22,15 +22,14 @@ Only NumPy and the standard library are used; nothing here holds mutable module 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import secrets
 import struct
 import zlib
 
 import numpy as np
 
+from ._files import write_atomic
 from ._validate import check_bool_array, check_choice, check_int
 
 __all__ = [
@@ -218,58 +217,6 @@ def _draw(picture: np.ndarray, cell: int, grid: bool) -> np.ndarray:
     return palette[codes]
 
 
-def _temp_file(directory: str, base: str) -> tuple[int, str]:
-    """Create a fresh file next to the target; mode 0o666 filtered by the umask."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        name = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
-        try:
-            return os.open(name, flags, 0o666), name
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"to_png: could not create a temporary file in {directory!r}")
-
-
-def _exists_message(target) -> str:
-    return f"to_png: path {target!r} already exists; pass overwrite=True to replace it"
-
-
-def _write_atomic(data: bytes, path, overwrite: bool) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same directory.
-
-    Readers see either no file / the old file, or the complete new one. Without
-    ``overwrite`` the final step is ``os.link``, which fails if ``path`` appeared meanwhile.
-    """
-    target = os.fspath(path)
-    exists = _exists_message(target)
-    if not overwrite and os.path.lexists(target):
-        raise FileExistsError(exists)
-    directory = os.path.dirname(os.path.abspath(target))
-    fd, temp = _temp_file(directory, os.path.basename(target))
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(temp, target)
-            return
-        try:
-            os.link(temp, target)
-        except FileExistsError:
-            raise FileExistsError(exists) from None
-        except OSError:  # no hard links on this file system: check, then rename
-            if os.path.lexists(target):
-                raise FileExistsError(exists) from None
-            os.replace(temp, target)
-            return
-        os.unlink(temp)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-
-
 def to_png(
     keep,
     path=None,
@@ -327,10 +274,11 @@ def to_png(
             f"{width * height:,} pixels, over the limit of {MAX_PIXELS:,}; {hint}"
         )
     if path is not None and not overwrite and os.path.lexists(os.fspath(path)):
-        raise FileExistsError(_exists_message(os.fspath(path)))  # before the drawing work
+        raise FileExistsError(f"to_png: path {os.fspath(path)!r} already exists; pass "
+                              "overwrite=True to replace it")  # before the drawing work
     data = _encode_rgb(_draw(picture, cell, grid))
     if path is not None:
-        _write_atomic(data, path, overwrite)
+        write_atomic(data, path, overwrite)
     return data
 
 
