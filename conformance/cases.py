@@ -278,6 +278,12 @@ def attention_kwargs(case: Case, inputs: dict) -> dict:
     }
 
 
+def checkerboard_causal(b, h, q_idx, kv_idx):
+    """A user predicate for the catalog: causal keys at an even distance (FlexAttention-style
+    ``mask_mod`` on indices)."""
+    return (kv_idx <= q_idx) & ((q_idx - kv_idx) % 2 == 0)
+
+
 # --- the base cases ----------------------------------------------------------------------------
 
 def _c(name, family, mask, **fields) -> Case:
@@ -377,6 +383,10 @@ def base_cases() -> list[Case]:
            notes="the 'dynamic mask' of the masking articles: its first row keeps nothing"),
         _c("explicit/random", "explicit",
            m.explicit(rng.uniform(7, "explicit/random", (2, 2, 5, 6)) < 0.6), q_len=5, k_len=6),
+        _c("predicate/checkerboard_causal", "predicate", m.predicate(checkerboard_causal),
+           q_len=7, k_len=7),
+        _c("per_batch/causal_and_padding", "per_batch",
+           m.per_batch(causal_br, m.key_padding(3, side="left")), q_len=4, k_len=6),
         _c("per_head/causal_and_window", "per_head",
            m.per_head(causal_tl, m.sliding_window(1, 0, align=tl), m.full(),
                       m.chunked(2, align=tl)), q_heads=4, kv_heads=2),
