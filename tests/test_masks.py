@@ -548,3 +548,17 @@ def test_repr_of_offsets_is_the_constructor_argument():
     assert repr(causal(align=[1, 2])) == "causal(align=[1, 2])"
     again = eval(repr(causal(align=[1, 2])), {"causal": causal})  # noqa: S307 - our own repr
     assert again == causal(align=[1, 2])
+
+
+def test_keep_runs_under_torch_vmap_without_validation():
+    """FlexAttention calls mask_mod under vmap, where index values cannot be read."""
+    torch = pytest.importorskip("torch")
+    mask = sliding_window(2, 0, align="bottom_right") & key_padding(5, side="right")
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return mask.keep(b, h, q_idx, kv_idx, q_len=6, k_len=8, validate=False)
+
+    per_key = torch.vmap(mask_mod, in_dims=(None, None, None, 0))
+    per_pair = torch.vmap(per_key, in_dims=(None, None, 0, None))
+    got = per_pair(torch.tensor(0), torch.tensor(0), torch.arange(6), torch.arange(8))
+    np.testing.assert_array_equal(got.numpy(), dense(mask, 6, 8)[0, 0])

@@ -102,12 +102,15 @@ class Mask:
         return None
 
     # -- public API -------------------------------------------------------------------------
-    def keep(self, b, h, i, j, *, q_len: int, k_len: int):
+    def keep(self, b, h, i, j, *, q_len: int, k_len: int, validate: bool = True):
         """Vectorised predicate: True where query i of batch b, head h attends key j.
 
         b, h, i, j: integer arrays (or ints) broadcastable to a common shape, all in one
         array-API namespace; the result is a bool array of that shape. ``q_len``/``k_len``
         are Tq and Tk (needed by bottom-right alignment and left padding).
+        validate: check that every index is in range (default True). Pass False only where
+        the values cannot be read, e.g. inside ``torch.vmap`` (FlexAttention's mask_mod) or
+        ``jax.jit``; out-of-range indices then give unspecified results.
         """
         q_len = check_int(self.kind, "q_len", q_len, minimum=0)
         k_len = check_int(self.kind, "k_len", k_len, minimum=0)
@@ -115,12 +118,13 @@ class Mask:
         xp = array_api_compat.array_namespace(*arrays) if arrays else array_api_compat.numpy
         device = array_api_compat.device(arrays[0]) if arrays else None
         b, h, i, j = (xp.asarray(x, dtype=xp.int64, device=device) for x in (b, h, i, j))
-        _check_index_range(self.kind, xp, "i", i, q_len)
-        _check_index_range(self.kind, xp, "j", j, k_len)
-        if self.batch_size is not None:
-            _check_index_range(self.kind, xp, "b", b, self.batch_size)
-        if self.num_heads is not None:
-            _check_index_range(self.kind, xp, "h", h, self.num_heads)
+        if validate:
+            _check_index_range(self.kind, xp, "i", i, q_len)
+            _check_index_range(self.kind, xp, "j", j, k_len)
+            if self.batch_size is not None:
+                _check_index_range(self.kind, xp, "b", b, self.batch_size)
+            if self.num_heads is not None:
+                _check_index_range(self.kind, xp, "h", h, self.num_heads)
         shape = np.broadcast_shapes(*(tuple(x.shape) for x in (b, h, i, j)))
         result = self._keep(Grid(xp, device, q_len, k_len), b, h, i, j)
         return xp.broadcast_to(result, shape)
@@ -246,6 +250,7 @@ def _as_mask(other, op: str) -> Mask:
 
 
 def _check_index_range(where: str, xp, name: str, index, size: int) -> None:
+    """Raise unless every entry of ``index`` lies in ``[0, size)``."""
     if index.shape and 0 in tuple(index.shape):
         return
     low = int(xp.min(index))
