@@ -14,6 +14,7 @@ from .common import Adapter, Output, Profile, Unsupported
 #: adapter name -> module that defines it (imported only when asked for).
 REGISTRY = {
     "numpy": "refmask.adapters.reference",
+    "cupy": "refmask.adapters.cupy",
 }
 
 
