@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from refmask import SPEC_VERSION, __version__, render
@@ -56,8 +57,6 @@ def _render(args) -> int:
 
 
 def _check(args) -> int:
-    import os
-
     from . import report as reports
     from .cases import DTYPES
     from .runner import check
@@ -198,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # --impl module:function names a module of the user's project, as pytest would find it.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         return args.run(args)
     except (ValueError, TypeError, FileExistsError) as error:

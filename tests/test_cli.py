@@ -117,3 +117,18 @@ def test_readme_example_function_passes_every_case_it_supports(tmp_path, monkeyp
     assert counts["fail"] == 0 and counts["policy"] == 0, [
         (r.case.id, r.reason) for r in report.results if r.verdict in ("fail", "policy")][:3]
     assert counts["pass"] > 100
+
+
+def test_impl_module_is_found_in_the_working_directory(tmp_path):
+    """`refmask check --impl mod:fn` run as a console script finds mod.py in the cwd."""
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("refmask")
+    if not script.exists():
+        pytest.skip(f"the refmask console script is not installed next to {sys.executable}")
+    (tmp_path / "cwd_attention.py").write_text(BUGGY)
+    result = subprocess.run([str(script), "check", "--impl", "cwd_attention:attention",
+                             "--dtype", "float64", "--filter", "causal/top_left/square"],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    assert "mask_multiplied" in result.stdout
