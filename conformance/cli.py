@@ -1,9 +1,10 @@
 """The ``refmask`` command line.
 
     refmask check BACKEND... [--impl module:function] [--dtype D ...] [--filter TEXT]
-                  [--grads] [--report out.html|.md|.json] [--overwrite] [--quiet]
-                                                      the conformance suite; exit 1 on a fail
-    refmask golden generate DIR [--dtype D ...] [--filter TEXT] [--overwrite]
+                  [--grads] [--corpus DIR] [--report out.html|.md|.json] [--overwrite]
+                  [--quiet]                           the conformance suite; exit 1 on a fail
+    refmask golden generate DIR [--sweep NAME] [--engine E] [--dtype D ...] [--filter TEXT]
+                   [--overwrite]                      default: the catalog, exact engine
     refmask golden verify [DIR] [--no-regenerate]     default DIR: the shipped corpus
     refmask fuzz BACKEND [--examples N] [--seed S] [--dtype D ...]
                                                       random cases; prints a reproducer
@@ -68,9 +69,18 @@ def _check(args) -> int:
         if dtype not in DTYPES:
             raise ValueError(f"check: --dtype must be one of {list(DTYPES)}, got {dtype!r}")
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    corpus = {}
+    if args.corpus:  # exactly the corpus's cases, judged against its stored golden values
+        from .golden import case_from_json, load
+        from .runner import corpus_golden
+
+        loaded = load(args.corpus)
+        corpus = {"cases": [case_from_json(loaded.manifest_entry(i)["case"]) for i in loaded],
+                  "golden": corpus_golden(loaded)}
     failed = False
     for n, target in enumerate(targets):
-        result = check(target, dtypes=args.dtype, filter=args.filter, grads=args.grads)
+        result = check(target, dtypes=args.dtype, filter=args.filter, grads=args.grads,
+                       **corpus)
         if not result.results:
             raise ValueError(f"check: no case matches --filter {args.filter!r} and --dtype "
                              f"{args.dtype}")
@@ -108,16 +118,38 @@ def _golden(args) -> int:
     if args.action == "generate":
         if not args.directory:
             raise ValueError("golden generate: DIR is required")
-        cases = select_cases(dtypes=args.dtype, filter=args.filter)
-        path = golden.generate(args.directory, cases, overwrite=args.overwrite,
-                               progress=_progress_bar("generating"))
-        print(f"wrote {len(cases)} cases to {path}")
+        source = None  # the catalog
+        if args.sweep is not None:
+            from .sweeps import sweep, sweep_names
+
+            if args.sweep not in sweep_names():
+                raise ValueError(f"golden generate: --sweep must be one of "
+                                 f"{list(sweep_names())}, got {args.sweep!r}")
+            source = sweep(args.sweep)
+        engine = args.engine or ("exact" if source is None else "reference")
+        cases = select_cases(source, dtypes=args.dtype, filter=args.filter)
+        if not cases:
+            raise ValueError(f"golden generate: no case matches --filter {args.filter!r} and "
+                             f"--dtype {args.dtype}")
+        path = golden.generate(args.directory, cases, overwrite=args.overwrite, engine=engine,
+                               progress=_progress_bar(f"generating ({engine})"))
+        print(f"wrote {len(cases)} cases to {path} (engine {engine})")
         return 0
     directory = args.directory or golden.shipped_corpus_path()
-    problems = golden.verify(directory, regenerate=not args.no_regenerate)
+    problems = golden.verify(directory, regenerate=not args.no_regenerate,
+                             progress=_progress_bar("verifying"))
     for problem in problems:
         print(f"problem: {problem}")
-    what = "hashes and bit-identical regeneration" if not args.no_regenerate else "hashes"
+    what = "hashes"
+    if not args.no_regenerate:
+        try:
+            engine = golden.corpus_engine(directory)
+        except golden.CorpusError:
+            engine = None
+        what = {"exact": "hashes and bit-identical regeneration",
+                "reference": f"hashes, bit-identical inputs, reference outputs within "
+                             f"{golden.REFERENCE_RTOL:g} of max|value| per array"}.get(
+                                 engine, "hashes and regeneration")
     print(f"{directory}: {'OK' if not problems else f'{len(problems)} problems'} ({what})")
     return 1 if problems else 0
 
@@ -155,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--filter", help="only cases whose id or flags contain one of these "
                      "comma-separated texts")
     run.add_argument("--grads", action="store_true", help="also check gradients")
+    run.add_argument("--corpus", metavar="DIR", help="run exactly the cases of this golden "
+                     "corpus (e.g. from 'golden generate --sweep') against its stored values")
     run.add_argument("--report", help="write a report: .json, .md or .html")
     run.add_argument("--overwrite", action="store_true", help="replace an existing report")
     run.add_argument("--quiet", action="store_true", help="only the summary table")
@@ -163,8 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     gold = commands.add_parser("golden", help="generate or verify a golden corpus")
     gold.add_argument("action", choices=["generate", "verify"])
     gold.add_argument("directory", nargs="?", help="corpus directory")
-    gold.add_argument("--dtype", action="append", metavar="DTYPE", help="generate: dtypes")
-    gold.add_argument("--filter", help="generate: only matching cases")
+    from .sweeps import sweep_names
+
+    gold.add_argument("--sweep", metavar="NAME", help="generate: the cases of a named sweep "
+                      f"({', '.join(sweep_names())}; see refmask.conformance.sweeps) instead "
+                      "of the catalog")
+    gold.add_argument("--engine", choices=["exact", "reference"],
+                      help="generate: golden engine (default: exact for the catalog, reference "
+                      "for a sweep)")
+    gold.add_argument("--dtype", action="append", metavar="DTYPE",
+                      help="generate: only these dtypes (narrows the catalog or the sweep)")
+    gold.add_argument("--filter", help="generate: only matching cases (catalog or sweep)")
     gold.add_argument("--overwrite", action="store_true", help="generate: replace DIR")
     gold.add_argument("--no-regenerate", action="store_true",
                       help="verify: check hashes only, do not recompute")

@@ -1,9 +1,26 @@
-"""Golden corpora: exact attention outputs on disk, with their inputs, verifiable bit for bit.
+"""Golden corpora: attention outputs on disk, with their inputs, verifiable by re-derivation.
 
 A *corpus* is a directory holding one ``manifest.json`` and one ``.npz`` file per case. This
 module writes (:func:`generate`), reads (:func:`load`) and checks (:func:`verify`) corpora; the
 package ships one for the whole :func:`~refmask.conformance.cases.catalog`
 (:func:`shipped_corpus_path`). The format below is a public contract, schema version 1.
+
+Two engines compute the golden outputs (``generate(..., engine=...)``):
+
+* ``"exact"`` (default; the shipped corpus): :mod:`~refmask.conformance.exact`, mpmath at 50
+  digits, correctly rounded to float64. Every machine derives the same bits, so
+  :func:`verify` compares BIT FOR BIT. Practical for the catalog's small cases only.
+* ``"reference"`` (long-sequence sweeps, :mod:`~refmask.conformance.sweeps`): refmask's own
+  float64 reference, :func:`refmask.attention.attention` and ``attention_vjp`` on the inputs
+  upcast to float64 (``runner.reference_outputs(case, inputs, float64=True, grads=True)``),
+  within the error bound of spec section 3.6 of the exact values. The same machine re-derives
+  the same bits, but another BLAS may sum in another order, so :func:`verify` compares the
+  inputs bit for bit and each output array with the *reference rule*: NaN, +inf and -inf at
+  exactly the same entries, and elsewhere ``|stored - recomputed| <= REFERENCE_RTOL *
+  max|recomputed|`` (the largest finite magnitude of that array; ``REFERENCE_RTOL = 1e-12``,
+  the scale of the section 3.6 bound at Tk = 2048, Dqk = 64; other summation orders (another
+  BLAS, torch CPU, a blocked kernel) stay below 2e-14 of max|value| on the "long" sweep, and a
+  real defect is far larger).
 
 manifest.json
 -------------
@@ -12,7 +29,12 @@ A UTF-8 JSON object (strict JSON: no NaN/Infinity) with the keys::
     schema_version   1 (an int); a reader refuses any version it does not know
     refmask_version  the refmask version that wrote the corpus, e.g. "0.1.0"
     spec_version     refmask.SPEC_VERSION of the semantics the values follow, e.g. "0.1"
-    generator        "refmask.conformance.exact (mpmath, 50 digits)"
+    generator        what computed the golden outputs, for people:
+                     "refmask.conformance.exact (mpmath, 50 digits)" or
+                     "refmask.attention float64 reference"
+    engine           "exact" or "reference" (see above); optional: a manifest without it was
+                     written by the exact engine (refmask 0.1.0 corpora). An unknown engine
+                     can be loaded but not re-derived by verify.
     created          the UTC date of writing, ISO 8601 ("2025-11-21")
     cases            a list, one object per case, in the order written:
         id       the case id ("causal/bottom_right/wide@float16"), unique in the corpus
@@ -44,10 +66,12 @@ Member names:
 ``input.*`` are the inputs exactly as :func:`~refmask.conformance.cases.case_inputs` generates
 them, shaped by the case's layout: float64/float32/float16 in the case's dtype; bfloat16 as the
 uint16 bit patterns (``a.view(ml_dtypes.bfloat16)`` restores them); ``dropout_keep`` bool.
-``exact.*`` are float64, the outputs of :func:`~refmask.conformance.exact.exact_attention`:
-each the 50-digit value correctly rounded to float64 (see that module for the semantics and
-the shapes: out/dq/dk/dv in the case's layout, lse (B, Hq, Tq), dbias (B, Hq, Tq, Tk),
-dsinks (Hq,)). NaN and +-inf appear exactly where the semantics put them.
+``exact.*`` are float64, the golden outputs (the member names are the same for both engines):
+with engine "exact" those of :func:`~refmask.conformance.exact.exact_attention`, each the
+50-digit value correctly rounded to float64; with engine "reference" those of the float64
+reference. Shapes (see :mod:`~refmask.conformance.exact` for the semantics): out/dq/dk/dv in
+the case's layout, lse (B, Hq, Tq), dbias (B, Hq, Tq, Tk), dsinks (Hq,). NaN and +-inf appear
+exactly where the semantics put them.
 
 Integrity rules
 ---------------
@@ -56,12 +80,14 @@ Integrity rules
   modified file or manifest, unknown schema version, wrong members, dtypes or shapes) raises
   :class:`CorpusError` naming the file and the defect.
 * :func:`verify` lists every defect instead of stopping at the first, and (by default)
-  regenerates every case's inputs and exact outputs and compares them bit for bit.
+  regenerates every case's inputs and outputs with the corpus's engine and compares them: bit
+  for bit for an exact corpus; inputs bit for bit and outputs by the reference rule above for a
+  reference corpus (each problem names the rule it broke).
 * :func:`generate` never leaves a partial corpus under the target name: it writes a hidden
   temporary sibling directory (each file fsynced), then renames it into place.
 
-Only :func:`generate` and ``verify(regenerate=True)`` need mpmath; reading needs NumPy (and
-ml_dtypes for bfloat16 inputs).
+Only the exact engine (``generate(engine="exact")``, ``verify(regenerate=True)`` of an exact
+corpus) needs mpmath; reading needs NumPy (and ml_dtypes for bfloat16 inputs).
 """
 
 from __future__ import annotations
@@ -93,6 +119,12 @@ SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 MANIFEST = "manifest.json"
 GENERATOR = "refmask.conformance.exact (mpmath, 50 digits)"
+REFERENCE_GENERATOR = "refmask.attention float64 reference"
+#: engine -> the manifest's "generator" text.
+ENGINES = {"exact": GENERATOR, "reference": REFERENCE_GENERATOR}
+#: verify's bound for a reference corpus (see the module docstring):
+#: |stored - recomputed| <= REFERENCE_RTOL * max|recomputed| per array.
+REFERENCE_RTOL = 1e-12
 
 INPUT_NAMES = ("q", "k", "v", "d_out", "bias", "sinks", "dropout_keep")
 EXACT_NAMES = ("out", "lse", "dq", "dk", "dv", "dbias", "dsinks")
@@ -298,6 +330,11 @@ class Corpus(Mapping):
     def __getitem__(self, case_id: str) -> GoldenCase:
         return _read_case(self.directory, self._entries[case_id])
 
+    @property
+    def engine(self) -> str:
+        """The engine that computed the golden outputs: "exact" or "reference"."""
+        return corpus_engine(self.manifest)
+
     def manifest_entry(self, case_id: str) -> dict | None:
         """The manifest's entry for ``case_id`` (id, file, sha256, case), or None."""
         return self._entries.get(case_id)
@@ -357,6 +394,8 @@ def _read_manifest(directory: Path) -> dict:
     for key in ("refmask_version", "spec_version", "generator", "created"):
         if not isinstance(manifest.get(key), str):
             raise bad(f"{key} must be a string, got {manifest.get(key)!r}")
+    if not isinstance(manifest.get("engine", "exact"), str):
+        raise bad(f"engine must be a string, got {manifest['engine']!r}")
     cases = manifest.get("cases")
     if not isinstance(cases, list):
         raise bad(f"cases must be a list, got {type(cases).__name__}")
@@ -387,6 +426,17 @@ def _read_manifest(directory: Path) -> dict:
         ids.add(case_id)
         files.add(file.lower())
     return manifest
+
+
+def corpus_engine(corpus) -> str:
+    """The engine of a corpus: its manifest's "engine", or "exact" when the key is absent.
+
+    corpus: a manifest (dict), or a corpus directory (only its manifest is read and checked;
+    :class:`CorpusError` if it is unusable).
+    """
+    if not isinstance(corpus, Mapping):
+        corpus = _read_manifest(Path(corpus))
+    return corpus.get("engine", "exact")
 
 
 def _sha256(data: bytes) -> str:
@@ -467,15 +517,107 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
-def verify(directory, *, regenerate: bool = True, processes: int | None = None) -> list:
+_REFERENCE_RULE = (f"rule for a reference corpus: NaN/inf placement exact, elsewhere "
+                   f"|stored - recomputed| <= {REFERENCE_RTOL:g} * max|recomputed|")
+
+
+def _reference_difference(stored: np.ndarray, fresh: np.ndarray) -> str | None:
+    """Why ``stored`` breaks the reference rule against ``fresh`` (None if it keeps it)."""
+    if stored.dtype != fresh.dtype or stored.shape != fresh.shape:
+        return _first_difference(stored, fresh)
+    special = ~np.isfinite(fresh)
+    same_special = (np.isnan(stored) == np.isnan(fresh)) & (
+        np.where(np.isinf(fresh), stored == fresh, ~np.isinf(stored)))
+    if not same_special.all():
+        bad = ~same_special
+        first = tuple(int(n) for n in np.argwhere(bad)[0])
+        return (f"has NaN/inf at other entries than recomputed in {int(bad.sum())} of "
+                f"{bad.size} entries (first at {first}: stored {stored[first]!r}, recomputed "
+                f"{fresh[first]!r}); {_REFERENCE_RULE}")
+    finite = ~special
+    if not finite.any():
+        return None
+    scale = float(np.max(np.abs(fresh[finite])))
+    bound = REFERENCE_RTOL * scale
+    with np.errstate(invalid="ignore", over="ignore"):
+        error = np.where(finite, np.abs(stored - fresh), 0.0)
+    bad = error > bound
+    if not bad.any():
+        return None
+    first = tuple(int(n) for n in np.argwhere(bad)[0])
+    return (f"differs by up to {float(error.max()):.3g} > {REFERENCE_RTOL:g} * "
+            f"max|recomputed| = {bound:.3g} in {int(bad.sum())} of {bad.size} entries (first "
+            f"at {first}: stored {stored[first]!r}, recomputed {fresh[first]!r}); "
+            f"{_REFERENCE_RULE}")
+
+
+def _compare_members(golden: GoldenCase, members: Mapping, engine: str) -> list:
+    """Problems of one stored case against its recomputed members, under ``engine``'s rule."""
+    problems = []
+    for name in sorted(set(members) | set(golden.arrays)):
+        if name not in members or name not in golden.arrays:
+            problems.append(f"{golden.file}: member {name!r} is "
+                            f"{'not recomputed' if name not in members else 'missing'}")
+            continue
+        stored, recomputed = golden.arrays[name], members[name]
+        if engine == "reference" and name.startswith("exact."):
+            why = _reference_difference(stored, recomputed)
+        elif not _same_bits(stored, recomputed):
+            why = _first_difference(stored, recomputed)
+        else:
+            why = None
+        if why is not None:
+            problems.append(f"{golden.file}: {name} {why}")
+    return problems
+
+
+def _reference_outputs(case: Case, inputs: Mapping) -> dict:
+    """The float64 reference's golden outputs, laid out like the exact engine's."""
+    from .runner import reference_outputs
+
+    arrays = reference_outputs(case, dict(inputs), float64=True, grads=True)
+    if case.layout == "BTHD":
+        arrays = {name: np.swapaxes(value, 1, 2) if name in ("out", "dq", "dk", "dv")
+                  else value for name, value in arrays.items()}
+    return {name: np.ascontiguousarray(value, np.float64) for name, value in arrays.items()}
+
+
+def _reference_many(cases: Iterable[Case]) -> Iterator[tuple]:
+    from .cases import case_inputs
+
+    for case in cases:
+        inputs = case_inputs(case)
+        yield case, inputs, _reference_outputs(case, inputs)
+
+
+def _compute(cases: list, engine: str, processes: int | None) -> Iterator[tuple]:
+    """``(case, inputs, outputs)`` per case, from ``engine``."""
+    if engine == "reference":
+        return _reference_many(cases)
+    from .exact import exact_many
+
+    return exact_many(cases, processes=processes)
+
+
+def _check_engine(where: str, engine) -> str:
+    if not isinstance(engine, str) or engine not in ENGINES:
+        raise ValueError(f"{where}: engine must be one of {list(ENGINES)}, got {engine!r}")
+    return engine
+
+
+def verify(directory, *, regenerate: bool = True, processes: int | None = None,
+           progress: Callable[[int, int], object] | None = None) -> list:
     """Every defect of the corpus in ``directory``, as messages naming the file; [] if none.
 
     Checks the manifest, that each listed file exists with its SHA-256 and parses into the
     members its case requires, that each case JSON rebuilds a case, and reports files in the
     directory that the manifest does not list. With ``regenerate`` (default) it also recomputes
-    every case's inputs and exact outputs (``processes`` workers, see
-    :func:`~refmask.conformance.exact.exact_many`) and compares them with the stored arrays
-    BIT FOR BIT (NaN, inf and signed zeros included).
+    every case's inputs and outputs with the corpus's engine (manifest "engine"; absent means
+    "exact") and compares them with the stored arrays: an exact corpus BIT FOR BIT (NaN, inf
+    and signed zeros included; ``processes`` workers, see
+    :func:`~refmask.conformance.exact.exact_many`); a reference corpus's inputs bit for bit
+    and its outputs by the reference rule of the module docstring (``processes`` unused).
+    progress: optional ``progress(done, total)`` over the recomputed cases (0 first).
     """
     directory = Path(directory)
     try:
@@ -491,7 +633,7 @@ def verify(directory, *, regenerate: bool = True, processes: int | None = None) 
         problems.append(f"{directory / MANIFEST}: spec_version {manifest['spec_version']!r} "
                         f"differs from this refmask's {SPEC_VERSION!r}; regenerated values "
                         "follow the newer spec")
-    readable = []
+    readable = []  # (manifest entry, case); arrays are read again one case at a time below
     for entry in manifest["cases"]:
         try:
             golden = _read_case(directory, entry)
@@ -503,22 +645,30 @@ def verify(directory, *, regenerate: bool = True, processes: int | None = None) 
         except ValueError as error:
             problems.append(f"{golden.file}: {error}")
             continue
-        readable.append((golden, case))
+        readable.append((entry, case))
+        del golden
     if not regenerate or not readable:
         return problems
+    engine = corpus_engine(manifest)
+    if engine not in ENGINES:
+        problems.append(f"{directory / MANIFEST}: engine {engine!r} is unknown to refmask "
+                        f"{__version__} (known: {', '.join(ENGINES)}); the values cannot be "
+                        "re-derived")
+        return problems
 
-    from .exact import exact_many
-
-    fresh = exact_many([case for _, case in readable], processes=processes)
-    for (golden, _), (case, inputs, outputs) in zip(readable, fresh, strict=True):
-        members = _members(case, inputs, outputs)
-        for name in sorted(set(members) | set(golden.arrays)):
-            if name not in members or name not in golden.arrays:
-                problems.append(f"{golden.file}: member {name!r} is "
-                                f"{'not recomputed' if name not in members else 'missing'}")
-            elif not _same_bits(golden.arrays[name], members[name]):
-                problems.append(f"{golden.file}: {name} "
-                                f"{_first_difference(golden.arrays[name], members[name])}")
+    fresh = _compute([case for _, case in readable], engine, processes)
+    if progress is not None:
+        progress(0, len(readable))
+    for done, ((entry, _), (case, inputs, outputs)) in enumerate(
+            zip(readable, fresh, strict=True), start=1):
+        try:
+            golden = _read_case(directory, entry)
+        except CorpusError as error:  # changed since the first pass
+            problems.append(str(error))
+        else:
+            problems.extend(_compare_members(golden, _members(case, inputs, outputs), engine))
+        if progress is not None:
+            progress(done, len(readable))
     return problems
 
 
@@ -547,7 +697,7 @@ def _write_file(path: Path, data: bytes) -> None:
 
 def generate(directory, cases: Iterable[Case], *, overwrite: bool = False,
              progress: Callable[[int, int], object] | None = None,
-             processes: int | None = None) -> Path:
+             processes: int | None = None, engine: str = "exact") -> Path:
     """Write the golden corpus of ``cases`` to ``directory``; return its path.
 
     directory: created if absent (with its parents). If it exists and is not empty, it must be
@@ -555,8 +705,11 @@ def generate(directory, cases: Iterable[Case], *, overwrite: bool = False,
       FileExistsError naming ``directory`` (a directory that is not a corpus is never replaced).
     cases: :class:`Case` records with unique ids (and file names, see :func:`case_file_name`).
     progress: optional ``progress(done, total)``, called with 0 first and after each case.
-    processes: worker processes for the exact computation (default None: this process; see
-      :func:`~refmask.conformance.exact.exact_many`).
+    processes: worker processes for the exact engine (default None: this process; see
+      :func:`~refmask.conformance.exact.exact_many`); the reference engine ignores it.
+    engine: "exact" (default; mpmath, bit-reproducible everywhere, small cases only) or
+      "reference" (the float64 reference, for long sequences); recorded in the manifest's
+      "engine" and "generator" and decides how :func:`verify` compares (module docstring).
 
     Atomic: files go to a hidden temporary sibling ``.<name>.<random>.tmp`` (each fsynced),
     which is renamed to ``directory`` at the end; an existing corpus is first renamed to
@@ -569,6 +722,7 @@ def generate(directory, cases: Iterable[Case], *, overwrite: bool = False,
     if progress is not None and not callable(progress):
         raise TypeError(f"{where}: progress must be callable(done, total) or None, got "
                         f"{progress!r}")
+    _check_engine(where, engine)
     target = Path(directory)
     cases = list(cases)
     seen, files = {}, {}
@@ -610,14 +764,12 @@ def generate(directory, cases: Iterable[Case], *, overwrite: bool = False,
     backup = parent / f".{target.name}.{token}.old"
     temp.mkdir()
     try:
-        from .exact import exact_many
-
         total = len(cases)
         if progress is not None:
             progress(0, total)
         entries = []
         for done, (case, inputs, outputs) in enumerate(
-                exact_many(cases, processes=processes), start=1):
+                _compute(cases, engine, processes), start=1):
             data = npz_bytes(_members(case, inputs, outputs))
             file = case_file_name(case.id)
             _write_file(temp / file, data)
@@ -627,7 +779,7 @@ def generate(directory, cases: Iterable[Case], *, overwrite: bool = False,
                 progress(done, total)
         manifest = {
             "schema_version": SCHEMA_VERSION, "refmask_version": __version__,
-            "spec_version": SPEC_VERSION, "generator": GENERATOR,
+            "spec_version": SPEC_VERSION, "generator": ENGINES[engine], "engine": engine,
             "created": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
             "cases": entries,
         }
