@@ -245,7 +245,7 @@ def main(argv=None) -> int:
         sys.path.insert(0, os.getcwd())
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileExistsError) as error:
+    except (ValueError, TypeError, FileExistsError, RuntimeError) as error:
         print(f"refmask: error: {error}", file=sys.stderr)
         return 2
 

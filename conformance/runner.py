@@ -147,6 +147,40 @@ def shipped_golden() -> Callable:
 
 # --- judging one case ----------------------------------------------------------------------------
 
+#: How far the golden value may be from refmask's float64 reference before the run stops.
+GOLDEN_SANITY_RTOL = 1e-10
+
+
+class GoldenDisagreement(RuntimeError):
+    """The golden value and refmask's float64 reference disagree: the corpus is corrupted or
+    refmask has a bug. No verdict is given, because the tolerance model would be unsound."""
+
+
+def check_golden_sanity(case: Case, golden: dict, reference64: dict) -> None:
+    """Raise :class:`GoldenDisagreement` unless every golden tensor is within
+    ``GOLDEN_SANITY_RTOL * max(1, max|golden|)`` of the float64 reference, with NaN/inf in the
+    same places.
+
+    The tolerance model measures refmask's naive error *against the golden value*; a wrong
+    golden value would widen its own tolerance. This check keeps that yardstick honest.
+    """
+    for name, gold in golden.items():
+        if name not in reference64:
+            continue
+        ref = reference64[name]
+        same_special = np.array_equal(np.isnan(gold), np.isnan(ref)) and np.array_equal(
+            np.where(np.isinf(gold), gold, 0.0), np.where(np.isinf(ref), ref, 0.0))
+        finite = np.isfinite(gold) & np.isfinite(ref)
+        error = float(np.abs(gold[finite] - ref[finite]).max()) if finite.any() else 0.0
+        scale = max(1.0, float(np.abs(gold[finite]).max())) if finite.any() else 1.0
+        if not same_special or error > GOLDEN_SANITY_RTOL * scale:
+            placement = "equal" if same_special else "differs"
+            raise GoldenDisagreement(
+                f"case {case.id}: the golden {name} disagrees with refmask's float64 reference "
+                f"(max error {error:.3g}, NaN/inf placement {placement}); the corpus is "
+                "corrupted or refmask has a bug -- run `refmask golden verify`"
+            )
+
 def _mask_rows_picture(case: Case, first_bad: tuple | None) -> str:
     """The mask rows around the first offending (b, h, i), as text."""
     if first_bad is None or len(first_bad) < 3 or case.q_len == 0 or case.k_len == 0:
@@ -227,6 +261,9 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool = False,
         return result("fail", f"the backend raised {type(error).__name__}: {error}")
     gold = (golden or _golden_from_reference)(case, inputs, grads)
     naive = reference_outputs(case, inputs, float64=False, grads=grads)
+    reference64 = naive if case.dtype == "float64" else reference_outputs(
+        case, inputs, float64=True, grads=grads)
+    check_golden_sanity(case, gold, reference64)
     checks = _compare(case, output, gold, naive, grads)
     if all(c.ok for c in checks):
         return result("pass", checks=tuple(checks))
@@ -304,5 +341,5 @@ def check(target, *, cases: Iterable[Case] | None = None, dtypes=None, filter=No
     return report
 
 
-__all__ = ["VERDICTS", "CaseResult", "Report", "TensorCheck", "check", "reference_outputs",
-           "run_case", "select_cases"]
+__all__ = ["VERDICTS", "CaseResult", "GoldenDisagreement", "Report", "TensorCheck", "check",
+           "reference_outputs", "run_case", "select_cases"]

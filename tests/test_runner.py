@@ -172,3 +172,17 @@ def test_numpy_reference_passes_everything_with_gradients():
     report = check("numpy", grads=True)
     bad = [(r.case.id, r.reason) for r in report.results if r.verdict != "pass"]
     assert not bad, bad[:5]
+
+
+def test_a_wrong_golden_value_stops_the_run_instead_of_widening_the_tolerance():
+    """The yardstick (refmask's naive error against the golden value) would grow with a
+    corrupted golden value; the runner refuses to judge instead."""
+    from refmask.conformance.runner import GoldenDisagreement, reference_outputs
+
+    def off_by_one_percent(case, inputs, grads):
+        gold = reference_outputs(case, inputs, float64=True, grads=grads)
+        return {**gold, "out": gold["out"] * 1.01}
+
+    with pytest.raises(GoldenDisagreement, match="corrupted or refmask has a bug"):
+        check("numpy", filter="causal/top_left/square", dtypes=["float16"],
+              golden=off_by_one_percent)

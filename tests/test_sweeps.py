@@ -231,13 +231,16 @@ def test_cli_generates_verifies_and_checks_a_sweep(tmp_path, capsys):
     assert "1 pass, 0 policy, 0 fail, 0 unsupported (1 cases)" in capsys.readouterr().out
 
 
-def test_cli_check_uses_the_corpus_values(tmp_path, corpus, capsys):
-    # (a changed finite value would also widen its own tolerance, which is measured against
-    # the golden value: a NaN the backend does not produce shows the stored values are used)
-    rewrite_member(corpus, SMOKE[0], "exact.out", entry_changed((0, 0, 3, 1), lambda x: np.nan))
-    assert main(["check", "numpy", "--corpus", str(corpus)]) == 1
-    out = capsys.readouterr().out
-    assert "2 pass, 0 policy, 1 fail" in out and "out[0, 0, 3, 1]" in out
+@pytest.mark.parametrize("change", [lambda x: np.nan, lambda x: x * 1.01 + 1e-3],
+                         ids=["nan", "one_percent"])
+def test_cli_check_uses_the_corpus_values_and_refuses_wrong_ones(tmp_path, corpus, capsys,
+                                                                change):
+    # A stored value that disagrees with refmask's float64 reference (re-hashed, so only the
+    # value check can see it) stops the run: judging against it would be meaningless.
+    rewrite_member(corpus, SMOKE[0], "exact.out", entry_changed((0, 0, 3, 1), change))
+    assert main(["check", "numpy", "--corpus", str(corpus)]) == 2
+    err = capsys.readouterr().err
+    assert SMOKE[0] in err and "disagrees with refmask's float64 reference" in err
 
 
 def test_cli_sweep_narrowed_by_dtype_and_engine_choice(tmp_path, capsys):
