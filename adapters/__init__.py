@@ -15,6 +15,12 @@ from .common import Adapter, Output, Profile, Unsupported
 REGISTRY = {
     "numpy": "refmask.adapters.reference",
     "cupy": "refmask.adapters.cupy",
+    "torch.sdpa": "refmask.adapters.torch.sdpa",
+    "torch.sdpa.is_causal": "refmask.adapters.torch.sdpa",
+    "torch.mha": "refmask.adapters.torch.mha",
+    "torch.mha.need_weights": "refmask.adapters.torch.mha",
+    "torch.mha.fastpath": "refmask.adapters.torch.mha",
+    "torch.flex": "refmask.adapters.torch.flex",
 }
 
 

@@ -34,7 +34,7 @@ from refmask.attention import attention, attention_vjp
 
 from .cases import Case, attention_kwargs, case_inputs, catalog, dtype_unavailable
 from .explanations import Explanation, explanations
-from .tolerance import TensorCheck, check_tensor
+from .tolerance import TensorCheck, check_tensor, score_sensitivity
 
 VERDICTS = ("pass", "policy", "fail", "unsupported")
 GRAD_NAMES = ("dq", "dk", "dv", "dbias", "dsinks")
@@ -197,20 +197,30 @@ def _mask_rows_picture(case: Case, first_bad: tuple | None) -> str:
 
 
 def _compare(case: Case, output, golden: dict, naive: dict, grads: bool) -> list:
-    checks = [check_tensor("out", output.out, golden["out"], naive["out"], case.dtype)]
+    kappa = score_sensitivity(golden["lse"])
+    checks = [check_tensor("out", output.out, golden["out"], naive["out"], case.dtype,
+                           kappa=kappa)]
     if output.lse is not None:
-        checks.append(check_tensor("lse", output.lse, golden["lse"], naive["lse"], case.dtype))
+        checks.append(check_tensor("lse", output.lse, golden["lse"], naive["lse"], case.dtype,
+                                   kappa=kappa))
     if grads and output.grads:
         for name in GRAD_NAMES:
             if name in output.grads and name in golden:
                 checks.append(check_tensor(name, output.grads[name], golden[name], naive[name],
-                                           case.dtype, backward=True))
+                                           case.dtype, backward=True, kappa=kappa))
     return checks
 
 
-def _explain(case: Case, inputs: dict, output, golden: dict, naive: dict,
+def _explain(case: Case, inputs: dict, output, checks: list, golden: dict, naive: dict,
              candidates: Iterable[Explanation]) -> Explanation | None:
-    """The first explanation whose alternative reference the output matches."""
+    """The first explanation whose alternative reference the output matches.
+
+    Explanations model the forward pass (out, lse) only; a failure in any other tensor (a
+    gradient) is never explained away, and an explanation must match every returned tensor.
+    """
+    if any(not c.ok and c.name not in ("out", "lse") for c in checks):
+        return None
+    tol = {c.name: c.tolerance for c in checks}
     for explanation in candidates:
         if not explanation.applies(case):
             continue
@@ -220,12 +230,10 @@ def _explain(case: Case, inputs: dict, output, golden: dict, naive: dict,
         except (ValueError, TypeError):
             continue
         ok = check_tensor("out", output.out, alt_out, naive["out"], case.dtype,
-                          tol=check_tensor("out", golden["out"], golden["out"], naive["out"],
-                                           case.dtype).tolerance).ok
+                          tol=tol["out"]).ok
         if ok and output.lse is not None:
             ok = check_tensor("lse", output.lse, alt_lse, naive["lse"], case.dtype,
-                              tol=check_tensor("lse", golden["lse"], golden["lse"],
-                                               naive["lse"], case.dtype).tolerance).ok
+                              tol=tol["lse"]).ok
         if ok:
             return explanation
     return None
@@ -269,7 +277,8 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool = False,
         return result("pass", checks=tuple(checks))
     first = next(c for c in checks if not c.ok)
     picture = _mask_rows_picture(case, first.first_bad)
-    explanation = _explain(case, inputs, output, gold, naive, _ordered_explanations(adapter))
+    explanation = _explain(case, inputs, output, checks, gold, naive,
+                           _ordered_explanations(adapter))
     if explanation is not None and explanation.kind == "policy":
         return result("policy", f"{explanation.name}: {explanation.description}",
                       convention=explanation.name, convention_kind="policy",

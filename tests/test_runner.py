@@ -186,3 +186,20 @@ def test_a_wrong_golden_value_stops_the_run_instead_of_widening_the_tolerance():
     with pytest.raises(GoldenDisagreement, match="corrupted or refmask has a bug"):
         check("numpy", filter="causal/top_left/square", dtypes=["float16"],
               golden=off_by_one_percent)
+
+
+def test_a_gradient_failure_is_never_explained_away_by_a_forward_convention():
+    """A backend with a correct forward, no LSE and a wrong dq fails; no forward-only
+    alternative (such as lse_base=2, which leaves out unchanged) may turn it into a policy."""
+    from refmask.adapters import Adapter, Output, Profile
+    from refmask.adapters.reference import run_reference
+
+    def wrong_dq(case, inputs, *, grads):
+        good = run_reference(case, inputs, grads=grads)
+        return Output(out=good.out, lse=None, grads={**good.grads, "dq": good.grads["dq"] * 1.1})
+
+    adapter = Adapter("wrong_dq", Profile(lse_base=None, backward=True), wrong_dq)
+    report = check(adapter, filter="causal/top_left/square", dtypes=["float64"], grads=True)
+    (result,) = report.results
+    assert (result.verdict, result.convention) == ("fail", None)
+    assert [c.name for c in result.checks if not c.ok] == ["dq"]

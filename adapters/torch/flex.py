@@ -1,0 +1,146 @@
+"""FlexAttention (``torch.nn.attention.flex_attention.flex_attention``) as the adapter
+``torch.flex``, eager on CPU.
+
+Translation into flex's native features:
+
+* mask -> ``mask_mod(b, h, q_idx, kv_idx)`` (True = attend, ``h`` the query head) and a
+  ``BlockMask`` from ``create_block_mask`` (``B``/``H`` = None when the mask does not vary
+  along them, so flex broadcasts it). The mask_mod looks the answer up in the case's dense
+  keep tensor (``keep[b, h, q_idx, kv_idx]``), the way attention-gym writes data-defined
+  masks. Calling refmask's structured ``Mask.keep`` inside the mask_mod works under
+  ``torch.vmap`` (``create_block_mask`` / ``create_mask`` reproduce every catalog mask), but
+  flex_attention also traces the mask_mod with dynamo, even in eager mode, and dynamo rejects
+  refmask's NumPy table lookups (``Alignment.offset_table``, padding-length checks, explicit
+  arrays) and recompiles for every mask object (about 1 s per case); see
+  tests/test_adapters_torch.py.
+* softcap, bias, ALiBi -> one ``score_mod``: ``cap * tanh(s / cap)`` first, then
+  ``+ bias[b, h, q_idx, kv_idx]``, then ALiBi from the indices (``-m_h |pq - pk|`` or
+  ``m_h (pk - pq)``, ``pq = q_idx + offset[b]``), the spec's order (flex applies score_mod to
+  the already scaled score).
+* GQA -> ``enable_gqa=True``; scale -> ``scale=``; Dqk != Dv is native; BTHD -> transposed
+  views.
+* LSE: ``return_aux=AuxRequest(lse=True)``; natural log (flex computes in base 2 and
+  ``_finalize_outputs`` multiplies by ln 2, torch/nn/attention/flex_attention.py).
+
+Unsupported, with the reason: attention sinks and a given dropout keep-mask (flex 2.13 has
+neither, and neither is a score_mod: a sink is an extra softmax column, dropout acts after
+the softmax); Tk = 0 (flex raises IndexError: 'max(): Expected reduction dim 3 to have
+non-zero size'). With Tq = 0 the mask has no entries and no BlockMask is passed.
+
+Forward only: flex_attention refuses inputs that require grad on CPU
+("FlexAttention does not support backward on CPU", ``_validate_device``). The compiled CPU
+kernel (``torch.compile(flex_attention)``) is not offered: on CPU it accepts only float32,
+float16 and bfloat16, is inference-only, rejects ``return_lse`` ("torch.compile on CPU only
+supports inference and `return_lse` is not supported yet", torch/_inductor/kernel/flex/
+flex_cpu.py), and compiles for 10-40 s per shape, too slow for the suite.
+"""
+
+from __future__ import annotations
+
+from ..common import Adapter, Profile, Unsupported
+from . import common as tc
+
+SOFTCAP = None  # supported through score_mod
+SINKS = ("flex_attention has no sink argument in torch 2.13, and a sink (an extra softmax "
+         "column without a value) is neither a score_mod nor a mask_mod")
+DROPOUT = ("flex_attention has no dropout, and a dropout keep-mask acts after the softmax, "
+           "where no score_mod reaches")
+
+
+def _unsupported(case) -> str | None:
+    reason = tc.score_reasons(case, "torch.flex", softcap=SOFTCAP, sinks=SINKS,
+                              dropout=DROPOUT)
+    if reason:
+        return reason
+    if case.k_len == 0:
+        return ("torch.flex: Tk = 0: flex_attention raises IndexError ('max(): Expected "
+                "reduction dim 3 to have non-zero size') in its eager math path")
+    return None
+
+
+def _lookup_mask_mod(keep):
+    """mask_mod reading a (B, H, Tq, Tk) bool tensor (one code object for every case, so
+    dynamo reuses its trace)."""
+    def mask_mod(b, h, q_idx, kv_idx):
+        return keep[b, h, q_idx, kv_idx]
+
+    return mask_mod
+
+
+def _score_mod(softcap, bias, slopes, offsets, signed):
+    """softcap, then bias, then ALiBi (each only when given)."""
+    import torch
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        if softcap is not None:
+            score = softcap * torch.tanh(score / softcap)
+        if bias is not None:
+            score = score + bias[b, h, q_idx, kv_idx]
+        if slopes is not None:
+            pq = q_idx + offsets[b]
+            distance = kv_idx - pq if signed else -torch.abs(pq - kv_idx)
+            score = score + slopes[b, h] * distance.to(score.dtype)
+        return score
+
+    return score_mod
+
+
+def _alibi_tables(case):
+    """ALiBi slopes (B, Hq) in the case dtype and query offsets (B,) as torch tensors."""
+    import numpy as np
+    import torch
+
+    alibi = case.alibi
+    slopes = np.asarray(alibi.slopes, dtype=np.float64)
+    slopes = np.broadcast_to(slopes.reshape(-1, case.q_heads), (case.batch, case.q_heads))
+    offsets = np.broadcast_to(alibi.align.offset_table(case.q_len, case.k_len), (case.batch,))
+    return (torch.tensor(slopes.copy(), dtype=tc.torch_dtype(case.dtype)),
+            torch.tensor(offsets.copy(), dtype=torch.int64))
+
+
+def _call(case, q, k, v, bias):
+    from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, flex_attention
+
+    block_mask = None
+    if case.mask is not None and case.q_len > 0:  # no queries: the mask has no entries
+        small = tc.reduced_keep(case.keep())
+        keep = tc.to_torch(small).expand(case.batch, case.q_heads, case.q_len, case.k_len)
+        block_mask = create_block_mask(
+            _lookup_mask_mod(keep), case.batch if small.shape[0] > 1 else None,
+            case.q_heads if small.shape[1] > 1 else None, case.q_len, case.k_len,
+            device="cpu")
+    score_mod = None
+    if case.softcap is not None or bias is not None or case.alibi is not None:
+        slopes = offsets = None
+        if case.alibi is not None:
+            slopes, offsets = _alibi_tables(case)
+        signed = case.alibi is not None and case.alibi.convention == "signed"
+        score_mod = _score_mod(case.softcap, bias, slopes, offsets, signed)
+    out, aux = flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask,
+                              scale=case.scale, enable_gqa=case.kv_heads != case.q_heads,
+                              return_aux=AuxRequest(lse=True))
+    return out, aux.lse
+
+
+def run(case, inputs, *, grads: bool):
+    if grads:
+        raise Unsupported("torch.flex: FlexAttention does not support backward on CPU")
+    return tc.run_autograd(case, inputs, False, lambda q, k, v, bias: _call(case, q, k, v,
+                                                                            bias))
+
+
+ADAPTERS = (
+    Adapter(
+        name="torch.flex",
+        profile=Profile(empty_rows="zero", causal_alignment="both", lse_base="e",
+                        backward=False,
+                        notes="flex_attention eager on CPU (dynamo 'eager' backend, unfused "
+                              "math path); mask_mod over the dense keep tensor + "
+                              "create_block_mask; softcap/bias/ALiBi as score_mod; forward "
+                              "only (no backward on CPU in torch 2.13)"),
+        run=run,
+        unsupported=_unsupported,
+        unavailable=tc.unavailable,
+        description="FlexAttention: mask_mod/BlockMask, score_mod, enable_gqa, LSE",
+    ),
+)
