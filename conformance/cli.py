@@ -8,6 +8,8 @@
     refmask golden verify [DIR] [--no-regenerate]     default DIR: the shipped corpus
     refmask fuzz BACKEND [--examples N] [--seed S] [--dtype D ...]
                                                       random cases; prints a reproducer
+    refmask matrix BACKEND... [--update docs/conformance.md] [--dtype D ...]
+                                                      the published backend x family matrix
     refmask gallery [--ascii]                         every primitive, drawn
     refmask render MASK_JSON --q-len N --k-len N      one mask (JSON as written by to_json)
                    [--batch B] [--head H] [--png PATH] [--cell PX] [--overwrite]
@@ -172,6 +174,20 @@ def _fuzz(args) -> int:
     return 1
 
 
+def _matrix(args) -> int:
+    from . import matrix
+
+    reports = matrix.measure(args.backends, dtypes=args.dtype,
+                             progress=_progress_bar("measuring"))
+    block = matrix.render(reports)
+    if args.update:
+        matrix.update_file(args.update, block)
+        print(f"updated {args.update}")
+    else:
+        print(block)
+    return 1 if any(r.failed for r in reports) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refmask", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version",
@@ -219,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     fz.add_argument("--seed", type=int, default=None, help="seed for reproducible runs")
     fz.add_argument("--dtype", action="append", metavar="DTYPE", help="only these dtypes")
     fz.set_defaults(run=_fuzz)
+
+    mx = commands.add_parser("matrix", help="the backend x family conformance matrix")
+    mx.add_argument("backends", nargs="+", help="backend names")
+    mx.add_argument("--update", metavar="FILE",
+                    help="replace the <!-- matrix:begin/end --> block of FILE")
+    mx.add_argument("--dtype", action="append", metavar="DTYPE", help="only these dtypes")
+    mx.set_defaults(run=_matrix)
 
     show = commands.add_parser("gallery", help="draw every mask primitive")
     show.add_argument("--ascii", action="store_true", help="use '#' and '.' only")

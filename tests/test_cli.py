@@ -132,3 +132,19 @@ def test_impl_module_is_found_in_the_working_directory(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 1, result.stderr
     assert "mask_multiplied" in result.stdout
+
+
+def test_matrix_updates_only_the_marked_block(tmp_path, buggy_module, capsys):
+    doc = tmp_path / "conformance.md"
+    doc.write_text("# Mine\n\nintro\n<!-- matrix:begin -->\nold\n<!-- matrix:end -->\noutro\n")
+    code = main(["matrix", "numpy", buggy_module, "--dtype", "float64", "--update", str(doc)])
+    assert code == 1  # the buggy function fails, so the command says so
+    text = doc.read_text()
+    assert text.startswith("# Mine\n\nintro\n<!-- matrix:begin -->\n| family | `numpy` |")
+    assert text.endswith("<!-- matrix:end -->\noutro\n") and "old" not in text
+    assert "**FAIL**" in text and "mask_multiplied" in text and "`numpy`: 71 pass" in text
+    bare = tmp_path / "bare.md"
+    bare.write_text("no markers here\n")
+    assert main(["matrix", "numpy", "--dtype", "float64", "--update", str(bare)]) == 2
+    assert "matrix:begin" in capsys.readouterr().err
+    assert bare.read_text() == "no markers here\n"
