@@ -268,6 +268,9 @@ def main(argv=None) -> int:
         sys.path.insert(0, os.getcwd())
     try:
         return args.run(args)
+    except BrokenPipeError:  # the reader (e.g. `| head`) went away: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, TypeError, FileExistsError, RuntimeError) as error:
         print(f"refmask: error: {error}", file=sys.stderr)
         return 2
