@@ -14,13 +14,20 @@ from .common import Adapter, Output, Profile, Unsupported
 #: adapter name -> module that defines it (imported only when asked for).
 REGISTRY = {
     "numpy": "refmask.adapters.reference",
-    "cupy": "refmask.adapters.cupy",
     "torch.sdpa": "refmask.adapters.torch.sdpa",
     "torch.sdpa.is_causal": "refmask.adapters.torch.sdpa",
     "torch.mha": "refmask.adapters.torch.mha",
     "torch.mha.need_weights": "refmask.adapters.torch.mha",
     "torch.mha.fastpath": "refmask.adapters.torch.mha",
     "torch.flex": "refmask.adapters.torch.flex",
+    "jax.dpa": "refmask.adapters.jax",
+    "flax.mask": "refmask.adapters.jax",
+    "keras.mha": "refmask.adapters.keras",
+    "keras.dpa": "refmask.adapters.keras",
+    "onnxruntime.attention23": "refmask.adapters.onnx",
+    "onnxruntime.attention24": "refmask.adapters.onnx",
+    "hf.masks": "refmask.adapters.hf",
+    "cupy": "refmask.adapters.cupy",
 }
 
 

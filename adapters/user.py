@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .common import Adapter, Output, Profile, Unsupported
+from .common.translate import additive_bias
 
 FEATURES = ("gqa", "softcap", "bias", "sinks", "dropout", "dqk_ne_dv", "length0")
 
@@ -85,12 +86,7 @@ def from_function(fn, name: str | None = None) -> Adapter:
         return f"the function declares no support for {', '.join(missing)}" if missing else None
 
     def run(case, inputs, *, grads: bool) -> Output:
-        bias = inputs.get("bias")
-        if case.alibi is not None:
-            alibi = case.alibi.bias(case.batch, case.q_heads, case.q_len, case.k_len)
-            bias = alibi if bias is None else np.asarray(bias, np.float64) + alibi
-        if bias is not None:
-            bias = np.asarray(bias, np.float64).astype(inputs["q"].dtype)
+        bias = additive_bias(case, inputs)
         call = Call(
             keep=case.keep(),
             scale=case.scale if case.scale is not None else 1.0 / math.sqrt(case.qk_dim),

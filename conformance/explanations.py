@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -31,11 +31,36 @@ from .cases import Case, attention_kwargs
 
 @dataclass(frozen=True)
 class Explanation:
+    """A named alternative: ``reference(case, inputs) -> (out BHTD, lse)`` under it.
+
+    ``changes(case) -> dict`` is set when the alternative is just other keyword arguments of
+    ``refmask.attention`` (another mask, another empty-row policy, ...); such alternatives
+    can be composed (see :func:`compose`).
+    """
+
     name: str
     kind: str
     description: str
     applies: Callable[[Case], bool]
     reference: Callable[[Case, dict], tuple]
+    changes: Callable[[Case], dict] | None = None
+
+
+def _by_changes(name: str, kind: str, description: str, applies, changes) -> Explanation:
+    """An explanation that reruns the reference with ``changes(case)`` as keyword arguments."""
+    return Explanation(name, kind, description, applies,
+                       lambda case, inputs: _run(case, inputs, **changes(case)), changes)
+
+
+def compose(first: Explanation, second: Explanation) -> Explanation:
+    """Both alternatives at once (e.g. top-left causal *and* mean-of-V empty rows, which is
+    what a backend gives when its causal switch empties rows the spec keeps)."""
+    def changes(case):
+        return {**first.changes(case), **second.changes(case)}
+
+    return _by_changes(f"{first.name} + {second.name}", first.kind,
+                       f"{first.description}; and {second.description}",
+                       lambda c: first.applies(c) and second.applies(c), changes)
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -158,8 +183,9 @@ def _softmax_out(case: Case, values: dict, scores: np.ndarray, *, post=None) -> 
 
 # --- the alternatives ----------------------------------------------------------------------------
 
-def _empty_rows(policy: str):
-    return lambda case, inputs: _run(case, inputs, empty_rows=policy)
+def _empty_rows_policy(policy: str, description: str) -> Explanation:
+    return _by_changes(f"empty_rows={policy}", "policy", description,
+                       lambda c: True, lambda c: {"empty_rows": policy})
 
 
 def _fa2_empty_rows(case: Case, inputs: dict) -> tuple:
@@ -221,47 +247,61 @@ def _dropout_unscaled(case: Case, inputs: dict) -> tuple:
     return out * (1.0 - case.dropout_rate), lse
 
 
+def _empty_row_policies() -> list[Explanation]:
+    """The empty-row conventions, applicable to any case (rows may empty under another mask)."""
+    return [
+        _empty_rows_policy("nan", "empty rows give NaN (plain softmax: nn.MultiheadAttention "
+                           "with need_weights=True, ONNX <= 1.22)"),
+        _empty_rows_policy("uniform", "empty rows give the mean of V (masked scores replaced "
+                           "by a finite constant: JAX, Flax, Keras)"),
+        _empty_rows_policy("unmasked", "empty rows give the unmasked softmax (a finite "
+                           "constant added to masked scores: tf-keras, legacy BERT -10000)"),
+    ]
+
+
+def _mask_conventions() -> list[Explanation]:
+    """The mask conventions: alignment and window width."""
+    return [
+        _by_changes("causal=top_left", "policy",
+                    "the mask is aligned top-left (SDPA is_causal, JAX, Keras, ONNX without a "
+                    "KV cache) where the spec says bottom-right",
+                    lambda c: _uses_alignment(c, "bottom_right"),
+                    lambda c: {"mask": _realigned(c, "bottom_right", "top_left")}),
+        _by_changes("causal=bottom_right", "policy",
+                    "the mask is aligned bottom-right (FlashAttention >= 2.1, ONNX with a KV "
+                    "cache) where the spec says top-left",
+                    lambda c: _uses_alignment(c, "top_left"),
+                    lambda c: {"mask": _realigned(c, "top_left", "bottom_right")}),
+        _by_changes("window=one_key_wider", "policy",
+                    "the sliding window keeps one key more (W+1 keys: 'q - kv <= W' read as "
+                    "W keys, the HF eager drift of transformers #29623)",
+                    lambda c: "sliding_window" in _json_kinds(c.mask),
+                    lambda c: {"mask": _window_shifted(c, +1)}),
+        _by_changes("window=one_key_narrower", "policy",
+                    "the sliding window keeps one key less (W-1 keys: (W-1, 0) applied to a "
+                    "window already counted without self)",
+                    lambda c: "sliding_window" in _json_kinds(c.mask),
+                    lambda c: {"mask": _window_shifted(c, -1)}),
+    ]
+
+
+def _default_scale(case: Case) -> float:
+    return case.scale if case.scale is not None else 1.0 / math.sqrt(case.qk_dim)
+
+
 def explanations() -> list[Explanation]:
     """Every named alternative, policies first, in the order the runner tries them."""
-    def kinds(case):
-        return _json_kinds(case.mask)
-
+    empty_rows = _empty_row_policies()
+    mask_conventions = _mask_conventions()
     return [
-        Explanation("empty_rows=nan", "policy",
-                    "empty rows give NaN (plain softmax: nn.MultiheadAttention with "
-                    "need_weights=True, ONNX <= 1.22)",
-                    _has_empty_rows, _empty_rows("nan")),
-        Explanation("empty_rows=uniform", "policy",
-                    "empty rows give the mean of V (masked scores replaced by a finite "
-                    "constant: JAX, Flax, Keras)",
-                    _has_empty_rows, _empty_rows("uniform")),
-        Explanation("empty_rows=unmasked", "policy",
-                    "empty rows give the unmasked softmax (a finite constant added to masked "
-                    "scores: tf-keras, legacy BERT -10000)",
-                    _has_empty_rows, _empty_rows("unmasked")),
+        *[replace(e, applies=_has_empty_rows) for e in empty_rows],
         Explanation("empty_rows=zero_lse_posinf", "policy",
                     "empty rows give output 0 with LSE +inf (FlashAttention 2)",
                     _has_empty_rows, _fa2_empty_rows),
-        Explanation("causal=top_left", "policy",
-                    "the mask is aligned top-left (SDPA is_causal, JAX, Keras, ONNX <= 1.22) "
-                    "where the spec says bottom-right",
-                    lambda c: _uses_alignment(c, "bottom_right"),
-                    lambda c, i: _run(c, i, mask=_realigned(c, "bottom_right", "top_left"))),
-        Explanation("causal=bottom_right", "policy",
-                    "the mask is aligned bottom-right (FlashAttention >= 2.1, ONNX >= 1.23) "
-                    "where the spec says top-left",
-                    lambda c: _uses_alignment(c, "top_left"),
-                    lambda c, i: _run(c, i, mask=_realigned(c, "top_left", "bottom_right"))),
-        Explanation("window=one_key_wider", "policy",
-                    "the sliding window keeps one key more (W+1 keys: 'q - kv <= W' read as "
-                    "W keys, the HF eager drift of transformers #29623)",
-                    lambda c: "sliding_window" in kinds(c),
-                    lambda c, i: _run(c, i, mask=_window_shifted(c, +1))),
-        Explanation("window=one_key_narrower", "policy",
-                    "the sliding window keeps one key less (W-1 keys: (W-1, 0) applied to a "
-                    "window already counted without self)",
-                    lambda c: "sliding_window" in kinds(c),
-                    lambda c, i: _run(c, i, mask=_window_shifted(c, -1))),
+        *mask_conventions,
+        # A mask convention can empty rows the spec keeps; the backend's empty-row policy
+        # then decides them: both conventions at once.
+        *[compose(m, e) for m in mask_conventions for e in empty_rows],
         Explanation("lse_base=2", "policy", "the LSE is in base 2 (FlashInfer)",
                     lambda c: c.q_len > 0, _lse_base_2),
         Explanation("alibi=other_sign_convention", "policy",
@@ -277,6 +317,17 @@ def explanations() -> list[Explanation]:
                     "masked keys leak weight exp(-cap)",
                     lambda c: c.softcap is not None and c.mask is not None,
                     _softcap_after_mask),
+        Explanation("scale=float32", "bug",
+                    "the scale is rounded to float32 before use (Keras' TensorFlow backend "
+                    "casts the Python float through float32): a float64 accuracy bug",
+                    lambda c: c.dtype == "float64",
+                    lambda c, i: _run(c, i, scale=float(np.float32(_default_scale(c))))),
+        Explanation("scale=float32_sqrt_squared", "bug",
+                    "q and k are each scaled by sqrt(scale) computed in float32 (an ONNX "
+                    "function-body fallback): a float64 accuracy bug",
+                    lambda c: c.dtype == "float64",
+                    lambda c, i: _run(c, i, scale=float(
+                        np.float64(np.float32(math.sqrt(np.float32(_default_scale(c))))) ** 2))),
         Explanation("scale=1/Dqk", "bug", "scores scaled by 1/Dqk instead of 1/sqrt(Dqk)",
                     lambda c: c.scale is None and c.qk_dim > 1,
                     lambda c, i: _run(c, i, scale=1.0 / c.qk_dim)),

@@ -1,0 +1,70 @@
+"""Translating a case into a backend's terms: the pieces every adapter needs.
+
+A backend has a few native switches (``is_causal``, a window argument, padding lengths) and a
+dense mask for the rest. Adapters split the case mask into its AND-conjuncts, hand each
+conjunct a switch can stand for to that switch, and materialise the others; these helpers do
+the splitting, the tests ("is it positional?", "is its alignment one a switch can mean?") and
+the dense and additive arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from refmask import masks as m
+
+
+def and_parts(mask) -> list:
+    """The conjuncts of a mask (``a & b & c`` -> [a, b, c]); [] for no mask; ``full()`` parts
+    are dropped (they keep everything)."""
+    if mask is None:
+        return []
+    parts = list(mask.masks) if mask.kind == "and" else [mask]
+    return [p for p in parts if p.kind != "full"]
+
+
+def positional(part) -> bool:
+    """True for a conjunct defined on positions: it, or any mask inside it, has an alignment."""
+    stack = [part]
+    while stack:
+        node = stack.pop()
+        if getattr(node, "align", None) is not None:
+            return True
+        stack.extend(getattr(node, "masks", ()))
+        if getattr(node, "mask", None) is not None:
+            stack.append(node.mask)
+    return False
+
+
+def plain_alignment(part) -> bool:
+    """True when the part is aligned ``"top_left"`` or plain ``"bottom_right"`` (no per-batch
+    valid-length tables): what a backend's causal switch can stand for, its own alignment
+    being reported by the runner (policy ``causal=top_left``)."""
+    align = getattr(part, "align", None)
+    if align is None:  # a combination (or, not, per-batch, ...): no switch stands for it
+        return False
+    return align.kind == "top_left" or (
+        align.kind == "bottom_right" and align.q_lengths is None and align.k_lengths is None)
+
+
+def dense_keep(case, parts: list):
+    """The dense keep array (B, Hq, Tq, Tk) of the AND of ``parts``, or None for no parts."""
+    if not parts:
+        return None
+    return np.asarray(m.all_of(*parts).materialize(case.batch, case.q_heads, case.q_len,
+                                                   case.k_len))
+
+
+def additive_bias(case, inputs: dict, *, dtype=None):
+    """The case's bias array plus its ALiBi bias, (B, Hq, Tq, Tk), or None when it has neither.
+
+    The sum is formed in float64 and rounded once to ``dtype`` (default: the dtype of
+    ``inputs["q"]``; pass ``np.float64`` to keep it unrounded).
+    """
+    bias = inputs.get("bias")
+    if case.alibi is not None:
+        alibi = case.alibi.bias(case.batch, case.q_heads, case.q_len, case.k_len)
+        bias = alibi if bias is None else np.asarray(bias, np.float64) + alibi
+    if bias is None:
+        return None
+    return np.asarray(bias, np.float64).astype(inputs["q"].dtype if dtype is None else dtype)

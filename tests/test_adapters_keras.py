@@ -1,0 +1,136 @@
+"""keras.mha and keras.dpa (Keras 3, TensorFlow backend) against the conformance suite.
+
+Every supported case passes at its dtype's tolerance except the named divergences:
+top-left causal, empty rows as the mean of V, MQA crashing in the TF backend, and float64
+results carrying a float32-rounded scale.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("keras")
+
+from refmask.adapters import load  # noqa: E402
+from refmask.attention import attention  # noqa: E402
+from refmask.conformance.cases import attention_kwargs, case_inputs, catalog  # noqa: E402
+from refmask.conformance.runner import check  # noqa: E402
+
+LOW = ["float32", "float16", "bfloat16"]
+#: use_causal_mask / is_causal are top-left (keras/src/backend/tensorflow/nn.py band_part;
+#: MultiHeadAttention._compute_causal_mask).
+TOP_LEFT = {"causal/bottom_right/wide", "causal/bottom_right/tall", "causal/decode_q_len_1",
+            "alibi/abs_causal_bottom_right"}
+#: masked logits replaced by -0.7 * 3.38953e38: empty rows are the mean of V.
+UNIFORM = {"padding/queries_right", "padding/queries_left_keys_left_causal",
+           "padding/all_keys_padded", "explicit/articles_empty_first_row",
+           "empty_rows/all_masked", "empty_rows/every_other_query_padded"}
+
+
+#: a top-left window on the tall bottom-right case empties rows that keras fills with the
+#: mean of V: both conventions at once.
+TOP_LEFT_AND_UNIFORM = "causal=top_left + empty_rows=uniform"
+
+
+def _assert_expected(report, top_left, uniform, fails=frozenset(), combined=frozenset()):
+    for result in report.results:
+        name = result.case.name
+        if result.verdict == "unsupported":
+            assert result.reason
+        elif name in top_left:
+            assert (result.verdict, result.convention) == ("policy", "causal=top_left"), result
+        elif name in uniform:
+            assert (result.verdict, result.convention) == ("policy", "empty_rows=uniform"), \
+                result
+        elif name in combined:
+            assert (result.verdict, result.convention) == ("policy", TOP_LEFT_AND_UNIFORM), \
+                result
+        elif name in fails:
+            assert result.verdict == "fail", result
+        else:
+            assert result.verdict == "pass", (result.case.id, result.reason)
+    assert report.counts()["pass"] >= 10
+
+
+def test_keras_dpa_matrix():
+    report = check("keras.dpa", dtypes=LOW)
+    # the tall bottom-right window has no switch in ops.dot_product_attention: it goes dense
+    # with the right alignment, and only its empty rows differ.
+    _assert_expected(report, TOP_LEFT, UNIFORM | {"window/fa_2_0/bottom_right_tall"},
+                     fails={"mqa/4_to_1"})
+    mqa = [r for r in report.results if r.case.name == "mqa/4_to_1"]
+    # keras' TF backend repeats kv heads only when K > 1; K = 1 reaches tf.einsum unbroadcast
+    assert all("InvalidArgumentError" in r.reason for r in mqa)
+
+
+def test_keras_dpa_gradients():
+    report = check("keras.dpa", dtypes=LOW, grads=True,
+                   filter="causal/top_left,window/fa_2_0/square,bias/,gqa/4_to_2,padding/keys")
+    assert report.results
+    for result in report.results:
+        assert result.verdict == "pass", (result.case.id, result.reason)
+        assert {"dq", "dk", "dv"} <= {c.name for c in result.checks}
+    assert any(c.name == "dbias" for r in report.results for c in r.checks)
+
+
+def test_keras_mha_matrix():
+    report = check("keras.mha", dtypes=LOW)
+    _assert_expected(report, TOP_LEFT | {"window/fa_2_0/bottom_right_wide"}, UNIFORM,
+                     combined={"window/fa_2_0/bottom_right_tall"})
+    verdicts = {r.case.id: r for r in report.results}
+    for name in ("window/fa_2_0/square", "window/fa_3_0/square", "window/symmetric_2_2",
+                 "padding/keys_left", "documents/packed_causal"):
+        assert verdicts[f"{name}@float32"].verdict == "pass", name
+    assert "GroupedQueryAttention" in verdicts["gqa/4_to_2_causal@float32"].reason
+    assert "1/sqrt(key_dim)" in verdicts["full/custom_scale@float32"].reason
+    assert "differs between heads" in verdicts["explicit/random@float32"].reason
+
+
+@pytest.mark.parametrize("name", ["keras.dpa", "keras.mha"])
+def test_float64_scale_is_rounded_to_float32(name):
+    """The TF backend rounds the scale to float32 (``tf.cast(scale, logits.dtype)`` of a Python
+    float, and ``1 / tf.sqrt(tf.cast(H, "float32"))`` for the default), so float64 results
+    are off by ~1e-8: the runner's verdict is fail, and the output is exactly the reference
+    with the float32-rounded scale."""
+    cases = {c.name: c for c in catalog(["float64"])}
+    adapter = load(name)
+    for case_name in ("full/square", "causal/top_left/square", "padding/keys_left"):
+        case = cases[case_name]
+        inputs = case_inputs(case)
+        out = adapter.run(case, inputs, grads=False).out
+        kwargs = attention_kwargs(case, inputs)
+        scale = case.scale if case.scale is not None else 1.0 / math.sqrt(case.qk_dim)
+        exact = attention(inputs["q"], inputs["k"], inputs["v"], **kwargs).out
+        kwargs["scale"] = float(np.float32(scale))
+        rounded = attention(inputs["q"], inputs["k"], inputs["v"], **kwargs).out
+        assert np.abs(out - rounded).max() < 1e-14
+        assert np.abs(out - exact).max() > 1e-10
+    report = check(name, dtypes=["float64"], filter="full/square,causal/top_left/square")
+    assert [r.verdict for r in report.results] == ["fail", "fail"]
+
+
+def test_translations():
+    from refmask.adapters.keras.dpa import translate as dpa_translate
+    from refmask.adapters.keras.mha import translate as mha_translate
+
+    cases = {c.name: c for c in catalog(["float32"])}
+    plan = mha_translate(cases["window/fa_2_0/square"])
+    assert plan["use_causal_mask"] and plan["sliding_window"] == 3
+    assert plan["attention_mask"] is None
+    plan = mha_translate(cases["window/symmetric_2_2"])
+    assert not plan["use_causal_mask"] and plan["sliding_window"] == 3
+    plan = mha_translate(cases["padding/keys_left"])
+    assert plan["value_mask"].tolist() == [[True] * 7, [False] * 4 + [True] * 3]
+    plan = dpa_translate(cases["causal/bottom_right/wide"])
+    assert plan["is_causal"] and plan["mask"] is None
+    plan = dpa_translate(cases["chunked/bottom_right_wide"])
+    assert not plan["is_causal"] and plan["mask"] is not None
+
+
+def test_runner_names_the_float32_scale_bug():
+    report = check("keras.dpa", dtypes=["float64"], filter="full/square,causal/top_left/wide")
+    assert [(r.verdict, r.convention) for r in report.results] == [("fail", "scale=float32")] * 2
