@@ -58,7 +58,8 @@ def compose(first: Explanation, second: Explanation) -> Explanation:
     def changes(case):
         return {**first.changes(case), **second.changes(case)}
 
-    return _by_changes(f"{first.name} + {second.name}", first.kind,
+    kind = "bug" if "bug" in (first.kind, second.kind) else "policy"
+    return _by_changes(f"{first.name} + {second.name}", kind,
                        f"{first.description}; and {second.description}",
                        lambda c: first.applies(c) and second.applies(c), changes)
 
@@ -289,10 +290,33 @@ def _default_scale(case: Case) -> float:
     return case.scale if case.scale is not None else 1.0 / math.sqrt(case.qk_dim)
 
 
+def _precision_bugs() -> list[Explanation]:
+    """float64 results computed with a float32-rounded scale (named after who was seen)."""
+    def float32_scale(case):
+        return {"scale": float(np.float32(_default_scale(case)))}
+
+    def float32_sqrt_scale_squared(case):
+        root = np.float32(math.sqrt(np.float32(_default_scale(case))))
+        return {"scale": float(np.float64(root) ** 2)}
+
+    float64_only = lambda c: c.dtype == "float64"  # noqa: E731 - a one-line predicate
+    return [
+        _by_changes("scale=float32", "bug",
+                    "the scale is rounded to float32 before use (Keras' TensorFlow backend "
+                    "casts the Python float through float32): a float64 accuracy bug",
+                    float64_only, float32_scale),
+        _by_changes("scale=float32_sqrt_squared", "bug",
+                    "q and k are each scaled by sqrt(scale) computed in float32 (an ONNX "
+                    "function-body fallback): a float64 accuracy bug",
+                    float64_only, float32_sqrt_scale_squared),
+    ]
+
+
 def explanations() -> list[Explanation]:
     """Every named alternative, policies first, in the order the runner tries them."""
     empty_rows = _empty_row_policies()
     mask_conventions = _mask_conventions()
+    precision_bugs = _precision_bugs()
     return [
         *[replace(e, applies=_has_empty_rows) for e in empty_rows],
         Explanation("empty_rows=zero_lse_posinf", "policy",
@@ -317,17 +341,11 @@ def explanations() -> list[Explanation]:
                     "masked keys leak weight exp(-cap)",
                     lambda c: c.softcap is not None and c.mask is not None,
                     _softcap_after_mask),
-        Explanation("scale=float32", "bug",
-                    "the scale is rounded to float32 before use (Keras' TensorFlow backend "
-                    "casts the Python float through float32): a float64 accuracy bug",
-                    lambda c: c.dtype == "float64",
-                    lambda c, i: _run(c, i, scale=float(np.float32(_default_scale(c))))),
-        Explanation("scale=float32_sqrt_squared", "bug",
-                    "q and k are each scaled by sqrt(scale) computed in float32 (an ONNX "
-                    "function-body fallback): a float64 accuracy bug",
-                    lambda c: c.dtype == "float64",
-                    lambda c, i: _run(c, i, scale=float(
-                        np.float64(np.float32(math.sqrt(np.float32(_default_scale(c))))) ** 2))),
+        *precision_bugs,
+        # A float64 precision bug hides behind any convention the backend also follows.
+        *[compose(bug, policy) for bug in precision_bugs
+          for policy in (*mask_conventions, *empty_rows,
+                         *[compose(m, e) for m in mask_conventions for e in empty_rows])],
         Explanation("scale=1/Dqk", "bug", "scores scaled by 1/Dqk instead of 1/sqrt(Dqk)",
                     lambda c: c.scale is None and c.qk_dim > 1,
                     lambda c, i: _run(c, i, scale=1.0 / c.qk_dim)),

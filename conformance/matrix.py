@@ -48,11 +48,21 @@ def _cell(results: list) -> str:
     return " / ".join(parts) + f" of {total}"
 
 
+def _kind_of_failure(result) -> str:
+    """A short name for a fail no explanation matched: a crash, NaN/inf placement or error."""
+    if result.reason.startswith("the backend raised"):
+        return result.reason.split(":")[0]
+    bad = [c for c in result.checks if not c.ok]
+    if any(c.nonfinite_mismatch for c in bad):
+        return "NaN/inf placement in " + ", ".join(c.name for c in bad if c.nonfinite_mismatch)
+    return "error above tolerance in " + ", ".join(c.name for c in bad)
+
+
 def _divergences(report: Report) -> list[str]:
     groups: dict = defaultdict(list)
     for result in report.results:
         if result.verdict in ("policy", "fail"):
-            key = (result.verdict, result.convention or result.reason.split(":")[0])
+            key = (result.verdict, result.convention or _kind_of_failure(result))
             groups[key].append(result)
     lines = []
     for (verdict, name), results in sorted(groups.items()):
