@@ -14,6 +14,7 @@ from .common import Adapter, Output, Profile, Unsupported
 #: adapter name -> module that defines it (imported only when asked for).
 REGISTRY = {
     "numpy": "refmask.adapters.reference",
+    "refmask.fast": "refmask.adapters.fast",
     "torch.sdpa": "refmask.adapters.torch.sdpa",
     "torch.sdpa.is_causal": "refmask.adapters.torch.sdpa",
     "torch.mha": "refmask.adapters.torch.mha",

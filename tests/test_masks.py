@@ -562,3 +562,44 @@ def test_keep_runs_under_torch_vmap_without_validation():
     per_pair = torch.vmap(per_key, in_dims=(None, None, 0, None))
     got = per_pair(torch.tensor(0), torch.tensor(0), torch.arange(6), torch.arange(8))
     np.testing.assert_array_equal(got.numpy(), dense(mask, 6, 8)[0, 0])
+
+
+@FAST
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=4), st.integers(1, 4), st.data())
+def test_documents_classify_is_exact_for_packed_and_gapped_ids(lengths, tile, data):
+    """Packed ids (steps of 0 or 1) take the interval rule; ids with gaps (an empty sequence
+    in cu_seqlens gives a step of 2) are evaluated; both must be exact."""
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    if offsets[-1] == 0:
+        return
+    mask = documents_from_cu_seqlens(offsets)
+    total = int(offsets[-1])
+    keep = dense(mask, total, total)[0, 0]
+    q0 = data.draw(st.integers(0, total - 1))
+    k0 = data.draw(st.integers(0, total - 1))
+    q1, k1 = min(total, q0 + tile), min(total, k0 + tile)
+    block = keep[q0:q1, k0:k1]
+    expected = Block.FULL if block.all() else Block.PARTIAL if block.any() else Block.EMPTY
+    assert mask.classify(q0, q1, k0, k1, q_len=total, k_len=total) == expected
+
+
+def test_documents_classify_of_a_large_packed_grid_needs_no_evaluation(monkeypatch):
+    """The interval rule never evaluates the mask: a 1024 x 1024 tile grid over 131072 packed
+    tokens is classified from the ids at the tile edges alone (evaluation would loop over a
+    million tiles)."""
+    import importlib
+
+    documents_module = importlib.import_module("refmask.masks.documents")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("packed ids must not fall back to evaluation")
+
+    monkeypatch.setattr(documents_module, "classify_by_evaluation", refuse)
+    lengths = np.full(64, 2048)
+    mask = documents_from_cu_seqlens(np.concatenate([[0], np.cumsum(lengths)]))
+    starts = np.arange(0, 131072, 128)
+    codes = mask.classify(starts[:, None], starts[:, None] + 128, starts[None, :],
+                          starts[None, :] + 128, q_len=131072, k_len=131072)
+    # 64 documents of 16 tiles each: 64 * 16 * 16 FULL tiles on the block diagonal.
+    assert int((codes == Block.FULL).sum()) == 64 * 16 * 16
+    assert int((codes == Block.PARTIAL).sum()) == 0

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import check_choice
 from ._inputs import (
     DEFAULT_EMPTY_ROWS,
     DEFAULT_LAYOUT,
@@ -33,7 +34,7 @@ from ._inputs import (
     check_same_namespace,
     prepare,
 )
-from .forward import ForwardState, forward_pass, matmul
+from .forward import DEFAULT_PATH, PATHS, ForwardState, forward_pass, matmul
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,7 +135,8 @@ def backward_pass(state: ForwardState, d_out, d_lse) -> Grads:
 
 def attention_vjp(q, k, v, d_out, *, d_lse=None, mask=None, scale=None, softcap=None,
                   bias=None, alibi=None, sinks=None, dropout_keep=None, dropout_rate=None,
-                  empty_rows=DEFAULT_EMPTY_ROWS, layout=DEFAULT_LAYOUT) -> Grads:
+                  empty_rows=DEFAULT_EMPTY_ROWS, layout=DEFAULT_LAYOUT,
+                  path=DEFAULT_PATH) -> Grads:
     """Gradients of :func:`~refmask.attention.attention` (formulas in the module docstring).
 
     Args:
@@ -143,6 +145,9 @@ def attention_vjp(q, k, v, d_out, *, d_lse=None, mask=None, scale=None, softcap=
       d_out: the upstream gradient of ``out``: same shape (in the same layout), namespace and
         dtype as ``out``.
       d_lse: optional upstream gradient of ``lse``, shape (B, Hq, Tq); default None = 0.
+      path: "auto" (default), "exact" or "fast", as in :func:`~refmask.attention.attention`;
+        the fast path (FlashAttention-2 recomputation on the forward's tiles) also leaves
+        gradients under empty_rows="nan" and dbias of a broadcast bias to the exact path.
 
     Returns:
       Grads(dq, dk, dv, dbias, dsinks): dq/dk/dv shaped like q/k/v; dbias like bias (None
@@ -152,6 +157,17 @@ def attention_vjp(q, k, v, d_out, *, d_lse=None, mask=None, scale=None, softcap=
     Computed in q's dtype by recomputing the forward pass; NaN/inf propagate, never raise.
     """
     where = "attention_vjp"
+    path = check_choice(where, "path", path, PATHS)
+    if path != "exact":
+        from ..fast._dispatch import vjp_or_none
+
+        grads = vjp_or_none(
+            where, path, q, k, v, d_out, d_lse,
+            dict(mask=mask, scale=scale, softcap=softcap, bias=bias, alibi=alibi, sinks=sinks,
+                 dropout_keep=dropout_keep, dropout_rate=dropout_rate, empty_rows=empty_rows,
+                 layout=layout))
+        if grads is not None:
+            return grads
     inp = prepare(where, q, k, v, mask=mask, scale=scale, softcap=softcap, bias=bias,
                   alibi=alibi, sinks=sinks, dropout_keep=dropout_keep,
                   dropout_rate=dropout_rate, empty_rows=empty_rows, layout=layout)

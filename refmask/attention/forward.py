@@ -25,7 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import check_choice
 from ._inputs import DEFAULT_EMPTY_ROWS, DEFAULT_LAYOUT, Inputs, prepare
+
+#: Values of the ``path`` keyword of attention / attention_vjp (see refmask.fast._dispatch).
+PATHS = ("auto", "exact", "fast")
+DEFAULT_PATH = "auto"
 
 
 @dataclass(frozen=True, eq=False)
@@ -243,7 +248,7 @@ def forward_pass(inp: Inputs) -> ForwardState:
 def attention(q, k, v, *, mask=None, scale=None, softcap=None, bias=None, alibi=None,
               sinks=None, dropout_keep=None, dropout_rate=None,
               empty_rows=DEFAULT_EMPTY_ROWS, layout=DEFAULT_LAYOUT,
-              return_probs=False) -> AttentionResult:
+              return_probs=False, path=DEFAULT_PATH) -> AttentionResult:
     """Reference scaled dot-product attention (see the module docstring for the formulas).
 
     Letters: B batch, Hq query heads, Hkv kv heads (Hq % Hkv == 0; query head h reads kv head
@@ -277,6 +282,13 @@ def attention(q, k, v, *, mask=None, scale=None, softcap=None, bias=None, alibi=
       layout: "BHTD" (default) or "BTHD"; applies to q, k, v and out, not to lse, probs, mask,
         bias or dropout_keep, which are always (B, Hq, Tq[, Tk]).
       return_probs: also return the (B, Hq, Tq, Tk) weights; default False.
+      path: "auto" (default), "exact" or "fast". "exact" is the array-API reference below;
+        "fast" is :mod:`refmask.fast` (NumPy float64, tiles skipped by ``classify``, O(T*D)
+        memory), which raises ``refmask.fast.FastPathUnsupported`` naming ``path`` and the
+        feature for what it does not cover (dropout, return_probs, empty_rows="unmasked");
+        "auto" takes the fast path for NumPy float64 inputs with
+        B * Hq * Tq * Tk >= ``refmask.fast._dispatch.AUTO_MIN_SCORES`` and covered
+        features, the exact path otherwise. Both agree to ~1e-12 relative in float64.
 
     Returns:
       AttentionResult(out, lse, probs) in q's namespace, dtype and device.
@@ -284,11 +296,23 @@ def attention(q, k, v, *, mask=None, scale=None, softcap=None, bias=None, alibi=
     Computed naively in q's dtype (float64 is the reference). NaN or inf inputs propagate to
     the outputs they touch; no floating-point warning is ever emitted.
     """
+    path = check_choice("attention", "path", path, PATHS)
+    if not isinstance(return_probs, bool):
+        raise TypeError(f"attention: return_probs must be a bool, got {return_probs!r}")
+    if path != "exact":
+        from ..fast._dispatch import forward_or_none
+
+        result = forward_or_none(
+            "attention", path, q, k, v,
+            dict(mask=mask, scale=scale, softcap=softcap, bias=bias, alibi=alibi, sinks=sinks,
+                 dropout_keep=dropout_keep, dropout_rate=dropout_rate, empty_rows=empty_rows,
+                 layout=layout),
+            return_probs=return_probs)
+        if result is not None:
+            return result
     inp = prepare("attention", q, k, v, mask=mask, scale=scale, softcap=softcap, bias=bias,
                   alibi=alibi, sinks=sinks, dropout_keep=dropout_keep,
                   dropout_rate=dropout_rate, empty_rows=empty_rows, layout=layout)
-    if not isinstance(return_probs, bool):
-        raise TypeError(f"attention: return_probs must be a bool, got {return_probs!r}")
     # IEEE special values in the *inputs* (inf - inf, overflow in float16) propagate as
     # NaN/inf; silence NumPy's warnings for them. Empty rows need no silencing (guards).
     with np.errstate(all="ignore"):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._validate import check_int_matrix, check_int_vector
-from ._base import Mask, classify_by_evaluation, common_batch_size
+from ._base import Block, Mask, classify_by_evaluation, common_batch_size
 
 
 @dataclass(frozen=True, repr=False)
@@ -57,13 +57,45 @@ class Documents(Mask):
             self.k_segment_ids, b, j)
 
     def _classify(self, b, h, q0, q1, k0, k1, q_len, k_len):
-        return classify_by_evaluation(self, b, h, q0, q1, k0, k1, q_len, k_len)
+        """Exact codes from the first and last id of each range, with ``[q_lo, q_hi]`` and
+        ``[k_lo, k_hi]`` the ids at the ends of the two ranges:
+        EMPTY iff ``q_hi < k_lo or k_hi < q_lo``; FULL iff ``q_lo == q_hi == k_lo == k_hi``.
+
+        The rule is exact when the id intervals of two ranges overlap only if the ranges share
+        an id, which holds (a) when queries and keys use the same non-decreasing id row (two
+        sorted ranges of one row whose intervals touch meet in the id where they touch), and
+        (b) when every row is non-decreasing in steps of 0 or 1 (a range then holds every id
+        between its ends). Packed documents (``cu_seqlens``, position-id restarts) are (a) or
+        (b); other id layouts are classified by evaluation."""
+        q_ids = np.asarray(self.q_segment_ids, dtype=np.int64)
+        k_ids = np.asarray(self.k_segment_ids, dtype=np.int64)
+        same_sorted_row = self.q_segment_ids == self.k_segment_ids and bool(
+            np.all(np.diff(q_ids, axis=1) >= 0))
+        dense_steps = _steps_of_zero_or_one(q_ids) and _steps_of_zero_or_one(k_ids)
+        if not (same_sorted_row or dense_steps):
+            return classify_by_evaluation(self, b, h, q0, q1, k0, k1, q_len, k_len)
+
+        def ends(ids, start, stop):
+            rows = b if ids.shape[0] > 1 else np.zeros_like(b)
+            return ids[rows, start], ids[rows, stop - 1]
+
+        q_lo, q_hi = ends(q_ids, q0, q1)
+        k_lo, k_hi = ends(k_ids, k0, k1)
+        full = (q_lo == q_hi) & (k_lo == k_hi) & (q_lo == k_lo)
+        empty = (q_hi < k_lo) | (k_hi < q_lo)
+        return np.where(empty, Block.EMPTY, np.where(full, Block.FULL, Block.PARTIAL))
 
     def _params(self) -> dict:
         params = {"q_segment_ids": [list(row) for row in self.q_segment_ids]}
         if self.k_segment_ids != self.q_segment_ids:
             params["k_segment_ids"] = [list(row) for row in self.k_segment_ids]
         return params
+
+
+def _steps_of_zero_or_one(ids: np.ndarray) -> bool:
+    """True when every row of ``ids`` is non-decreasing in steps of 0 or 1."""
+    steps = np.diff(ids, axis=1)
+    return bool(np.all((steps == 0) | (steps == 1)))
 
 
 def documents(q_segment_ids, k_segment_ids=None) -> Documents:

@@ -1,0 +1,87 @@
+"""The fast path's entry points: checked inputs in, AttentionResult / Grads (and stats) out."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..attention._inputs import check_float_array, check_same_namespace
+from ..attention.backward import Grads
+from ..attention.forward import AttentionResult
+from ._inputs import FastInputs, FastPathUnsupported, numpy_float64_reason, prepare_fast
+from ._inputs import unsupported_feature as _unsupported_feature
+
+
+def refuse(where: str, reason: str) -> FastPathUnsupported:
+    """The error for ``path="fast"`` on a call it does not cover."""
+    return FastPathUnsupported(
+        f"{where}: path='fast' does not support {reason}; use path='auto' (falls back to the "
+        "exact path for such calls) or path='exact'"
+    )
+
+
+def checked(where: str, q, k, v, kwargs: dict, *, grads: bool,
+            return_probs: bool = False) -> FastInputs:
+    """prepare_fast, then FastPathUnsupported for anything the fast path does not cover."""
+    reason = numpy_float64_reason(q, k, v)
+    if reason:
+        raise refuse(where, reason)
+    fast = prepare_fast(where, q, k, v, **kwargs)
+    reason = _unsupported_feature(fast, grads=grads, return_probs=return_probs)
+    if reason:
+        raise refuse(where, reason)
+    return fast
+
+
+def run_forward(where: str, fast: FastInputs, *, q_tile=None, k_tile=None, threads=None,
+                keep_budget_bytes=None):
+    """``(AttentionResult, TileStats)`` for checked inputs (out in the caller's layout)."""
+    from ._forward import forward
+    from ._tiles import DEFAULT_KEEP_BUDGET_BYTES
+
+    budget = DEFAULT_KEEP_BUDGET_BYTES if keep_budget_bytes is None else keep_budget_bytes
+    with np.errstate(all="ignore"):
+        out, lse, stats = forward(fast, q_tile=q_tile, k_tile=k_tile, threads=threads,
+                                  keep_budget_bytes=budget)
+    return AttentionResult(out=fast.inp.from_bhtd(out), lse=lse), stats
+
+
+def check_upstream(where: str, fast: FastInputs, q, d_out, d_lse):
+    """d_out and d_lse checked as attention_vjp checks them; returned in (B, H, T, D)."""
+    inp = fast.inp
+    xp = inp.xp
+    check_same_namespace(where, "d_out", q, d_out)
+    check_float_array(where, "d_out", xp, d_out, inp.dtype)
+    out_shape = (inp.batch, inp.q_heads, inp.q_len, inp.v_dim)
+    expected = out_shape if inp.layout == "BHTD" else (out_shape[0], out_shape[2], out_shape[1],
+                                                       out_shape[3])
+    if tuple(d_out.shape) != expected:
+        raise ValueError(
+            f"{where}: d_out must have the shape of out, {expected} for layout "
+            f"{inp.layout!r}, got {tuple(d_out.shape)}"
+        )
+    if d_lse is not None:
+        check_same_namespace(where, "d_lse", q, d_lse)
+        check_float_array(where, "d_lse", xp, d_lse, inp.dtype)
+        if tuple(d_lse.shape) != out_shape[:3]:
+            raise ValueError(
+                f"{where}: d_lse must have the shape of lse, (B, Hq, Tq) = {out_shape[:3]}, got "
+                f"{tuple(d_lse.shape)}"
+            )
+    return inp.to_bhtd(d_out), d_lse
+
+
+def run_vjp(where: str, fast: FastInputs, d_out, d_lse, *, q_tile=None, k_tile=None,
+            threads=None, keep_budget_bytes=None):
+    """``(Grads, TileStats)`` for checked inputs and checked upstream gradients (BHTD)."""
+    from ._backward import backward
+    from ._tiles import DEFAULT_KEEP_BUDGET_BYTES
+
+    budget = DEFAULT_KEEP_BUDGET_BYTES if keep_budget_bytes is None else keep_budget_bytes
+    inp = fast.inp
+    with np.errstate(all="ignore"):
+        dq, dk, dv, dbias, dsinks, _, _, stats = backward(
+            fast, np.asarray(d_out, dtype=np.float64), d_lse, q_tile=q_tile, k_tile=k_tile,
+            threads=threads, keep_budget_bytes=budget)
+    grads = Grads(dq=inp.from_bhtd(dq), dk=inp.from_bhtd(dk), dv=inp.from_bhtd(dv),
+                  dbias=dbias, dsinks=dsinks)
+    return grads, stats

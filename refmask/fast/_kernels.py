@@ -1,0 +1,360 @@
+"""Numba tile kernels of the fast path (float64, one work item per call of the inner loop).
+
+Tiles are stored transposed, key-major: for query tile r and key tile c,
+
+    S^T[jj, ii] = s(i0 + ii, j0 + jj),   i0 = r * Bq, j0 = c * Bk,   shape (Bk, Bq)
+
+so that every per-query quantity (row maximum, row sum, shift) is a contiguous vector over
+``ii`` and the element loops vectorise. Products are NN ``np.dot`` on C-contiguous tiles
+(operands stored pre-transposed where needed), which Numba hands to BLAS ``dgemm``.
+
+Scores of one tile, in the order of the reference (docs/spec.md section 3.2):
+
+    t   = K_c (scale Q_r)^T                          then c = cap * tanh(t / cap)   (softcap)
+    s   = c + bias[b, h, i, j] + m_bh * dist(b, i, j)                               (ALiBi)
+    s   = -inf  where the tile is PARTIAL and not keep[i, j], and for padding j >= Tk
+
+ALiBi: ``dist = -|pq - pk|`` ("abs", kind 1) or ``pk - pq`` ("signed", kind 2), with
+``pq = i + offset(b)``, ``pk = j``; kind 0 = no ALiBi.
+
+The exponential is :func:`exp_shifted`, a branch-free vectorisable ``exp`` (Cody-Waite
+reduction, degree-11 polynomial, 2^n built in the exponent bits): relative error below
+5e-16 on [-708, 0] (measured against mpmath), exactly 0 below -708 (such terms are below
+2^-1021 of the row's largest term, which is 1), NaN for NaN; ~4x faster than libm's exp.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+_OPTIONS = dict(nogil=True, cache=True, fastmath={"contract"}, error_model="numpy")
+
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_EXP_FLOOR = -708.0
+# exp(r) on |r| <= ln2/2: degree-11 Chebyshev interpolant (50-digit mpmath fit, relative
+# error 4.2e-18 before rounding), coefficients of r^2 .. r^11 (those of 1 and r are 1).
+_P2 = 0.5000000000000019
+_P3 = 0.1666666666666668
+_P4 = 0.0416666666664881
+_P5 = 0.008333333333319601
+_P6 = 0.0013888888952314775
+_P7 = 0.00019841269890047113
+_P8 = 2.4801485482328494e-05
+_P9 = 2.755724091857897e-06
+_P10 = 2.763263963904103e-07
+_P11 = 2.5110037605963777e-08
+
+NO_ALIBI, ALIBI_ABS, ALIBI_SIGNED = 0, 1, 2
+
+
+@intrinsic
+def _int64_bits_as_float64(typingctx, bits):
+    """Reinterpret the 64 bits of an int64 as a float64 (an LLVM bitcast, vectorisable)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+@njit(**_OPTIONS)
+def exp_shifted(scores, shift, log_scale, out, row_sums):
+    """``out[jj, ii] = exp(x)``, ``x = (scores[jj, ii] - shift[ii]) - log_scale[ii]``, and
+    ``row_sums[ii] += sum_jj out``; requires x <= 709 (here x <= 0: shift is the row
+    maximum). (The backward passes shift = row max M and log_scale = log L separately
+    instead of lse = M + log L: lse rounded to ulp(|M|) would cost large scores that many
+    ulps of relative accuracy in p.)
+
+    exp(x) = P(r) * 2^n,  n = round(x / ln 2),  r = x - n ln 2 (two-part ln 2),  |r| <= ln2/2,
+    P a degree-11 Chebyshev fit (error 4e-18 before rounding, Estrin order); 2^n is the float64
+    whose exponent field is n + 1023. x < -708 (including -inf) gives 0, NaN gives NaN.
+    One branch-free loop that LLVM vectorises.
+    """
+    for jj in range(scores.shape[0]):
+        for ii in range(scores.shape[1]):
+            x = (scores[jj, ii] - shift[ii]) - log_scale[ii]
+            xc = _EXP_FLOOR if x < _EXP_FLOOR else x
+            n = math.floor(xc * _LOG2E + 0.5)
+            r = (xc - n * _LN2_HI) - n * _LN2_LO
+            r2 = r * r
+            r4 = r2 * r2
+            low = (1.0 + r) + r2 * (_P2 + r * _P3)
+            mid = (_P4 + r * _P5) + r2 * (_P6 + r * _P7)
+            high = (_P8 + r * _P9) + r2 * (_P10 + r * _P11)
+            poly = (low + r4 * mid) + (r4 * r4) * high
+            value = poly * _int64_bits_as_float64((np.int64(n) + 1023) << 52)
+            value = 0.0 if x < _EXP_FLOOR else value
+            out[jj, ii] = value
+            row_sums[ii] += value
+
+
+@njit(**_OPTIONS)
+def tile_scores(scores, tanh_t, tile_max, b, h, i0, j0, q_len, k_len, softcap, bias, has_bias,
+                alibi_slopes, alibi_offsets, alibi_kind, keep_blocks, keep_index):
+    """Turn ``scores = t^T = K_c (scale Q_r)^T`` (Bk, Bq) into the masked scores ``s^T`` in
+    place, and ``tile_max[ii] = max_jj s^T[jj, ii]`` (NaN if any is NaN).
+
+    The scale is folded into the query tiles (exact when scale is a power of two, as
+    1/sqrt(64); otherwise within an ulp of ``scale * (q . k)``). tanh_t receives
+    tanh(t / cap) when softcap > 0 (its gradient needs it). Rows beyond Tk are set to -inf;
+    columns beyond Tq get no bias (their results are discarded).
+    """
+    block_k, block_q = scores.shape
+    n_cols = min(block_k, k_len - j0)
+    n_rows = min(block_q, q_len - i0)
+    max_now = not has_bias and alibi_kind == NO_ALIBI and keep_index < 0
+    tile_max[:] = -np.inf
+    for jj in range(block_k):
+        if jj >= n_cols:
+            for ii in range(block_q):
+                scores[jj, ii] = -np.inf
+            continue
+        if softcap > 0.0:
+            for ii in range(block_q):
+                th = math.tanh(scores[jj, ii] / softcap)
+                tanh_t[jj, ii] = th
+                scores[jj, ii] = softcap * th
+        if max_now:
+            for ii in range(block_q):
+                x = scores[jj, ii]
+                if x > tile_max[ii] or x != x:
+                    tile_max[ii] = x
+    if has_bias:
+        bb = b if bias.shape[0] > 1 else 0
+        bh = h if bias.shape[1] > 1 else 0
+        for ii in range(n_rows):
+            bi = i0 + ii if bias.shape[2] > 1 else 0
+            if bias.shape[3] > 1:
+                for jj in range(n_cols):
+                    scores[jj, ii] = scores[jj, ii] + bias[bb, bh, bi, j0 + jj]
+            else:
+                for jj in range(n_cols):
+                    scores[jj, ii] = scores[jj, ii] + bias[bb, bh, bi, 0]
+    if alibi_kind != NO_ALIBI:
+        slope = alibi_slopes[b if alibi_slopes.shape[0] > 1 else 0, h]
+        offset = alibi_offsets[b if alibi_offsets.shape[0] > 1 else 0]
+        for jj in range(n_cols):
+            pk = j0 + jj
+            for ii in range(n_rows):
+                pq = i0 + ii + offset
+                dist = -abs(pq - pk) if alibi_kind == ALIBI_ABS else pk - pq
+                scores[jj, ii] = scores[jj, ii] + slope * np.float64(dist)
+    if keep_index >= 0:
+        for jj in range(n_cols):
+            for ii in range(block_q):
+                if not keep_blocks[keep_index, jj, ii]:
+                    scores[jj, ii] = -np.inf
+    if not max_now:
+        for jj in range(n_cols):
+            for ii in range(block_q):
+                x = scores[jj, ii]
+                if x > tile_max[ii] or x != x:
+                    tile_max[ii] = x
+
+
+@njit(**_OPTIONS)
+def forward_items(items, tile_col, tile_keep, keep_blocks, qT_t, k_t, vT_t, softcap,
+                  bias, has_bias, alibi_slopes, alibi_offsets, alibi_kind, sinks, has_sinks,
+                  q_len, k_len, group_size, out_t, lse_t, max_t, log_sum_t, counts):
+    """Blocked online softmax for work items ``(b, h, r, start, stop)``: query tile r of
+    batch b, head h, over the non-empty key tiles ``tile_col[start:stop]`` (ascending).
+
+    Per query row i, over its tiles in order (m = -inf, l = 0, acc = 0 at the start):
+
+        m'  = max(m, max_j s_ij)             NaN propagates
+        a   = exp(m - m'),  p_ij = exp(s_ij - m')      (shift 0 while m' = -inf)
+        l   = a l + sum_j p_ij,   acc = a acc + sum_j p_ij v_gj
+
+    then, with the sink (sink_h = -inf without sinks) joining at the end:
+
+        M = max(m, sink_h);  L = l exp(m - M) + exp(sink_h - M)
+        o_i = acc exp(m - M) / L,  lse_i = M + log(L);   M = -inf (empty row): o = 0, -inf
+
+    Operands are stored for NN products: qT_t (B, Hq, nq, Dqk, Bq) (q tiles transposed and
+    multiplied by scale), k_t (B, Hkv, nk, Bk, Dqk), vT_t (B, Hkv, nk, Dv, Bk);
+    S^T = K_c Q_r^T and acc^T += V_c^T P^T. Writes out_t (B, Hq, nq, Bq, Dv), lse_t,
+    max_t (M) and log_sum_t (log L), each (B, Hq, nq, Bq) (the backward recomputes
+    p = exp((s - M) - log L)); counts[0] += FULL tiles computed, counts[1] += PARTIAL tiles
+    computed.
+    """
+    block_q = qT_t.shape[4]
+    block_k = k_t.shape[3]
+    v_dim = vT_t.shape[3]
+    scores = np.empty((block_k, block_q))
+    probs = np.empty((block_k, block_q))
+    tanh_t = np.empty((block_k, block_q) if softcap > 0.0 else (1, 1))
+    pv_t = np.empty((v_dim, block_q))
+    acc_t = np.empty((v_dim, block_q))
+    row_max = np.empty(block_q)
+    row_sum = np.empty(block_q)
+    tile_max = np.empty(block_q)
+    shift = np.empty(block_q)
+    rescale = np.empty(block_q)
+    no_log_scale = np.zeros(block_q)
+    for item in range(items.shape[0]):
+        b, h, r, start, stop = items[item, 0], items[item, 1], items[item, 2], items[item, 3], \
+            items[item, 4]
+        g = h // group_size
+        q_tile_t = qT_t[b, h, r]
+        row_max[:] = -np.inf
+        row_sum[:] = 0.0
+        acc_t[:, :] = 0.0
+        for t in range(start, stop):
+            c = tile_col[t]
+            keep_index = tile_keep[t]
+            if keep_index >= 0:
+                counts[1] += 1
+            else:
+                counts[0] += 1
+            np.dot(k_t[b, g, c], q_tile_t, scores)
+            tile_scores(scores, tanh_t, tile_max, b, h, r * block_q, c * block_k, q_len, k_len,
+                        softcap, bias, has_bias, alibi_slopes, alibi_offsets, alibi_kind,
+                        keep_blocks, keep_index)
+            for ii in range(block_q):
+                old = row_max[ii]
+                new = tile_max[ii]
+                if not (new > old or new != new):
+                    new = old
+                shift[ii] = new if new != -np.inf else 0.0
+                rescale[ii] = math.exp(old - shift[ii])
+                row_max[ii] = new
+                row_sum[ii] *= rescale[ii]
+            exp_shifted(scores, shift, no_log_scale, probs, row_sum)
+            np.dot(vT_t[b, g, c], probs, pv_t)
+            for d in range(v_dim):
+                for ii in range(block_q):
+                    acc_t[d, ii] = rescale[ii] * acc_t[d, ii] + pv_t[d, ii]
+        sink = sinks[h] if has_sinks else -np.inf
+        for ii in range(block_q):
+            m = row_max[ii]
+            total = sink if (sink > m or sink != sink) else m
+            if total == -np.inf:
+                for d in range(v_dim):
+                    out_t[b, h, r, ii, d] = 0.0
+                lse_t[b, h, r, ii] = -np.inf
+                max_t[b, h, r, ii] = -np.inf
+                log_sum_t[b, h, r, ii] = 0.0
+                continue
+            if has_sinks:
+                factor = math.exp(m - total)
+                denominator = row_sum[ii] * factor + math.exp(sink - total)
+            else:
+                factor = 1.0
+                denominator = row_sum[ii]
+            for d in range(v_dim):
+                out_t[b, h, r, ii, d] = (acc_t[d, ii] * factor) / denominator
+            log_sum = math.log(denominator)
+            lse_t[b, h, r, ii] = total + log_sum
+            max_t[b, h, r, ii] = total
+            log_sum_t[b, h, r, ii] = log_sum
+
+
+@njit(**_OPTIONS)
+def backward_items(items, map_of, col_ptr, tile_row, tile_keep, keep_blocks, q_t, qT_t, k_t,
+                   kT_t, v_t, do_t, doT_t, max_t, log_sum_t, delta_t, scale, softcap, bias,
+                   has_bias, alibi_slopes, alibi_offsets, alibi_kind, q_len, k_len, group_size,
+                   dqT_acc, dk_t, dv_t, dbias, has_dbias, counts):
+    """FlashAttention-2 backward for work items ``(b, g, c)``: key tile c of kv head g, over
+    every query head h of the group and every non-empty tile (r, c) of h's tile map.
+
+    With P recomputed from the forward's row maximum M and log-sum log L,
+    ``p_ij = exp((s_ij - M_i) - log L_i)`` (= exp(s_ij - lse_i); 0 for an empty row), and
+    ``delta_i = D_i - dlse_i`` with ``D_i = <dO_i, o_i>``:
+
+        dV_gj += sum_i p_ij dO_i            dP_ij = <dO_i, v_gj>
+        dS_ij  = p_ij (dP_ij - delta_i)     exactly 0 where masked
+        dT_ij  = dS_ij (1 - tanh(t_ij / cap)^2)   (softcap; dT = dS without)
+        dK_gj += scale sum_i dT_ij q_i      dQ_i += sum_j dT_ij k_gj   (times scale later)
+
+    Every product is NN on tiles stored both ways: q_t (B, Hq, nq, Bq, Dqk) and qT_t
+    (.., Dqk, Bq) (times scale, for the scores), k_t (B, Hkv, nk, Bk, Dqk) and kT_t
+    (.., Dqk, Bk), v_t (.., Bk, Dv), do_t (B, Hq, nq, Bq, Dv) and doT_t (.., Dv, Bq). dV and
+    dK of a key tile are owned by one work item; dQ^T goes to this thread's own
+    accumulator ``dqT_acc`` (B, Hq, nq, Dqk, Bq), summed over threads by the caller.
+    dbias (B, Hq, Tq, Tk), when ``has_dbias``, receives dS of every computed tile.
+    """
+    block_q = q_t.shape[3]
+    block_k = k_t.shape[3]
+    qk_dim = q_t.shape[4]
+    v_dim = v_t.shape[4]
+    scores = np.empty((block_k, block_q))
+    probs = np.empty((block_k, block_q))
+    d_probs = np.empty((block_k, block_q))
+    tanh_t = np.empty((block_k, block_q) if softcap > 0.0 else (1, 1))
+    dk_part = np.empty((block_k, qk_dim))
+    dv_part = np.empty((block_k, v_dim))
+    dq_part_t = np.empty((qk_dim, block_q))
+    dk_sum = np.empty((block_k, qk_dim))
+    dv_sum = np.empty((block_k, v_dim))
+    shift = np.empty(block_q)
+    unused_sums = np.empty(block_q)
+    tile_max = np.empty(block_q)
+    for item in range(items.shape[0]):
+        b, g, c = items[item, 0], items[item, 1], items[item, 2]
+        j0 = c * block_k
+        n_cols = min(block_k, k_len - j0)
+        k_tile = k_t[b, g, c]
+        k_tile_t = kT_t[b, g, c]
+        v_tile = v_t[b, g, c]
+        dk_sum[:, :] = 0.0
+        dv_sum[:, :] = 0.0
+        for h in range(g * group_size, (g + 1) * group_size):
+            tiles = map_of[b, h]
+            for t in range(col_ptr[tiles, c], col_ptr[tiles, c + 1]):
+                r = tile_row[t]
+                i0 = r * block_q
+                keep_index = tile_keep[t]
+                if keep_index >= 0:
+                    counts[1] += 1
+                else:
+                    counts[0] += 1
+                np.dot(k_tile, qT_t[b, h, r], scores)
+                tile_scores(scores, tanh_t, tile_max, b, h, i0, j0, q_len, k_len, softcap,
+                            bias, has_bias, alibi_slopes, alibi_offsets, alibi_kind,
+                            keep_blocks, keep_index)
+                for ii in range(block_q):
+                    row_max = max_t[b, h, r, ii]
+                    shift[ii] = row_max if row_max != -np.inf else np.inf
+                exp_shifted(scores, shift, log_sum_t[b, h, r], probs, unused_sums)
+                np.dot(probs, do_t[b, h, r], dv_part)
+                for jj in range(block_k):
+                    for d in range(v_dim):
+                        dv_sum[jj, d] += dv_part[jj, d]
+                np.dot(v_tile, doT_t[b, h, r], d_probs)
+                for jj in range(block_k):
+                    kept_row = jj < n_cols
+                    for ii in range(block_q):
+                        kept = kept_row
+                        if keep_index >= 0 and not keep_blocks[keep_index, jj, ii]:
+                            kept = False
+                        ds = probs[jj, ii] * (d_probs[jj, ii] - delta_t[b, h, r, ii])
+                        d_probs[jj, ii] = ds if kept else 0.0
+                if has_dbias:
+                    n_rows = min(block_q, q_len - i0)
+                    for ii in range(n_rows):
+                        for jj in range(n_cols):
+                            dbias[b, h, i0 + ii, j0 + jj] = d_probs[jj, ii]
+                if softcap > 0.0:
+                    for jj in range(block_k):
+                        for ii in range(block_q):
+                            th = tanh_t[jj, ii]
+                            d_probs[jj, ii] = d_probs[jj, ii] * (1.0 - th * th)
+                np.dot(d_probs, q_t[b, h, r], dk_part)
+                for jj in range(block_k):
+                    for d in range(qk_dim):
+                        dk_sum[jj, d] += dk_part[jj, d]
+                np.dot(k_tile_t, d_probs, dq_part_t)
+                for d in range(qk_dim):
+                    for ii in range(block_q):
+                        dqT_acc[b, h, r, d, ii] += dq_part_t[d, ii]
+        for jj in range(block_k):
+            for d in range(qk_dim):
+                dk_t[b, g, c, jj, d] = scale * dk_sum[jj, d]
+            for d in range(v_dim):
+                dv_t[b, g, c, jj, d] = dv_sum[jj, d]

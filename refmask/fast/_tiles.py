@@ -1,0 +1,384 @@
+"""Tile maps: which (query tile, key tile) pairs a kernel computes, and their keep blocks.
+
+The index grid [0, Tq) x [0, Tk) is cut into tiles of Bq queries by Bk keys (the last ones
+possibly shorter):
+
+    tile (r, c) = [r Bq, min((r + 1) Bq, Tq)) x [c Bk, min((c + 1) Bk, Tk))
+
+and each tile gets the mask's block code (docs/spec.md section 2.7), computed once per
+distinct (b, h) over the whole grid by the mask's own vectorised ``classify``:
+
+    EMPTY (0)    never computed
+    PARTIAL (1)  computed, scores replaced by -inf where keep(b, h, i, j) is False; the keep
+                 block of the tile is evaluated once, by ``mask.keep`` on the tile's indices
+    FULL (2)     computed without evaluating the mask
+
+Masks that do not depend on the batch (``batch_size is None``) or the head (``num_heads is
+None``) are classified once for all batches or heads, except user predicates, which may read
+b and h whatever they declare. A bool keep array is classified by counting its True entries
+per tile. Memory: the codes (nq x nk int8), the lists of non-empty tiles, and the keep blocks
+of the PARTIAL tiles of one *wave* of tile rows (or columns) at a time, at most
+``keep_budget_bytes`` of them, so a mask with PARTIAL tiles everywhere (strided) still runs
+in bounded memory.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+EMPTY, PARTIAL, FULL = 0, 1, 2
+
+#: Keep blocks materialised at once (bytes); larger tile sets run in several waves.
+DEFAULT_KEEP_BUDGET_BYTES = 64 << 20
+
+#: Index pairs given to one ``mask.keep`` call (bounds its int64 temporaries to ~32 MB).
+_KEEP_CHUNK_PAIRS = 1 << 22
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Tile geometry: Tq x Tk cut into Bq x Bk tiles; nq = ceil(Tq / Bq), nk = ceil(Tk / Bk)."""
+
+    q_len: int
+    k_len: int
+    q_tile: int
+    k_tile: int
+
+    @property
+    def n_q_tiles(self) -> int:
+        return -(-self.q_len // self.q_tile)
+
+    @property
+    def n_k_tiles(self) -> int:
+        return -(-self.k_len // self.k_tile)
+
+    def q_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(q_start, q_stop) of every query tile, shape (nq,) each."""
+        start = np.arange(self.n_q_tiles, dtype=np.int64) * self.q_tile
+        return start, np.minimum(start + self.q_tile, self.q_len)
+
+    def k_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(k_start, k_stop) of every key tile, shape (nk,) each."""
+        start = np.arange(self.n_k_tiles, dtype=np.int64) * self.k_tile
+        return start, np.minimum(start + self.k_tile, self.k_len)
+
+
+@dataclass(frozen=True, eq=False)
+class MaskSource:
+    """What decides keep(b, h, i, j): no mask, a refmask Mask, or a bool array.
+
+    kind: "none", "mask" or "array"; value: None, the Mask, or the bool array broadcastable
+    to (B, Hq, Tq, Tk) (as given, never copied to full shape).
+    """
+
+    kind: str
+    value: object = None
+
+    def representative(self, b: int, h: int) -> tuple[int, int]:
+        """The (b, h) whose tile map serves (b, h): the mask's value there is the same."""
+        if self.kind == "none":
+            return 0, 0
+        if self.kind == "array":
+            shape = self.value.shape
+            padded = (1,) * (4 - len(shape)) + tuple(shape)
+            return (b if padded[0] > 1 else 0), (h if padded[1] > 1 else 0)
+        reads_everything = any(node.kind == "predicate" for node in mask_nodes(self.value))
+        by_batch = reads_everything or self.value.batch_size is not None
+        by_head = reads_everything or self.value.num_heads is not None
+        return (b if by_batch else 0), (h if by_head else 0)
+
+
+def mask_nodes(mask):
+    """Every node of a mask tree (the mask, its parts, their parts, ...)."""
+    stack = [mask]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(getattr(node, "masks", ()))
+        inner = getattr(node, "mask", None)
+        if inner is not None:
+            stack.append(inner)
+
+
+def _array_2d(source: MaskSource, b: int, h: int, grid: TileGrid) -> np.ndarray:
+    """The (Tq, Tk) bool slice of an array mask for (b, h) (a broadcast view)."""
+    array = source.value
+    padded = array.reshape((1,) * (4 - array.ndim) + tuple(array.shape))
+    plane = padded[b if padded.shape[0] > 1 else 0, h if padded.shape[1] > 1 else 0]
+    return np.broadcast_to(plane, (grid.q_len, grid.k_len))
+
+
+def classify_tiles(source: MaskSource, b: int, h: int, grid: TileGrid) -> np.ndarray:
+    """Block codes (nq, nk) int8 of every tile for batch b, query head h.
+
+        code(r, c) = EMPTY if no pair of tile (r, c) is kept, FULL if all are, else PARTIAL
+
+    exact for mask primitives and arrays, sound (never a wrong EMPTY/FULL) for combinations.
+    """
+    shape = (grid.n_q_tiles, grid.n_k_tiles)
+    if source.kind == "none" or 0 in shape:
+        return np.full(shape, FULL, dtype=np.int8)
+    if source.kind == "mask":
+        q0, q1 = grid.q_bounds()
+        k0, k1 = grid.k_bounds()
+        codes = source.value.classify(q0[:, None], q1[:, None], k0[None, :], k1[None, :],
+                                      q_len=grid.q_len, k_len=grid.k_len, batch=b, head=h)
+        return np.ascontiguousarray(np.broadcast_to(np.asarray(codes, dtype=np.int8), shape))
+    plane = _array_2d(source, b, h, grid)
+    rows = np.zeros((shape[0] * grid.q_tile, shape[1] * grid.k_tile), dtype=bool)
+    rows[:grid.q_len, :grid.k_len] = plane
+    kept = rows.reshape(shape[0], grid.q_tile, shape[1], grid.k_tile).sum(axis=(1, 3))
+    q0, q1 = grid.q_bounds()
+    k0, k1 = grid.k_bounds()
+    size = (q1 - q0)[:, None] * (k1 - k0)[None, :]
+    return np.where(kept == 0, EMPTY, np.where(kept == size, FULL, PARTIAL)).astype(np.int8)
+
+
+def keep_blocks(source: MaskSource, b: int, h: int, grid: TileGrid, rows: np.ndarray,
+                cols: np.ndarray, out: np.ndarray) -> None:
+    """Fill ``out`` (n, Bk, Bq) bool with the transposed keep blocks of tiles
+    (rows[n], cols[n]):
+
+        out[n, jj, ii] = keep(b, h, rows[n] Bq + ii, cols[n] Bk + jj)   (False off the grid)
+
+    with one ``mask.keep`` call for all n tiles (callers chunk; never the whole mask).
+    """
+    ii = np.arange(grid.q_tile, dtype=np.int64)
+    jj = np.arange(grid.k_tile, dtype=np.int64)
+    i = rows[:, None, None] * grid.q_tile + ii[None, None, :]
+    j = cols[:, None, None] * grid.k_tile + jj[None, :, None]
+    inside = (i < grid.q_len) & (j < grid.k_len)
+    i = np.minimum(i, grid.q_len - 1)
+    j = np.minimum(j, grid.k_len - 1)
+    if source.kind == "mask":
+        kept = np.asarray(source.value.keep(b, h, i, j, q_len=grid.q_len, k_len=grid.k_len))
+    else:
+        kept = _array_2d(source, b, h, grid)[i, j]
+    np.logical_and(kept, inside, out=out)
+
+
+@dataclass(frozen=True, eq=False)
+class TilePlan:
+    """The non-empty tiles of every distinct tile map, for one attention call.
+
+    map_of: (B, Hq) int64, the tile map that (b, h) uses; maps: the (b, h) each map was
+    computed for. Tiles of all maps are concatenated, each map's in row-major order
+    (tile_map, tile_row, tile_col, tile_code, shape (n,)); ``row_ptr[m, r]`` ..
+    ``row_ptr[m, r + 1]`` are map m's tiles in row r. ``by_column`` is a permutation of the
+    tiles into column-major order per map, with ``col_ptr[m, c]`` .. ``col_ptr[m, c + 1]``
+    indexing it. ``empty_tiles`` counts the skipped tiles of every (b, h).
+    """
+
+    grid: TileGrid
+    source: MaskSource
+    map_of: np.ndarray
+    maps: tuple
+    tile_map: np.ndarray
+    tile_row: np.ndarray
+    tile_col: np.ndarray
+    tile_code: np.ndarray
+    row_ptr: np.ndarray
+    by_column: np.ndarray
+    col_ptr: np.ndarray
+    empty_tiles: int
+
+
+def tile_map_keys(source: MaskSource, batch: int, heads: int):
+    """``(map_of (B, Hq) int64, maps)``: the distinct (b, h) whose tile maps serve every
+    (b, h) (``maps[map_of[b, h]]``)."""
+    keys: dict = {}
+    map_of = np.empty((batch, heads), dtype=np.int64)
+    for b in range(batch):
+        for h in range(heads):
+            map_of[b, h] = keys.setdefault(source.representative(b, h), len(keys))
+    return map_of, tuple(keys)
+
+
+def tile_maps(source: MaskSource, batch: int, heads: int, grid: TileGrid):
+    """Classify every distinct (b, h) once: ``(map_of (B, Hq) int64, maps, codes)`` with
+    ``maps[m]`` the (b, h) that map m was classified for and ``codes[m]`` its (nq, nk) codes."""
+    map_of, maps = tile_map_keys(source, batch, heads)
+    return map_of, maps, tuple(classify_tiles(source, b, h, grid) for b, h in maps)
+
+
+def plan_tiles(source: MaskSource, batch: int, heads: int, grid: TileGrid,
+               classified=None) -> TilePlan:
+    """List the non-empty tiles of every tile map (see TilePlan); ``classified`` is the
+    result of :func:`tile_maps` when the caller has it already."""
+    map_of, maps, all_codes = classified or tile_maps(source, batch, heads, grid)
+    n_q, n_k = grid.n_q_tiles, grid.n_k_tiles
+    rows, cols, codes, owners = [], [], [], []
+    row_ptr = np.zeros((len(maps), n_q + 1), dtype=np.int64)
+    col_ptr = np.zeros((len(maps), n_k + 1), dtype=np.int64)
+    empty_per_map = []
+    offset = 0
+    for index, code in enumerate(all_codes):
+        r, c = np.nonzero(code)
+        rows.append(r.astype(np.int64))
+        cols.append(c.astype(np.int64))
+        codes.append(code[r, c])
+        owners.append(np.full(r.shape[0], index, dtype=np.int64))
+        row_ptr[index] = offset + np.concatenate(
+            [[0], np.cumsum(np.bincount(r, minlength=n_q))])
+        col_ptr[index] = offset + np.concatenate(
+            [[0], np.cumsum(np.bincount(c, minlength=n_k))])
+        empty_per_map.append(n_q * n_k - r.shape[0])
+        offset += r.shape[0]
+    tile_map = np.concatenate(owners) if owners else np.zeros(0, np.int64)
+    tile_row = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    tile_col = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    tile_code = np.concatenate(codes) if codes else np.zeros(0, np.int8)
+    by_column = np.lexsort((tile_row, tile_col, tile_map)).astype(np.int64)
+    uses = np.bincount(map_of.reshape(-1), minlength=len(maps))
+    empty_tiles = int(sum(int(uses[m]) * empty_per_map[m] for m in range(len(maps))))
+    return TilePlan(grid=grid, source=source, map_of=map_of, maps=maps, tile_map=tile_map,
+                    tile_row=tile_row, tile_col=tile_col, tile_code=tile_code, row_ptr=row_ptr,
+                    by_column=by_column, col_ptr=col_ptr, empty_tiles=empty_tiles)
+
+
+#: Tile shapes (Bq, Bk) the automatic choice considers, largest first.
+TILE_CANDIDATES = ((256, 256), (128, 256), (112, 128), (64, 128), (64, 64), (32, 64), (32, 32))
+
+#: OpenBLAS (SciPy's build, SkylakeX kernels) runs a dgemm with M * N * K <= 1e6 through its
+#: small-matrix kernel, without packing: 50-80 GFLOP/s per core on these tiles instead of
+#: ~35 (docs/performance.md). Candidates with Bq * Bk * max(Dqk, Dv) above it are used only
+#: when none fits.
+SMALL_GEMM_LIMIT = 1_000_000
+
+#: Cost model of one tile, in nanoseconds (measured on the development machine, 1 thread):
+#: a fixed part (calls, per-row updates), a part per computed (i, j) pair, and the extra of a
+#: PARTIAL tile per pair (mask.keep on its indices, the masking loop).
+TILE_COST_NS, PAIR_COST_NS, PARTIAL_PAIR_COST_NS = 4000.0, 10.0, 3.0
+
+
+#: Query-tile rows classified per candidate to estimate its cost (evenly spaced).
+COST_SAMPLE_ROWS = 64
+
+
+def sampled_cost(source: MaskSource, map_of: np.ndarray, maps: tuple, grid: TileGrid) -> float:
+    """Modelled run time (ns) of a tile shape, from at most COST_SAMPLE_ROWS query-tile rows
+    per tile map (scaled to all nq rows), so a candidate costs O(rows * nk) codes:
+
+        sum over (b, h) of  n_nonempty (TILE_COST + Bq Bk PAIR_COST) + n_partial Bq Bk PARTIAL
+    """
+    n_q = grid.n_q_tiles
+    rows = np.unique(np.linspace(0, n_q - 1, min(n_q, COST_SAMPLE_ROWS)).astype(np.int64))
+    q0, q1 = grid.q_bounds()
+    k0, k1 = grid.k_bounds()
+    area = grid.q_tile * grid.k_tile
+    uses = np.bincount(map_of.reshape(-1), minlength=len(maps))
+    total = 0.0
+    for count, (b, h) in zip(uses, maps, strict=True):
+        if source.kind == "none":
+            codes = np.full((rows.shape[0], grid.n_k_tiles), FULL, dtype=np.int8)
+        else:
+            codes = np.asarray(source.value.classify(
+                q0[rows][:, None], q1[rows][:, None], k0[None, :], k1[None, :],
+                q_len=grid.q_len, k_len=grid.k_len, batch=b, head=h))
+        nonempty = np.count_nonzero(codes)
+        partial = np.count_nonzero(codes == PARTIAL)
+        total += count * (n_q / rows.shape[0]) * (
+            nonempty * (TILE_COST_NS + area * PAIR_COST_NS) + partial * area * PARTIAL_PAIR_COST_NS)
+    return total
+
+
+#: Masks whose classify evaluates keep on every tile (O(Tq * Tk) work): one candidate only.
+DATA_DEFINED_KINDS = frozenset({"documents", "explicit", "predicate"})
+
+
+def default_tiles(head_dim: int, candidates=TILE_CANDIDATES) -> tuple:
+    """The candidates whose products fit OpenBLAS's small-matrix kernel for this head dim
+    (Bq * Bk * head_dim <= SMALL_GEMM_LIMIT), or the smallest candidate if none does."""
+    fitting = tuple(c for c in candidates if c[0] * c[1] * head_dim <= SMALL_GEMM_LIMIT)
+    return fitting or (candidates[-1],)
+
+
+def choose_tiles(source: MaskSource, batch: int, heads: int, q_len: int, k_len: int,
+                 head_dim: int = 64, candidates=None) -> TileGrid:
+    """The tile shape with the least modelled cost among ``candidates`` (default: those of
+    :func:`default_tiles`; within 3%: the larger tile).
+
+    Each candidate is costed on a sample of its tile rows (:func:`sampled_cost`), never on
+    O(Tq * Tk) work; no mask, bool arrays and data-defined masks (classified by evaluation)
+    take the first (largest) candidate without costing.
+    """
+    candidates = default_tiles(head_dim) if candidates is None else tuple(candidates)
+    data_defined = source.kind == "array" or (
+        source.kind == "mask"
+        and any(node.kind in DATA_DEFINED_KINDS for node in mask_nodes(source.value)))
+    if data_defined or source.kind == "none":
+        candidates = candidates[:1]
+    best = None
+    seen = set()
+    for q_tile, k_tile in candidates:
+        grid = TileGrid(q_len, k_len, max(1, min(q_tile, q_len)), max(1, min(k_tile, k_len)))
+        if (grid.q_tile, grid.k_tile) in seen:
+            continue
+        seen.add((grid.q_tile, grid.k_tile))
+        if len(seen) == 1 and len(candidates) == 1:
+            return grid
+        map_of, maps = tile_map_keys(source, batch, heads)
+        cost = sampled_cost(source, map_of, maps, grid)
+        if best is None or cost < 0.97 * best[0]:
+            best = (cost, grid)
+    return best[1]
+
+
+def waves(plan: TilePlan, axis: str, budget_bytes: int):
+    """Split tile rows (``axis="row"``) or columns (``"col"``) into consecutive ranges whose
+    PARTIAL tiles' keep blocks fit ``budget_bytes`` (a range holds at least one row/column).
+
+    Yields ``(first, last)`` half-open ranges covering every row (column).
+    """
+    grid = plan.grid
+    count = grid.n_q_tiles if axis == "row" else grid.n_k_tiles
+    index = plan.tile_row if axis == "row" else plan.tile_col
+    partial = plan.tile_code == PARTIAL
+    per_line = np.bincount(index[partial], minlength=count) * (grid.q_tile * grid.k_tile)
+    first = 0
+    while first < count:
+        total = np.cumsum(per_line[first:])
+        last = first + max(1, int(np.searchsorted(total, budget_bytes, side="right")))
+        yield first, min(last, count)
+        first = last
+
+
+def wave_keep_blocks(plan: TilePlan, axis: str, first: int, last: int, threads: int = 1):
+    """Keep blocks for the PARTIAL tiles whose row (column) lies in [first, last).
+
+    Returns ``(tile_keep, blocks, pairs)``: tile_keep (n_tiles,) int64 is the block index of
+    each such tile and -1 for every other tile (FULL, or outside the wave); blocks is
+    (n, Bk, Bq) bool; pairs is the number of (i, j) index pairs given to ``mask.keep``.
+    Chunks of tiles are evaluated on ``threads`` threads (NumPy releases the GIL).
+    """
+    grid = plan.grid
+    line = plan.tile_row if axis == "row" else plan.tile_col
+    chosen = np.nonzero((plan.tile_code == PARTIAL) & (line >= first) & (line < last))[0]
+    tile_keep = np.full(plan.tile_row.shape[0], -1, dtype=np.int64)
+    tile_keep[chosen] = np.arange(chosen.shape[0], dtype=np.int64)
+    blocks = np.empty((chosen.shape[0], grid.k_tile, grid.q_tile), dtype=bool)
+    chunk = max(1, _KEEP_CHUNK_PAIRS // (grid.q_tile * grid.k_tile))
+    jobs = []
+    for index, (b, h) in enumerate(plan.maps):
+        # each map's tiles are contiguous in the plan, so its chosen tiles are a slice
+        mine = np.nonzero(plan.tile_map[chosen] == index)[0]
+        for start in range(0, mine.shape[0], chunk):
+            part = mine[start:start + chunk]
+            tiles = chosen[part]
+            jobs.append((b, h, plan.tile_row[tiles], plan.tile_col[tiles],
+                         blocks[part[0]:part[-1] + 1]))
+
+    def run(job):
+        b, h, rows, cols, out = job
+        keep_blocks(plan.source, b, h, grid, rows, cols, out)
+
+    if threads > 1 and len(jobs) > 1:
+        with ThreadPoolExecutor(max_workers=min(threads, len(jobs))) as pool:
+            list(pool.map(run, jobs))
+    else:
+        for job in jobs:
+            run(job)
+    return tile_keep, blocks, chosen.shape[0] * grid.q_tile * grid.k_tile

@@ -1,0 +1,377 @@
+"""refmask.fast: the blocked fast path against the exact path and the golden corpus.
+
+(a) the golden corpus (float64, with gradients) passes through the ``refmask.fast`` adapter,
+    with default tiles and with 2 x 3 tiles;
+(b) fast vs exact on every golden case: largest difference <= 1e-12 of the largest entry,
+    NaN/inf in the same places (out, lse, dq, dk, dv, dbias, dsinks);
+(c) a hypothesis fuzz of masks, shapes, tiles and score features, forward and backward;
+(d) tile skipping: EMPTY tiles are never computed, FULL tiles never evaluate the mask;
+(e) memory: T = 16384 in far less than a dense T x T float64 array;
+(f) the ``path`` switch of refmask.attention: auto / exact / fast, errors and fallbacks.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+pytest.importorskip("scipy", reason="the fast path calls BLAS through scipy.linalg.cython_blas")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from refmask import fast  # noqa: E402
+from refmask import masks as m  # noqa: E402
+from refmask.adapters.fast import ADAPTERS  # noqa: E402
+from refmask.attention import Alibi, attention, attention_vjp  # noqa: E402
+from refmask.conformance.cases import attention_kwargs, case_inputs, catalog  # noqa: E402
+from refmask.conformance.runner import check  # noqa: E402
+from refmask.conformance.strategies import masks as mask_strategy  # noqa: E402
+from refmask.fast import _dispatch  # noqa: E402
+from refmask.fast._api import checked, run_forward, run_vjp  # noqa: E402
+from refmask.fast._tiles import PARTIAL, MaskSource, TileGrid, classify_tiles  # noqa: E402
+from refmask.masks._base import Mask  # noqa: E402
+
+FEATURES = ("mask", "scale", "softcap", "bias", "alibi", "sinks", "dropout_keep",
+            "dropout_rate", "empty_rows", "layout")
+
+
+@pytest.fixture(autouse=True)
+def _warnings_are_errors():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+def largest(*arrays) -> float:
+    """The largest finite |entry| of the arrays (0 if none)."""
+    tops = [np.abs(x[np.isfinite(x)]).max() for x in map(np.asarray, arrays)
+            if np.isfinite(x).any()]
+    return float(max(tops, default=0.0))
+
+
+def normwise(a, b, top=None) -> float:
+    """max |a - b| / top over entries finite in both (top: max |b| unless given), after
+    checking that NaN and +-inf sit in the same places."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        assert np.array_equal(test(a), test(b)), f"{test.__name__} placement differs"
+    finite = np.isfinite(a) & np.isfinite(b)
+    top = largest(b) if top is None else top
+    return float(np.abs(a[finite] - b[finite]).max() / top) if top and finite.any() else 0.0
+
+
+def compare(kwargs, q, k, v, d_out=None, d_lse=None, tiles=None, bound=1e-12):
+    """Assert fast == exact within ``bound`` (normwise) for the forward and, with d_out, the
+    gradients; returns the largest difference seen.
+
+    out and lse are each compared with their own largest entry; the gradients with the
+    largest entry of all gradients of the call (the spec's "relative to the largest gradient
+    entry"): a tensor that is all cancellation noise (dq of a row whose single key has
+    p = 1, so dS = p (dP - D) = 0 up to rounding) is judged against the scale of the call.
+    """
+    tiles = tiles or {}
+    worst = 0.0
+    exact = attention(q, k, v, path="exact", **kwargs)
+    quick = fast.attention(q, k, v, **kwargs, **tiles)
+    for name in ("out", "lse"):
+        worst = max(worst, normwise(getattr(quick, name), getattr(exact, name)))
+    if d_out is not None:
+        exact_g = attention_vjp(q, k, v, d_out, d_lse=d_lse, path="exact", **kwargs)
+        quick_g = fast.attention_vjp(q, k, v, d_out, d_lse=d_lse, **kwargs, **tiles)
+        names = [n for n in ("dq", "dk", "dv", "dbias", "dsinks")
+                 if getattr(exact_g, n) is not None]
+        assert [n for n in ("dq", "dk", "dv", "dbias", "dsinks")
+                if getattr(quick_g, n) is not None] == names
+        top = largest(*(getattr(exact_g, n) for n in names))
+        for name in names:
+            worst = max(worst, normwise(getattr(quick_g, name), getattr(exact_g, name), top))
+    assert worst <= bound, worst
+    return worst
+
+
+# --- (a) the golden corpus ---------------------------------------------------------------
+
+@pytest.mark.parametrize("adapter", ["refmask.fast", ADAPTERS[1]], ids=["default", "tiles-2x3"])
+def test_golden_corpus_passes(adapter):
+    report = check(adapter, dtypes=["float64"], grads=True)
+    failed = [(r.case.id, r.reason) for r in report.results if r.verdict == "fail"]
+    assert not failed
+    unsupported = [r for r in report.results if r.verdict == "unsupported"]
+    assert all("dropout" in r.reason for r in unsupported)
+    assert report.counts()["pass"] >= len(report.results) - 2
+
+
+# --- (b) fast vs exact on every golden case ----------------------------------------------
+
+@pytest.mark.parametrize("tiles", [None, {"q_tile": 2, "k_tile": 3}], ids=["auto", "2x3"])
+def test_fast_matches_exact_on_every_golden_case(tiles):
+    worst = {}
+    for case in catalog(dtypes=("float64",)):
+        if case.dropout_rate is not None:
+            continue
+        inputs = case_inputs(case)
+        kwargs = attention_kwargs(case, inputs)
+        worst[case.id] = compare(kwargs, inputs["q"], inputs["k"], inputs["v"],
+                                 inputs["d_out"], tiles=tiles)
+    assert len(worst) >= 60
+    assert max(worst.values()) <= 1e-12
+
+
+# --- (c) fuzz ------------------------------------------------------------------------------
+
+@st.composite
+def problems(draw):
+    q_len, k_len = draw(st.integers(1, 11)), draw(st.integers(1, 11))
+    batch = draw(st.integers(1, 2))
+    kv_heads = draw(st.sampled_from([1, 2]))
+    q_heads = kv_heads * draw(st.sampled_from([1, 2, 3]))
+    dim, v_dim = draw(st.sampled_from([1, 3, 8])), draw(st.sampled_from([1, 4]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    size = draw(st.sampled_from([1.0, 4.0]))
+    q = rng.standard_normal((batch, q_heads, q_len, dim)) * size
+    k = rng.standard_normal((batch, kv_heads, k_len, dim)) * size
+    v = rng.standard_normal((batch, kv_heads, k_len, v_dim))
+    kwargs = {
+        "mask": draw(st.one_of(st.none(), mask_strategy(q_len, k_len))),
+        "scale": draw(st.one_of(st.none(), st.floats(0.1, 2.0))),
+        "softcap": draw(st.one_of(st.none(), st.sampled_from([1.0, 5.0]))),
+        "empty_rows": draw(st.sampled_from(["zero", "nan", "uniform"])),
+    }
+    if draw(st.booleans()):
+        kwargs["bias"] = rng.standard_normal((batch, q_heads, q_len, k_len))
+    if draw(st.booleans()):
+        kwargs["sinks"] = rng.standard_normal(q_heads)
+    if draw(st.booleans()):
+        align = draw(st.one_of(st.sampled_from(["top_left", "bottom_right"]),
+                               st.integers(0, 3)))
+        kwargs["alibi"] = Alibi(q_heads, convention=draw(st.sampled_from(["abs", "signed"])),
+                                align=align)
+    if draw(st.booleans()):
+        q, k, v = (np.swapaxes(x, 1, 2).copy() for x in (q, k, v))
+        kwargs["layout"] = "BTHD"
+    d_out = rng.standard_normal(q.shape[:-1] + (v_dim,))
+    d_lse = rng.standard_normal((batch, q_heads, q_len)) if draw(st.booleans()) else None
+    tiles = {"q_tile": draw(st.integers(1, 5)), "k_tile": draw(st.integers(1, 6))}
+    return kwargs, q, k, v, d_out, d_lse, tiles
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(problems())
+def test_fuzz_fast_matches_exact(problem):
+    kwargs, q, k, v, d_out, d_lse, tiles = problem
+    grads = kwargs["empty_rows"] != "nan"  # gradients under "nan" are left to the exact path
+    compare(kwargs, q, k, v, d_out if grads else None, d_lse, tiles=tiles)
+
+
+# --- (d) tile skipping -----------------------------------------------------------------------
+
+@dataclass(frozen=True, repr=False)
+class CountingMask(Mask):
+    """A mask that records how many (b, h, i, j) index pairs ``keep`` evaluated."""
+
+    inner: Mask
+    calls: list
+    kind = "counting"
+
+    @property
+    def batch_size(self):
+        return self.inner.batch_size
+
+    @property
+    def num_heads(self):
+        return self.inner.num_heads
+
+    def _keep(self, grid, b, h, i, j):
+        self.calls.append(int(np.prod(np.broadcast_shapes(b.shape, h.shape, i.shape, j.shape))))
+        return self.inner._keep(grid, b, h, i, j)
+
+    def _classify(self, b, h, q0, q1, k0, k1, q_len, k_len):
+        return self.inner._classify(b, h, q0, q1, k0, k1, q_len, k_len)
+
+    def _params(self):
+        return {}
+
+
+def _kwargs(**given):
+    base = {name: None for name in FEATURES}
+    base.update(empty_rows="zero", layout="BHTD")
+    base.update(given)
+    return base
+
+
+def test_empty_tiles_are_not_computed_and_full_tiles_not_mask_evaluated():
+    rng = np.random.default_rng(1)
+    batch, heads, length, dim, tile = 2, 2, 64, 4, 8
+    q, k, v, d_out = (rng.standard_normal((batch, heads, length, dim)) for _ in range(4))
+    calls = []
+    mask = CountingMask(m.sliding_window(20, 0, align="top_left"), calls)
+    codes = classify_tiles(MaskSource("mask", mask.inner), 0, 0, TileGrid(length, length,
+                                                                           tile, tile))
+    n_partial = int(np.count_nonzero(codes == PARTIAL))
+    n_full = int(np.count_nonzero(codes == 2))
+    n_empty = int(np.count_nonzero(codes == 0))
+    assert n_empty > n_full > 0 and n_partial > 0
+
+    inputs = checked("attention", q, k, v, _kwargs(mask=mask), grads=True)
+    result, stats = run_forward("attention", inputs, q_tile=tile, k_tile=tile)
+    pairs = batch * heads
+    assert stats.partial_tiles == pairs * n_partial           # PARTIAL: computed, masked
+    assert stats.full_tiles == pairs * n_full                 # FULL: computed
+    assert stats.empty_tiles == pairs * n_empty               # EMPTY: skipped
+    assert stats.maps == 1                                    # one classification serves all
+    # keep() ran on the PARTIAL tiles' indices only: never on FULL or EMPTY tiles.
+    assert sum(calls) == stats.keep_pairs == n_partial * tile * tile
+    exact = attention(q, k, v, mask=mask.inner, path="exact")
+    assert normwise(result.out, exact.out) <= 1e-12
+
+    calls.clear()
+    grads, stats = run_vjp("attention_vjp", inputs, d_out, None, q_tile=tile, k_tile=tile)
+    assert stats.partial_tiles == 2 * pairs * n_partial       # forward + recomputation
+    assert stats.full_tiles == 2 * pairs * n_full
+    assert sum(calls) == stats.keep_pairs == 2 * n_partial * tile * tile
+    exact_g = attention_vjp(q, k, v, d_out, mask=mask.inner, path="exact")
+    assert normwise(grads.dk, exact_g.dk) <= 1e-12
+
+
+def test_keys_of_skipped_tiles_are_never_read():
+    """NaN keys and values where every tile is EMPTY do not reach the fast path's output
+    (the exact path's 0 * NaN would: the documented special-value difference)."""
+    rng = np.random.default_rng(2)
+    q, k, v, d_out = (rng.standard_normal((1, 2, 32, 4)) for _ in range(4))
+    mask = m.key_padding(16, side="right")
+    clean = attention(q, k, v, mask=mask, path="exact")
+    k[:, :, 16:] = np.nan
+    v[:, :, 16:] = np.nan
+    result = fast.attention(q, k, v, mask=mask, q_tile=8, k_tile=8)
+    assert np.isfinite(result.out).all()
+    assert normwise(result.out, clean.out) <= 1e-12
+    grads = fast.attention_vjp(q, k, v, d_out, mask=mask, q_tile=8, k_tile=8)
+    assert np.isfinite(grads.dq).all() and np.isfinite(grads.dk[:, :, :16]).all()
+
+
+# --- (e) memory ------------------------------------------------------------------------------
+
+def test_memory_is_independent_of_tq_times_tk():
+    """T = 16384: a dense T x T float64 array alone is 2 GiB; the fast path's peak traced
+    allocation (inputs excluded) stays below 200 MB, forward and backward."""
+    length, dim, window = 16384, 16, 256
+    assert length * length * 8 == 2 << 30
+    rng = np.random.default_rng(3)
+    q, k, v, d_out = (rng.standard_normal((1, 1, length, dim)) for _ in range(4))
+    mask = m.sliding_window(window - 1, 0, align="top_left")
+    fast.attention(q[:, :, :512], k[:, :, :512], v[:, :, :512], mask=mask)  # kernels loaded
+    tracemalloc.start()
+    try:
+        result = fast.attention(q, k, v, mask=mask)
+        _, peak_forward = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        grads = fast.attention_vjp(q, k, v, d_out, mask=mask)
+        _, peak_backward = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak_forward < 200e6 and peak_backward < 200e6, (peak_forward, peak_backward)
+    assert np.isfinite(result.out).all() and np.isfinite(grads.dq).all()
+    # spot check a few rows against the exact path on a window-sized slice (row i only
+    # sees keys [i - 255, i]): rows 16000..16015 from keys 15745..16015
+    rows = slice(16000, 16016)
+    keys = slice(16000 - window + 1, 16016)
+    local = attention(q[:, :, rows], k[:, :, keys], v[:, :, keys],
+                      mask=m.sliding_window(window - 1, 0, align="bottom_right"), path="exact")
+    assert normwise(result.out[:, :, rows], local.out) <= 1e-12
+
+
+# --- (f) the path switch -----------------------------------------------------------------------
+
+def _small(seed=4, shape=(1, 2, 5, 3)):
+    rng = np.random.default_rng(seed)
+    return tuple(rng.standard_normal(shape) for _ in range(4))
+
+
+def test_path_auto_takes_the_fast_path_above_the_threshold(monkeypatch):
+    q, k, v, d_out = _small()
+    calls = []
+    real_forward, real_vjp = _dispatch.run_forward, _dispatch.run_vjp
+    monkeypatch.setattr(_dispatch, "run_forward",
+                        lambda *a, **kw: calls.append("forward") or real_forward(*a, **kw))
+    monkeypatch.setattr(_dispatch, "run_vjp",
+                        lambda *a, **kw: calls.append("vjp") or real_vjp(*a, **kw))
+    mask = m.causal(align="bottom_right")
+    attention(q, k, v, mask=mask)
+    attention_vjp(q, k, v, d_out, mask=mask)
+    assert calls == []                                          # small: exact
+    monkeypatch.setattr(_dispatch, "AUTO_MIN_SCORES", 1)
+    auto = attention(q, k, v, mask=mask)
+    auto_g = attention_vjp(q, k, v, d_out, mask=mask)
+    assert calls == ["forward", "vjp"]                          # large enough: fast
+    assert normwise(auto.out, attention(q, k, v, mask=mask, path="exact").out) <= 1e-12
+    assert normwise(auto_g.dq, attention_vjp(q, k, v, d_out, mask=mask, path="exact").dq) <= 1e-12
+    calls.clear()
+    keep = np.ones((1, 2, 5, 5), dtype=bool)
+    attention(q, k, v, dropout_keep=keep, dropout_rate=0.5)    # unsupported: silently exact
+    attention(q, k, v, return_probs=True)
+    attention(q.astype(np.float32), k.astype(np.float32), v.astype(np.float32))
+    attention(q, k, v, mask=mask, empty_rows="unmasked")
+    attention_vjp(q, k, v, d_out, mask=mask, empty_rows="nan")
+    assert calls == []
+
+
+@pytest.mark.parametrize("call, feature", [
+    (lambda q, k, v, d: attention(q, k, v, dropout_keep=np.ones((1, 2, 5, 5), bool),
+                                  dropout_rate=0.1, path="fast"), "dropout"),
+    (lambda q, k, v, d: attention(q, k, v, return_probs=True, path="fast"), "return_probs"),
+    (lambda q, k, v, d: attention(q.astype(np.float32), k.astype(np.float32),
+                                  v.astype(np.float32), path="fast"), "float32"),
+    (lambda q, k, v, d: attention(q, k, v, empty_rows="unmasked", path="fast"), "unmasked"),
+    (lambda q, k, v, d: attention_vjp(q, k, v, d, empty_rows="nan", path="fast"), '"nan"'),
+    (lambda q, k, v, d: attention_vjp(q, k, v, d, bias=np.zeros((1, 1, 5, 5)), path="fast"),
+     "bias of shape (1, 1, 5, 5)"),
+])
+def test_path_fast_names_path_and_the_feature(call, feature):
+    q, k, v, d_out = _small()
+    with pytest.raises(fast.FastPathUnsupported, match="path='fast'") as error:
+        call(q, k, v, d_out)
+    assert feature in str(error.value)
+    assert isinstance(error.value, ValueError)
+
+
+def test_path_errors_match_the_exact_path():
+    q, k, v, _ = _small()
+    with pytest.raises(ValueError, match="attention: path must be one of"):
+        attention(q, k, v, path="fastest")
+    with pytest.raises(ValueError, match="attention_vjp: path must be one of"):
+        attention_vjp(q, k, v, q, path=None)
+    for bad in ({"scale": float("nan")}, {"softcap": -1.0}, {"sinks": np.zeros(3)},
+                {"mask": m.causal(align=[1, 2])},
+                {"alibi": Alibi(3, convention="abs", align="top_left")}):
+        with pytest.raises((TypeError, ValueError)) as exact_error:
+            attention(q, k, v, path="exact", **bad)
+        with pytest.raises(type(exact_error.value)) as fast_error:
+            attention(q, k, v, path="fast", **bad)
+        assert str(fast_error.value) == str(exact_error.value)
+
+
+def test_path_fast_bool_array_mask_and_layouts():
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((2, 7, 2, 3)) for _ in range(3))   # BTHD
+    keep = rng.uniform(size=(2, 1, 7, 7)) < 0.5
+    compare(_kwargs(mask=keep, layout="BTHD"), q, k, v, rng.standard_normal((2, 7, 2, 3)),
+            tiles={"q_tile": 2, "k_tile": 4})
+
+
+def test_blas_thread_count_is_restored():
+    from refmask.fast._blas import _openblas_controls
+
+    controls = _openblas_controls()
+    if controls is None:
+        pytest.skip("no OpenBLAS thread control found")
+    before = controls[1]()
+    q, k, v, _ = _small()
+    fast.attention(q, k, v)
+    assert controls[1]() == before
