@@ -34,6 +34,8 @@ jax/_src/nn/functions.py):
 * calls are jitted (one compilation per shape); float16 runs eagerly, because under ``jit`` on
   CPU jax 0.10.2 rejects the ``F16_F16_F32`` dot precision dot_product_attention requests
   (its eager path catches that error and retries with the default precision).
+* :func:`call` is the whole call with the jitted functions, the ``implementation`` and the
+  device placement as parameters; gpu.py runs it on a GPU (``jax.dpa.cudnn``, ``jax.dpa.xla``).
 """
 
 from __future__ import annotations
@@ -89,17 +91,18 @@ def unsupported(case) -> str | None:
 
 
 @functools.cache
-def _compiled():
-    """{"jit": (forward, forward_and_grads), "eager": the same unjitted}. The jitted pair is
-    built once per process, so jax caches its compilations by shape, dtype and the static
-    switches and cases of one shape share them."""
+def _compiled(implementation: str | None = None):
+    """{"jit": (forward, forward_and_grads), "eager": the same unjitted}, calling
+    ``dot_product_attention(..., implementation=implementation)``. The jitted pair is built
+    once per process and implementation, so jax caches its compilations by shape, dtype and
+    the static switches and cases of one shape share them."""
     import jax
 
     def attend(q, k, v, bias, mask, q_lengths, kv_lengths, is_causal, window, scale):
         return jax.nn.dot_product_attention(
             q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
             query_seq_lengths=q_lengths, key_value_seq_lengths=kv_lengths,
-            local_window_size=window)
+            local_window_size=window, implementation=implementation)
 
     def attend_vjp(q, k, v, bias, mask, q_lengths, kv_lengths, d_out, is_causal, window, scale):
         def f(q, k, v, bias):
@@ -115,27 +118,37 @@ def _compiled():
 
 
 def run(case, inputs, *, grads: bool) -> Output:
-    import jax.numpy as jnp
-
     reason = unsupported(case)
     if reason:
         raise Unsupported(reason)
     # float16 runs eagerly: under jit on CPU, jax 0.10.2 rejects the F16_F16_F32 dot precision
     # that dot_product_attention requests for float16 (the eager path catches that error and
     # retries with the default precision; the jitted one cannot).
-    forward, backward = _compiled()["eager" if case.dtype == "float16" else "jit"]
-    q, k, v = (jnp.asarray(to_btnh(case, inputs[n])) for n in "qkv")
+    functions = _compiled()["eager" if case.dtype == "float16" else "jit"]
+    return call(case, inputs, grads=grads, functions=functions)
+
+
+def call(case, inputs, *, grads: bool, functions, put=None, kwargs: dict | None = None
+         ) -> Output:
+    """The case through ``functions`` = (forward, forward_and_grads) of :func:`_compiled`,
+    every array placed by ``put`` (default ``jnp.asarray``: JAX's default device), with the
+    mask arguments ``kwargs`` (default :func:`translate`)."""
+    import jax.numpy as jnp
+
+    put = jnp.asarray if put is None else put
+    forward, backward = functions
+    q, k, v = (put(to_btnh(case, inputs[n])) for n in "qkv")
     bias = additive_bias(case, inputs)
-    bias = None if bias is None else jnp.asarray(bias)
-    kwargs = translate(case)
-    mask = None if kwargs["mask"] is None else jnp.asarray(kwargs["mask"])
-    lengths = [None if kwargs.get(name) is None else jnp.asarray(kwargs[name], jnp.int32)
+    bias = None if bias is None else put(bias)
+    kwargs = translate(case) if kwargs is None else kwargs
+    mask = None if kwargs["mask"] is None else put(kwargs["mask"])
+    lengths = [None if kwargs.get(name) is None else put(np.asarray(kwargs[name], np.int32))
                for name in ("query_seq_lengths", "key_value_seq_lengths")]
     statics = {"is_causal": kwargs["is_causal"], "window": kwargs["local_window_size"],
                "scale": case.scale}
     if not grads:
         return Output(out=btnh_to_bhtd(forward(q, k, v, bias, mask, *lengths, **statics)))
-    d_out = jnp.asarray(to_btnh(case, inputs["d_out"]))
+    d_out = put(to_btnh(case, inputs["d_out"]))
     out, (dq, dk, dv, dbias) = backward(q, k, v, bias, mask, *lengths, d_out, **statics)
     gradients = {"dq": btnh_to_bhtd(dq), "dk": btnh_to_bhtd(dk), "dv": btnh_to_bhtd(dv)}
     if case.bias:

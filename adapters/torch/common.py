@@ -7,19 +7,24 @@ Conversions are exact: float64/float32/float16 arrays become tensors of the same
 bfloat16 (an ``ml_dtypes`` array) goes through float32, which holds every bfloat16 value
 exactly, and is cast back to ``torch.bfloat16``. Outputs come back as float64 NumPy arrays
 (again exact), in BHTD layout, as :class:`~refmask.adapters.common.Output` wants.
+
+Every tensor the adapters make is placed on a ``device`` ("cpu" unless told otherwise; the
+CUDA adapters in cuda.py pass "cuda"), and :func:`run_autograd` can run the forward and the
+backward pass inside a ``context`` (cuda.py: ``sdpa_kernel(SDPBackend.X)``).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
 from ..common import Output
 
 MISSING = "torch is not installed (pip install 'refmask[torch]')"
+NO_CUDA = "torch has no CUDA device (torch.cuda.is_available() is False)"
 
 #: torch warnings that the adapters trigger on purpose; the verdict reports the behaviour.
 QUIET = (
@@ -39,6 +44,16 @@ def unavailable() -> str | None:
     return None
 
 
+def cuda_unavailable() -> str | None:
+    """Why the CUDA adapters cannot run here (None when torch sees a CUDA device)."""
+    reason = unavailable()
+    if reason:
+        return reason
+    import torch
+
+    return None if torch.cuda.is_available() else NO_CUDA
+
+
 @contextmanager
 def quiet():
     """Silence the torch warnings in :data:`QUIET` (and only those)."""
@@ -55,17 +70,18 @@ def torch_dtype(name: str):
             "bfloat16": torch.bfloat16}[name]
 
 
-def to_torch(x: np.ndarray, dtype_name: str | None = None):
-    """A CPU tensor holding exactly the values of ``x`` (bool stays bool)."""
+def to_torch(x: np.ndarray, dtype_name: str | None = None, device: str = "cpu"):
+    """A tensor on ``device`` holding exactly the values of ``x`` (bool stays bool)."""
     import torch
 
     x = np.asarray(x)
     if x.dtype == np.bool_:
-        return torch.from_numpy(np.array(x, dtype=bool))
+        return torch.from_numpy(np.array(x, dtype=bool)).to(device)
     if dtype_name == "bfloat16" or x.dtype.name == "bfloat16":
         # bfloat16 -> float32 is exact, and so is the cast back.
-        return torch.from_numpy(np.array(x, dtype=np.float32)).to(torch.bfloat16)
-    return torch.from_numpy(np.array(x))
+        return torch.from_numpy(np.array(x, dtype=np.float32)).to(device=device,
+                                                                  dtype=torch.bfloat16)
+    return torch.from_numpy(np.array(x)).to(device)
 
 
 def to_numpy(t) -> np.ndarray:
@@ -129,20 +145,23 @@ def reduced_keep(keep: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(keep)
 
 
-def alibi_tensor(case, dtype_name: str):
-    """The case's ALiBi bias (B, Hq, Tq, Tk) as a torch tensor in the case dtype, computed by
-    refmask's :meth:`Alibi.bias` on the torch namespace (slope times distance rounded once)."""
+def alibi_tensor(case, dtype_name: str, device: str = "cpu"):
+    """The case's ALiBi bias (B, Hq, Tq, Tk) as a torch tensor in the case dtype on ``device``,
+    computed by refmask's :meth:`Alibi.bias` on the torch namespace (slope times distance
+    rounded once, on the CPU; the move to the device is exact)."""
     import array_api_compat.torch as xp
 
     return case.alibi.bias(case.batch, case.q_heads, case.q_len, case.k_len, xp=xp,
-                           dtype=torch_dtype(dtype_name))
+                           dtype=torch_dtype(dtype_name)).to(device)
 
 
 # --- running with autograd ---------------------------------------------------------------
 
-def run_autograd(case, inputs: dict, grads: bool, forward: Callable) -> Output:
-    """Convert the inputs, call ``forward(q, k, v, bias)`` and (with ``grads``) backpropagate
-    the case's ``d_out`` with torch autograd.
+def run_autograd(case, inputs: dict, grads: bool, forward: Callable, *, device: str = "cpu",
+                 context: Callable = nullcontext) -> Output:
+    """Convert the inputs (onto ``device``), call ``forward(q, k, v, bias)`` and (with
+    ``grads``) backpropagate the case's ``d_out`` with torch autograd, both inside
+    ``context()`` (e.g. an ``sdpa_kernel`` backend selection).
 
     q, k, v are passed in BHTD (views of the case-layout leaves); ``bias`` is the (B, Hq, Tq,
     Tk) tensor of a ``bias=True`` case, else None. ``forward`` returns ``(out, lse)``: out
@@ -153,20 +172,20 @@ def run_autograd(case, inputs: dict, grads: bool, forward: Callable) -> Output:
     import torch
 
     dtype = case.dtype
-    leaves = {name: to_torch(inputs[name], dtype) for name in ("q", "k", "v")}
+    leaves = {name: to_torch(inputs[name], dtype, device) for name in ("q", "k", "v")}
     if "bias" in inputs:
-        leaves["bias"] = to_torch(inputs["bias"], dtype)
+        leaves["bias"] = to_torch(inputs["bias"], dtype, device)
     if grads:
         for tensor in leaves.values():
             tensor.requires_grad_(True)
-    with quiet(), torch.set_grad_enabled(grads):
+    with quiet(), context(), torch.set_grad_enabled(grads):
         out, lse = forward(bhtd(case, leaves["q"]), bhtd(case, leaves["k"]),
                            bhtd(case, leaves["v"]), leaves.get("bias"))
     gradients = None
     if grads:
-        d_out = bhtd(case, to_torch(inputs["d_out"], dtype))
+        d_out = bhtd(case, to_torch(inputs["d_out"], dtype, device))
         names = list(leaves)
-        with quiet():
+        with quiet(), context():
             values = torch.autograd.grad(out, [leaves[n] for n in names], grad_outputs=d_out,
                                          allow_unused=True)
         gradients = {}

@@ -33,6 +33,9 @@ kernel (``torch.compile(flex_attention)``) is not offered: on CPU it accepts onl
 float16 and bfloat16, is inference-only, rejects ``return_lse`` ("torch.compile on CPU only
 supports inference and `return_lse` is not supported yet", torch/_inductor/kernel/flex/
 flex_cpu.py), and compiles for 10-40 s per shape, too slow for the suite.
+
+``_call`` takes the device, the flex function and the scale, so cuda.py runs the same
+translation compiled on CUDA (``torch.flex.cuda``).
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def _score_mod(softcap, bias, slopes, offsets, signed):
     return score_mod
 
 
-def _alibi_tables(case):
+def _alibi_tables(case, device: str = "cpu"):
     """ALiBi slopes (B, Hq) in the case dtype and query offsets (B,) as torch tensors."""
     import numpy as np
     import torch
@@ -94,31 +97,35 @@ def _alibi_tables(case):
     slopes = np.asarray(alibi.slopes, dtype=np.float64)
     slopes = np.broadcast_to(slopes.reshape(-1, case.q_heads), (case.batch, case.q_heads))
     offsets = np.broadcast_to(alibi.align.offset_table(case.q_len, case.k_len), (case.batch,))
-    return (torch.tensor(slopes.copy(), dtype=tc.torch_dtype(case.dtype)),
-            torch.tensor(offsets.copy(), dtype=torch.int64))
+    return (torch.tensor(slopes.copy(), dtype=tc.torch_dtype(case.dtype), device=device),
+            torch.tensor(offsets.copy(), dtype=torch.int64, device=device))
 
 
-def _call(case, q, k, v, bias):
+def _call(case, q, k, v, bias, *, device: str = "cpu", attend=None, scale=None):
+    """flex on the case: ``attend`` is flex_attention (default) or a compiled version of it;
+    ``scale`` overrides ``case.scale`` (cuda.py passes the unpadded head dim's default)."""
     from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, flex_attention
 
+    attend = flex_attention if attend is None else attend
     block_mask = None
     if case.mask is not None and case.q_len > 0:  # no queries: the mask has no entries
         small = tc.reduced_keep(case.keep())
-        keep = tc.to_torch(small).expand(case.batch, case.q_heads, case.q_len, case.k_len)
+        keep = tc.to_torch(small, device=device).expand(case.batch, case.q_heads, case.q_len,
+                                                        case.k_len)
         block_mask = create_block_mask(
             _lookup_mask_mod(keep), case.batch if small.shape[0] > 1 else None,
             case.q_heads if small.shape[1] > 1 else None, case.q_len, case.k_len,
-            device="cpu")
+            device=device)
     score_mod = None
     if case.softcap is not None or bias is not None or case.alibi is not None:
         slopes = offsets = None
         if case.alibi is not None:
-            slopes, offsets = _alibi_tables(case)
+            slopes, offsets = _alibi_tables(case, device)
         signed = case.alibi is not None and case.alibi.convention == "signed"
         score_mod = _score_mod(case.softcap, bias, slopes, offsets, signed)
-    out, aux = flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask,
-                              scale=case.scale, enable_gqa=case.kv_heads != case.q_heads,
-                              return_aux=AuxRequest(lse=True))
+    out, aux = attend(q, k, v, score_mod=score_mod, block_mask=block_mask,
+                      scale=case.scale if scale is None else scale,
+                      enable_gqa=case.kv_heads != case.q_heads, return_aux=AuxRequest(lse=True))
     return out, aux.lse
 
 

@@ -31,6 +31,9 @@ this adapter shows the ``causal=top_left`` policy. A causal case with a bias or 
 unsupported there: the SDPA docstring says "An error is thrown if both attn_mask and is_causal
 are set" (the math backend raises; the CPU flash kernel accepts the pair), and ``torch.sdpa``
 covers those cases with a float mask.
+
+Both run on the CPU; ``_call`` takes the device, so cuda.py runs the same translation on CUDA
+under a forced ``sdpa_kernel`` backend (``torch.sdpa.cuda.flash`` and the others).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def _unsupported(case, *, always_is_causal: bool) -> str | None:
     return None
 
 
-def _call(case, q, k, v, bias, *, always_is_causal: bool):
+def _call(case, q, k, v, bias, *, always_is_causal: bool, device: str = "cpu"):
     import torch.nn.functional as F
     from torch.nn.attention.bias import causal_lower_right
 
@@ -64,7 +67,7 @@ def _call(case, q, k, v, bias, *, always_is_causal: bool):
     causal = tc.plain_causal(case.mask)
     additive = bias
     if case.alibi is not None:
-        alibi = tc.alibi_tensor(case, case.dtype)
+        alibi = tc.alibi_tensor(case, case.dtype, device)
         additive = alibi if additive is None else additive + alibi
 
     if causal is not None and additive is None and (always_is_causal or causal == "top_left"):
@@ -74,7 +77,7 @@ def _call(case, q, k, v, bias, *, always_is_causal: bool):
             q, k, v, attn_mask=causal_lower_right(case.q_len, case.k_len), **kwargs)
     if case.mask is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=additive, **kwargs)
-    keep = tc.to_torch(tc.reduced_keep(case.keep()))
+    keep = tc.to_torch(tc.reduced_keep(case.keep()), device=device)
     if additive is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, **kwargs)
     floats = additive.masked_fill(~keep, float("-inf"))
