@@ -39,15 +39,42 @@ REGISTRY = {
 }
 
 
+#: family name -> the adapters it stands for on the command line (CPU ones; GPU adapters are
+#: named one by one, or together as "gpu").
+ALIASES = {
+    "torch": ("torch.sdpa", "torch.sdpa.is_causal", "torch.mha", "torch.mha.need_weights",
+              "torch.flex"),
+    "jax": ("jax.dpa", "flax.mask"),
+    "keras": ("keras.mha", "keras.dpa"),
+    "onnxruntime": ("onnxruntime.attention23", "onnxruntime.attention24"),
+    "hf": ("hf.masks",),
+    "gpu": ("cupy", "torch.sdpa.cuda.flash", "torch.sdpa.cuda.efficient",
+            "torch.sdpa.cuda.cudnn", "torch.sdpa.cuda.math", "torch.flex.cuda",
+            "jax.dpa.cudnn", "jax.dpa.xla"),
+}
+
+
 def names() -> list[str]:
     """Every registered adapter name."""
     return sorted(REGISTRY)
 
 
+def expand(targets) -> list[str]:
+    """Backend names with family aliases (``ALIASES``) replaced by their adapters, in order,
+    without repeats; ``module:function`` targets pass through."""
+    expanded: list[str] = []
+    for target in targets:
+        for name in ALIASES.get(target, (target,)):
+            if name not in expanded:
+                expanded.append(name)
+    return expanded
+
+
 def load(name: str) -> Adapter:
     """The adapter called ``name``; unknown names are an error listing the known ones."""
     if name not in REGISTRY:
-        raise ValueError(f"adapters.load: unknown backend {name!r}; known backends: {names()}")
+        raise ValueError(f"adapters.load: unknown backend {name!r}; known backends: {names()}; "
+                         f"families: {sorted(ALIASES)}")
     module = importlib.import_module(REGISTRY[name])
     for adapter in module.ADAPTERS:
         if adapter.name == name:
@@ -55,4 +82,4 @@ def load(name: str) -> Adapter:
     raise ValueError(f"adapters.load: module {REGISTRY[name]} defines no adapter {name!r}")
 
 
-__all__ = ["Adapter", "Output", "Profile", "Unsupported", "load", "names"]
+__all__ = ["ALIASES", "Adapter", "Output", "Profile", "Unsupported", "expand", "load", "names"]

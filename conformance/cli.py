@@ -60,11 +60,13 @@ def _render(args) -> int:
 
 
 def _check(args) -> int:
+    from refmask.adapters import expand
+
     from . import report as reports
     from .cases import DTYPES
     from .runner import check
 
-    targets = list(args.backends) + list(args.impl or [])
+    targets = expand(list(args.backends)) + list(args.impl or [])
     if not targets:
         raise ValueError("check: name at least one BACKEND or --impl module:function")
     for dtype in args.dtype or ():
@@ -175,9 +177,11 @@ def _fuzz(args) -> int:
 
 
 def _matrix(args) -> int:
+    from refmask.adapters import expand
+
     from . import matrix
 
-    reports = matrix.measure(args.backends, dtypes=args.dtype,
+    reports = matrix.measure(expand(args.backends), dtypes=args.dtype,
                              progress=_progress_bar("measuring"))
     block = matrix.render(reports)
     if args.update:
@@ -195,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("check", help="run the conformance suite against backends")
-    run.add_argument("backends", nargs="*", help="backend names, e.g. numpy")
+    run.add_argument("backends", nargs="*",
+                     help="backend names (numpy, torch.sdpa, ...) or families (torch, jax, "
+                          "keras, onnxruntime, hf, gpu)")
     run.add_argument("--impl", action="append", metavar="MODULE:FUNCTION",
                      help="check your own function fn(q, k, v, call) (see README)")
     run.add_argument("--dtype", action="append", metavar="DTYPE",

@@ -148,3 +148,20 @@ def test_matrix_updates_only_the_marked_block(tmp_path, buggy_module, capsys):
     assert main(["matrix", "numpy", "--dtype", "float64", "--update", str(bare)]) == 2
     assert "matrix:begin" in capsys.readouterr().err
     assert bare.read_text() == "no markers here\n"
+
+
+def test_the_issue_command_with_backend_families(capsys):
+    """`refmask check torch.sdpa jax keras onnxruntime` expands the families and prints one
+    verdict table per adapter (a small filter keeps the test fast)."""
+    from refmask.adapters import ALIASES, expand, names
+
+    assert set(expand(["torch", "jax", "keras", "onnxruntime", "hf", "gpu"])) <= set(names())
+    for adapters in ALIASES.values():
+        assert set(adapters) <= set(names())
+    code = main(["check", "torch.sdpa", "jax", "keras", "onnxruntime", "--dtype", "float32",
+                 "--filter", "causal/bottom_right/wide", "--quiet"])
+    out = capsys.readouterr().out
+    for name in ("torch.sdpa", "jax.dpa", "flax.mask", "keras.mha", "keras.dpa",
+                 "onnxruntime.attention23", "onnxruntime.attention24"):
+        assert f"refmask check {name}\n" in out
+    assert code == 0  # top-left causal is a policy, not a fail
