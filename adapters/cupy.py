@@ -8,11 +8,10 @@ reference with the exact golden values, case by case.
 
 from __future__ import annotations
 
-import numpy as np
-
 from refmask.attention import attention, attention_vjp
 
 from .common import Adapter, Output, Profile
+from .common.translate import float64_inputs, to_output
 
 
 def _unavailable() -> str | None:
@@ -27,29 +26,17 @@ def _unavailable() -> str | None:
     return None if count > 0 else "no CUDA device is present"
 
 
-def _to_bhtd(case, x):
-    return np.swapaxes(x, 1, 2) if case.layout == "BTHD" else x
-
-
 def run_cupy(case, inputs, *, grads: bool) -> Output:
     import cupy
 
     from refmask.conformance.cases import attention_kwargs
 
-    values = {name: cupy.asarray(x if x.dtype == np.bool_ else np.asarray(x, np.float64))
-              for name, x in inputs.items()}
+    values = {name: cupy.asarray(x) for name, x in float64_inputs(inputs).items()}
     kwargs = attention_kwargs(case, values)
-    result = attention(values["q"], values["k"], values["v"], **kwargs)
-    gradients = None
-    if grads:
-        g = attention_vjp(values["q"], values["k"], values["v"], values["d_out"], **kwargs)
-        gradients = {name: cupy.asnumpy(getattr(g, name)) for name in ("dq", "dk", "dv")}
-        gradients = {name: _to_bhtd(case, value) for name, value in gradients.items()}
-        for name in ("dbias", "dsinks"):
-            if getattr(g, name) is not None:
-                gradients[name] = cupy.asnumpy(getattr(g, name))
-    return Output(out=_to_bhtd(case, cupy.asnumpy(result.out)),
-                  lse=cupy.asnumpy(result.lse), grads=gradients)
+    q, k, v = values["q"], values["k"], values["v"]
+    result = attention(q, k, v, **kwargs)
+    gradients = attention_vjp(q, k, v, values["d_out"], **kwargs) if grads else None
+    return to_output(case, result, gradients, to_numpy=cupy.asnumpy)
 
 
 ADAPTERS = (

@@ -13,18 +13,8 @@ mixes); it is not registered by name (the tests pass the Adapter itself).
 
 from __future__ import annotations
 
-import numpy as np
-
 from .common import Adapter, Output, Profile, Unsupported
-
-
-def _float64(inputs: dict) -> dict:
-    return {name: value if value.dtype == np.bool_ else np.asarray(value, dtype=np.float64)
-            for name, value in inputs.items()}
-
-
-def _to_bhtd(case, x):
-    return np.swapaxes(x, 1, 2) if case.layout == "BTHD" else x
+from .common.translate import float64_inputs, to_output
 
 
 def _unsupported(case) -> str | None:
@@ -40,24 +30,17 @@ def _runner(q_tile=None, k_tile=None):
         from refmask import fast
         from refmask.conformance.cases import attention_kwargs
 
-        values = _float64(inputs)
+        values = float64_inputs(inputs)
         kwargs = attention_kwargs(case, values)
         tiles = {"q_tile": q_tile, "k_tile": k_tile}
+        q, k, v = values["q"], values["k"], values["v"]
         try:
-            result = fast.attention(values["q"], values["k"], values["v"], **kwargs, **tiles)
-            gradients = None
-            if grads:
-                g = fast.attention_vjp(values["q"], values["k"], values["v"], values["d_out"],
-                                       **kwargs, **tiles)
-                gradients = {"dq": _to_bhtd(case, g.dq), "dk": _to_bhtd(case, g.dk),
-                             "dv": _to_bhtd(case, g.dv)}
-                if g.dbias is not None:
-                    gradients["dbias"] = g.dbias
-                if g.dsinks is not None:
-                    gradients["dsinks"] = g.dsinks
+            result = fast.attention(q, k, v, **kwargs, **tiles)
+            gradients = (fast.attention_vjp(q, k, v, values["d_out"], **kwargs, **tiles)
+                         if grads else None)
         except fast.FastPathUnsupported as why:
             raise Unsupported(str(why)) from None
-        return Output(out=_to_bhtd(case, result.out), lse=result.lse, grads=gradients)
+        return to_output(case, result, gradients)
 
     return run_fast
 

@@ -7,38 +7,21 @@ exact (mpmath, correctly rounded) golden values.
 
 from __future__ import annotations
 
-import numpy as np
-
 from refmask.attention import attention, attention_vjp
 
 from .common import Adapter, Output, Profile
-
-
-def _float64(inputs: dict) -> dict:
-    return {name: value if value.dtype == np.bool_ else np.asarray(value, dtype=np.float64)
-            for name, value in inputs.items()}
-
-
-def _to_bhtd(case, x):
-    return np.swapaxes(x, 1, 2) if case.layout == "BTHD" else x
+from .common.translate import float64_inputs, to_output
 
 
 def run_reference(case, inputs, *, grads: bool) -> Output:
     from refmask.conformance.cases import attention_kwargs
 
-    values = _float64(inputs)
+    values = float64_inputs(inputs)
     kwargs = attention_kwargs(case, values)
-    result = attention(values["q"], values["k"], values["v"], **kwargs)
-    gradients = None
-    if grads:
-        g = attention_vjp(values["q"], values["k"], values["v"], values["d_out"], **kwargs)
-        gradients = {"dq": _to_bhtd(case, g.dq), "dk": _to_bhtd(case, g.dk),
-                     "dv": _to_bhtd(case, g.dv)}
-        if g.dbias is not None:
-            gradients["dbias"] = g.dbias
-        if g.dsinks is not None:
-            gradients["dsinks"] = g.dsinks
-    return Output(out=_to_bhtd(case, result.out), lse=result.lse, grads=gradients)
+    q, k, v = values["q"], values["k"], values["v"]
+    result = attention(q, k, v, **kwargs)
+    gradients = attention_vjp(q, k, v, values["d_out"], **kwargs) if grads else None
+    return to_output(case, result, gradients)
 
 
 ADAPTERS = (

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from refmask import masks as m
+from refmask.adapters.common.translate import float64_inputs
 from refmask.attention import Alibi, attention
 
 from .cases import Case, attention_kwargs
@@ -66,17 +67,13 @@ def compose(first: Explanation, second: Explanation) -> Explanation:
 
 # --- helpers ------------------------------------------------------------------------------------
 
-def _float64(inputs: dict) -> dict:
-    return {k: v if v.dtype == np.bool_ else np.asarray(v, np.float64) for k, v in inputs.items()}
-
-
 def _bhtd(case: Case, x):
     return np.swapaxes(x, 1, 2) if case.layout == "BTHD" else x
 
 
 def _run(case: Case, inputs: dict, **changes) -> tuple:
     """(out BHTD, lse) of the reference with some attention keyword arguments changed."""
-    values = _float64(inputs)
+    values = float64_inputs(inputs)
     kwargs = {**attention_kwargs(case, values), **changes}
     q, k, v = (values[n] for n in "qkv")
     result = attention(q, k, v, **kwargs)
@@ -206,7 +203,7 @@ def _flip_alibi(case: Case, inputs: dict) -> tuple:
 
 
 def _gqa_modulo(case: Case, inputs: dict) -> tuple:
-    values = _float64(inputs)
+    values = float64_inputs(inputs)
     k, v = _expanded_kv(case, values, lambda h: h % case.kv_heads)
     if case.layout == "BTHD":
         k, v = np.swapaxes(k, 1, 2), np.swapaxes(v, 1, 2)
@@ -217,7 +214,7 @@ def _gqa_modulo(case: Case, inputs: dict) -> tuple:
 
 def _softcap_after_mask(case: Case, inputs: dict) -> tuple:
     """The classic leak: masked scores become -inf first, then tanh maps them to -cap."""
-    values = _float64(inputs)
+    values = float64_inputs(inputs)
     raw = _scores(case, values) + _additive(case, values)
     masked = np.where(case.keep(), raw, -np.inf)
     capped = case.softcap * np.tanh(masked / case.softcap)
@@ -226,7 +223,7 @@ def _softcap_after_mask(case: Case, inputs: dict) -> tuple:
 
 def _multiplicative_mask(case: Case, inputs: dict) -> tuple:
     """Scores multiplied by the 0/1 mask: masked keys still get weight exp(0)."""
-    values = _float64(inputs)
+    values = float64_inputs(inputs)
     scores = _scores(case, values)
     if case.softcap is not None:
         scores = case.softcap * np.tanh(scores / case.softcap)
@@ -235,7 +232,7 @@ def _multiplicative_mask(case: Case, inputs: dict) -> tuple:
 
 def _mask_after_softmax(case: Case, inputs: dict) -> tuple:
     """Softmax over every key, then the masked weights zeroed without renormalising."""
-    values = _float64(inputs)
+    values = float64_inputs(inputs)
     scores = _scores(case, values)
     if case.softcap is not None:
         scores = case.softcap * np.tanh(scores / case.softcap)

@@ -68,3 +68,28 @@ def additive_bias(case, inputs: dict, *, dtype=None):
     if bias is None:
         return None
     return np.asarray(bias, np.float64).astype(inputs["q"].dtype if dtype is None else dtype)
+
+
+def float64_inputs(inputs: dict) -> dict:
+    """The case inputs upcast exactly to float64 (bool arrays such as dropout_keep as given)."""
+    return {name: value if value.dtype == np.bool_ else np.asarray(value, dtype=np.float64)
+            for name, value in inputs.items()}
+
+
+def to_output(case, result, grads=None, *, to_numpy=np.asarray):
+    """An :class:`~refmask.adapters.common.Output` from refmask's own AttentionResult and
+    Grads (reference, fast path, CuPy): arrays moved to NumPy with ``to_numpy``, out and the
+    q/k/v gradients in BHTD layout, dbias/dsinks only when present."""
+    from .adapter import Output
+
+    def bhtd(x):
+        x = to_numpy(x)
+        return np.swapaxes(x, 1, 2) if case.layout == "BTHD" else x
+
+    gradients = None
+    if grads is not None:
+        gradients = {name: bhtd(getattr(grads, name)) for name in ("dq", "dk", "dv")}
+        for name in ("dbias", "dsinks"):
+            if getattr(grads, name) is not None:
+                gradients[name] = to_numpy(getattr(grads, name))
+    return Output(out=bhtd(result.out), lse=to_numpy(result.lse), grads=gradients)

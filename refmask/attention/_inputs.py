@@ -297,3 +297,32 @@ def _check_shapes(where: str, layout: str, q_shape, k_shape, v_shape) -> None:
         )
     if qk_dim < 1:
         raise ValueError(f"{where}: q needs a head dim Dqk >= 1, got shape {shown(q_shape)}")
+
+
+def check_upstream_gradients(where: str, inp: Inputs, q, d_out, d_lse) -> tuple:
+    """Check the incoming gradients of ``attention_vjp`` against the prepared inputs.
+
+    d_out must have out's shape in the call's layout, d_lse (optional) lse's shape
+    (B, Hq, Tq); both share q's namespace and dtype. Returns ``(d_out, d_lse)`` with d_out in
+    (B, Hq, Tq, Dv) layout and d_lse unchanged.
+    """
+    xp = inp.xp
+    check_same_namespace(where, "d_out", q, d_out)
+    check_float_array(where, "d_out", xp, d_out, inp.dtype)
+    out_shape = (inp.batch, inp.q_heads, inp.q_len, inp.v_dim)
+    expected = out_shape if inp.layout == "BHTD" else (out_shape[0], out_shape[2], out_shape[1],
+                                                       out_shape[3])
+    if tuple(d_out.shape) != expected:
+        raise ValueError(
+            f"{where}: d_out must have the shape of out, {expected} for layout "
+            f"{inp.layout!r}, got {tuple(d_out.shape)}"
+        )
+    if d_lse is not None:
+        check_same_namespace(where, "d_lse", q, d_lse)
+        check_float_array(where, "d_lse", xp, d_lse, inp.dtype)
+        if tuple(d_lse.shape) != out_shape[:3]:
+            raise ValueError(
+                f"{where}: d_lse must have the shape of lse, (B, Hq, Tq) = {out_shape[:3]}, got "
+                f"{tuple(d_lse.shape)}"
+            )
+    return inp.to_bhtd(d_out), d_lse

@@ -30,8 +30,7 @@ from ._inputs import (
     DEFAULT_EMPTY_ROWS,
     DEFAULT_LAYOUT,
     Inputs,
-    check_float_array,
-    check_same_namespace,
+    check_upstream_gradients,
     prepare,
 )
 from .forward import DEFAULT_PATH, PATHS, ForwardState, forward_pass, matmul
@@ -171,27 +170,9 @@ def attention_vjp(q, k, v, d_out, *, d_lse=None, mask=None, scale=None, softcap=
     inp = prepare(where, q, k, v, mask=mask, scale=scale, softcap=softcap, bias=bias,
                   alibi=alibi, sinks=sinks, dropout_keep=dropout_keep,
                   dropout_rate=dropout_rate, empty_rows=empty_rows, layout=layout)
-    xp = inp.xp
-    check_same_namespace(where, "d_out", q, d_out)
-    check_float_array(where, "d_out", xp, d_out, inp.dtype)
-    out_shape = (inp.batch, inp.q_heads, inp.q_len, inp.v_dim)
-    expected = out_shape if inp.layout == "BHTD" else (out_shape[0], out_shape[2], out_shape[1],
-                                                       out_shape[3])
-    if tuple(d_out.shape) != expected:
-        raise ValueError(
-            f"{where}: d_out must have the shape of out, {expected} for layout "
-            f"{inp.layout!r}, got {tuple(d_out.shape)}"
-        )
-    d_out = inp.to_bhtd(d_out)
+    d_out, d_lse = check_upstream_gradients(where, inp, q, d_out, d_lse)
     if d_lse is not None:
-        check_same_namespace(where, "d_lse", q, d_lse)
-        check_float_array(where, "d_lse", xp, d_lse, inp.dtype)
-        if tuple(d_lse.shape) != out_shape[:3]:
-            raise ValueError(
-                f"{where}: d_lse must have the shape of lse, (B, Hq, Tq) = {out_shape[:3]}, got "
-                f"{tuple(d_lse.shape)}"
-            )
-        d_lse = xp.reshape(d_lse, out_shape[:3] + (1,))
+        d_lse = inp.xp.reshape(d_lse, (inp.batch, inp.q_heads, inp.q_len, 1))
     with np.errstate(all="ignore"):  # see attention(): only input specials can raise flags
         grads = backward_pass(forward_pass(inp), d_out, d_lse)
     return Grads(dq=inp.from_bhtd(grads.dq), dk=inp.from_bhtd(grads.dk),

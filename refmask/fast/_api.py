@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..attention._inputs import check_float_array, check_same_namespace
+from ..attention._inputs import check_upstream_gradients
 from ..attention.backward import Grads
 from ..attention.forward import AttentionResult
 from ._inputs import FastInputs, FastPathUnsupported, numpy_float64_reason, prepare_fast
@@ -46,28 +46,8 @@ def run_forward(where: str, fast: FastInputs, *, q_tile=None, k_tile=None, threa
 
 
 def check_upstream(where: str, fast: FastInputs, q, d_out, d_lse):
-    """d_out and d_lse checked as attention_vjp checks them; returned in (B, H, T, D)."""
-    inp = fast.inp
-    xp = inp.xp
-    check_same_namespace(where, "d_out", q, d_out)
-    check_float_array(where, "d_out", xp, d_out, inp.dtype)
-    out_shape = (inp.batch, inp.q_heads, inp.q_len, inp.v_dim)
-    expected = out_shape if inp.layout == "BHTD" else (out_shape[0], out_shape[2], out_shape[1],
-                                                       out_shape[3])
-    if tuple(d_out.shape) != expected:
-        raise ValueError(
-            f"{where}: d_out must have the shape of out, {expected} for layout "
-            f"{inp.layout!r}, got {tuple(d_out.shape)}"
-        )
-    if d_lse is not None:
-        check_same_namespace(where, "d_lse", q, d_lse)
-        check_float_array(where, "d_lse", xp, d_lse, inp.dtype)
-        if tuple(d_lse.shape) != out_shape[:3]:
-            raise ValueError(
-                f"{where}: d_lse must have the shape of lse, (B, Hq, Tq) = {out_shape[:3]}, got "
-                f"{tuple(d_lse.shape)}"
-            )
-    return inp.to_bhtd(d_out), d_lse
+    """d_out and d_lse checked as attention_vjp checks them; d_out returned in (B, H, T, D)."""
+    return check_upstream_gradients(where, fast.inp, q, d_out, d_lse)
 
 
 def run_vjp(where: str, fast: FastInputs, d_out, d_lse, *, q_tile=None, k_tile=None,
