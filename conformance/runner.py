@@ -241,8 +241,9 @@ def _explain(case: Case, inputs: dict, output, checks: list, golden: dict, naive
 
 def _ordered_explanations(adapter: Adapter) -> list:
     """Explanations in trial order: the conventions the backend declares come first."""
-    declared = {f"empty_rows={adapter.profile.empty_rows}",
-                f"lse_base={adapter.profile.lse_base}"}
+    profile = adapter.profile
+    declared = {f"empty_rows={profile.empty_rows}", f"lse_base={profile.lse_base}",
+                f"causal={profile.causal_alignment}"}
     every = explanations()
     return [e for e in every if e.name in declared] + [e for e in every if e.name not in declared]
 

@@ -203,3 +203,14 @@ def test_a_gradient_failure_is_never_explained_away_by_a_forward_convention():
     (result,) = report.results
     assert (result.verdict, result.convention) == ("fail", None)
     assert [c.name for c in result.checks if not c.ok] == ["dq"]
+
+
+def test_declared_conventions_are_tried_first():
+    """A backend's profile (empty rows, LSE base, causal alignment) orders the alternatives."""
+    from refmask.adapters import Adapter, Profile
+    from refmask.adapters.reference import run_reference
+    from refmask.conformance.runner import _ordered_explanations
+
+    profile = Profile(empty_rows="uniform", causal_alignment="top_left", lse_base="2")
+    order = [e.name for e in _ordered_explanations(Adapter("declared", profile, run_reference))]
+    assert set(order[:3]) == {"empty_rows=uniform", "causal=top_left", "lse_base=2"}

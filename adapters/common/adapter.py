@@ -26,7 +26,8 @@ class Profile:
     """The conventions a backend declares, so a divergence is reported as the convention it is.
 
     empty_rows: "zero", "nan", "uniform", "unmasked" or "zero_lse_posinf" (FlashAttention 2).
-    causal_alignment: "top_left", "bottom_right" or "both" (what its causal switch means).
+    causal_alignment: "top_left", "bottom_right" or "both" (what its causal switch means);
+      the runner tries the declared alignment first when a case misses the golden output.
     lse_base: "e", "2", or None when the backend returns no LSE.
     backward: whether gradients are available.
     notes: free text shown with the backend in reports (versions, caveats).

@@ -19,6 +19,9 @@ from ..attention.alibi import Alibi
 from ._blas import blas_unavailable
 from ._tiles import MaskSource
 
+#: Codes of the ALiBi convention passed to the Numba kernels.
+NO_ALIBI, ALIBI_ABS, ALIBI_SIGNED = 0, 1, 2
+
 
 class FastPathUnsupported(ValueError):
     """``path="fast"`` was asked for a call the fast path does not cover; the message names
@@ -33,7 +36,7 @@ class FastInputs:
       ``alibi_bias`` = None (q, k, v already in (B, H, T, D) order).
     source: what decides keep (no mask, a Mask, or the bool array).
     alibi_slopes: (1 or B, Hq) float64; alibi_offsets: (1 or B,) int64 query offsets;
-    alibi_kind: 0 none, 1 "abs", 2 "signed".
+    alibi_kind: NO_ALIBI, ALIBI_ABS ("abs") or ALIBI_SIGNED ("signed").
     """
 
     inp: Inputs
@@ -63,7 +66,7 @@ def _check_alibi(where: str, alibi, batch: int, heads: int, q_len: int, k_len: i
     """The checks of ``alibi_bias`` without the (B, H, Tq, Tk) array; returns
     (slopes (Bs, H), offsets (Bo,), kind)."""
     if alibi is None:
-        return np.zeros((1, max(heads, 1))), np.zeros(1, dtype=np.int64), 0
+        return np.zeros((1, max(heads, 1))), np.zeros(1, dtype=np.int64), NO_ALIBI
     if not isinstance(alibi, Alibi):
         raise TypeError(
             f"{where}: alibi must be a refmask Alibi (Alibi(slopes, convention=..., "
@@ -82,7 +85,7 @@ def _check_alibi(where: str, alibi, batch: int, heads: int, q_len: int, k_len: i
     offsets = np.ascontiguousarray(alibi.align.offset_table(q_len, k_len), dtype=np.int64)
     slopes = alibi.slopes if isinstance(alibi.slopes[0], tuple) else (alibi.slopes,)
     slopes = np.ascontiguousarray(np.asarray(slopes, dtype=np.float64).reshape(-1, heads))
-    return slopes, offsets, 1 if alibi.convention == "abs" else 2
+    return slopes, offsets, ALIBI_ABS if alibi.convention == "abs" else ALIBI_SIGNED
 
 
 def prepare_fast(where: str, q, k, v, *, mask, scale, softcap, bias, alibi, sinks, dropout_keep,

@@ -32,6 +32,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from ._inputs import ALIBI_ABS, NO_ALIBI
+
 _OPTIONS = dict(nogil=True, cache=True, fastmath={"contract"}, error_model="numpy")
 
 _LOG2E = 1.4426950408889634
@@ -51,7 +53,6 @@ _P9 = 2.755724091857897e-06
 _P10 = 2.763263963904103e-07
 _P11 = 2.5110037605963777e-08
 
-NO_ALIBI, ALIBI_ABS, ALIBI_SIGNED = 0, 1, 2
 
 
 @intrinsic
