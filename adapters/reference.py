@@ -1,8 +1,9 @@
 """The refmask reference itself as an adapter: ``numpy`` (float64 in, float64 out).
 
-It computes in the case dtype's float64 upcast with ``refmask.attention`` and is expected to
-pass every case; ``refmask check numpy`` is the suite checking its own reference against the
-exact (mpmath, correctly rounded) golden values.
+It computes in the case dtype's float64 upcast with ``refmask.attention`` on its exact
+(array-API) path -- never the Numba fast path, which is judged like any other backend
+(``refmask check fast``) -- and is expected to pass every case; ``refmask check numpy`` is the
+suite checking its own reference against the exact (mpmath, correctly rounded) golden values.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ def run_reference(case, inputs, *, grads: bool) -> Output:
     values = float64_inputs(inputs)
     kwargs = attention_kwargs(case, values)
     q, k, v = values["q"], values["k"], values["v"]
-    result = attention(q, k, v, **kwargs)
-    gradients = attention_vjp(q, k, v, values["d_out"], **kwargs) if grads else None
+    result = attention(q, k, v, **kwargs, path="exact")
+    gradients = (attention_vjp(q, k, v, values["d_out"], **kwargs, path="exact") if grads
+                 else None)
     return to_output(case, result, gradients)
 
 
@@ -28,7 +30,7 @@ ADAPTERS = (
     Adapter(
         name="numpy",
         profile=Profile(empty_rows="zero", causal_alignment="both", lse_base="e",
-                        backward=True, notes="refmask.attention in float64 (the reference)"),
+                        backward=True, notes="refmask.attention in float64, exact path (the reference)"),
         run=run_reference,
         description="refmask's own float64 reference on NumPy arrays",
     ),

@@ -22,7 +22,7 @@ import platform
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,8 +33,16 @@ from refmask.adapters import load as load_adapter
 from refmask.attention import attention, attention_vjp
 
 from .cases import Case, attention_kwargs, case_inputs, catalog, dtype_unavailable
-from .explanations import Explanation, explanations
-from .tolerance import TensorCheck, check_tensor, score_sensitivity
+from .explanations import Diagnosis, bad_rows, diagnose, localise
+from .tolerance import (
+    ForwardModel,
+    TensorCheck,
+    case_forward_model,
+    check_forward,
+    check_tensor,
+    score_sensitivity,
+    weighted_rms,
+)
 
 VERDICTS = ("pass", "policy", "fail", "unsupported")
 GRAD_NAMES = ("dq", "dk", "dv", "dbias", "dsinks")
@@ -53,6 +61,7 @@ class CaseResult:
     checks: tuple = ()
     picture: str = ""
     seconds: float = 0.0
+    diagnosis: dict | None = None
 
     def to_json(self) -> dict:
         return {
@@ -62,6 +71,7 @@ class CaseResult:
             "convention_kind": self.convention_kind,
             "checks": [c.to_json() for c in self.checks], "picture": self.picture,
             "seconds": round(self.seconds, 4), "mask": repr(self.case.mask),
+            "diagnosis": self.diagnosis,
         }
 
 
@@ -196,14 +206,15 @@ def _mask_rows_picture(case: Case, first_bad: tuple | None) -> str:
                       "      " + header.strip()] + rows)
 
 
-def _compare(case: Case, output, golden: dict, naive: dict, grads: bool) -> list:
-    kappa = score_sensitivity(golden["lse"])
-    checks = [check_tensor("out", output.out, golden["out"], naive["out"], case.dtype,
-                           kappa=kappa)]
+def _compare(case: Case, output, golden: dict, naive: dict, model: ForwardModel,
+             grads: bool) -> list:
+    checks = [check_forward("out", output.out, golden["out"], naive["out"], model.out,
+                            case.dtype)]
     if output.lse is not None:
-        checks.append(check_tensor("lse", output.lse, golden["lse"], naive["lse"], case.dtype,
-                                   kappa=kappa))
+        checks.append(check_forward("lse", output.lse, golden["lse"], naive["lse"], model.lse,
+                                    case.dtype, aggregate=False))
     if grads and output.grads:
+        kappa = score_sensitivity(golden["lse"])
         for name in GRAD_NAMES:
             if name in output.grads and name in golden:
                 checks.append(check_tensor(name, output.grads[name], golden[name], naive[name],
@@ -211,46 +222,42 @@ def _compare(case: Case, output, golden: dict, naive: dict, grads: bool) -> list
     return checks
 
 
-def _explain(case: Case, inputs: dict, output, checks: list, golden: dict, naive: dict,
-             candidates: Iterable[Explanation]) -> Explanation | None:
-    """The first explanation whose alternative reference the output matches.
-
-    Explanations model the forward pass (out, lse) only; a failure in any other tensor (a
-    gradient) is never explained away, and an explanation must match every returned tensor.
-    """
+def _diagnose(case: Case, inputs: dict, output, checks: list, golden: dict, naive: dict,
+              model: ForwardModel, profile) -> Diagnosis | None:
+    """The diagnosis of a forward failure (:func:`.explanations.diagnose`); None when a
+    gradient fails (explanations model the forward pass only, so a failing gradient is never
+    explained away)."""
     if any(not c.ok and c.name not in ("out", "lse") for c in checks):
         return None
-    tol = {c.name: c.tolerance for c in checks}
-    for explanation in candidates:
-        if not explanation.applies(case):
-            continue
-        try:
-            with np.errstate(all="ignore"):
-                alt_out, alt_lse = explanation.reference(case, inputs)
-        except (ValueError, TypeError):
-            continue
-        ok = check_tensor("out", output.out, alt_out, naive["out"], case.dtype,
-                          tol=tol["out"]).ok
-        if ok and output.lse is not None:
-            ok = check_tensor("lse", output.lse, alt_lse, naive["lse"], case.dtype,
-                              tol=tol["lse"]).ok
-        if ok:
-            return explanation
-    return None
+    naive_agg = weighted_rms(naive["out"] - golden["out"], model.out, golden["out"])
+
+    def model_for(precision):
+        return case_forward_model(replace(case, dtype=precision), inputs, golden)
+
+    return diagnose(case, inputs, output, golden, model, naive_agg, profile=profile,
+                    model_for=model_for)
 
 
-def _ordered_explanations(adapter: Adapter) -> list:
-    """Explanations in trial order: the conventions the backend declares come first."""
-    profile = adapter.profile
-    declared = {f"empty_rows={profile.empty_rows}", f"lse_base={profile.lse_base}",
-                f"causal={profile.causal_alignment}"}
-    every = explanations()
-    return [e for e in every if e.name in declared] + [e for e in every if e.name not in declared]
+def _failure_reason(first: TensorCheck, diagnosis: Diagnosis | None, case: Case, golden,
+                    output, model, checks) -> str:
+    if diagnosis is None:
+        return first.reason
+    parts = [first.reason]
+    where = localise(case, bad_rows(checks, golden, output, model))
+    if where:
+        parts.append(where)
+    if diagnosis.closest:
+        parts.append("closest alternatives: " + ", ".join(
+            f"{m.name} ({m.residual:.3g}x the tolerance)" for m in diagnosis.closest))
+    return "; ".join(parts)
 
 
 def run_case(adapter: Adapter, case: Case, *, grads: bool = False,
-             golden: Callable | None = None) -> CaseResult:
-    """Judge one case; ``golden(case, inputs, grads) -> dict`` overrides the golden source."""
+             golden: Callable | None = None, explain: bool = True) -> CaseResult:
+    """Judge one case; ``golden(case, inputs, grads) -> dict`` overrides the golden source.
+
+    explain=False skips the diagnosis of a failure (no alternative is tried, so a documented
+    convention is reported as ``fail``): for property tests that only count failures."""
     start = time.perf_counter()
 
     def result(verdict, reason="", **extra):
@@ -273,22 +280,32 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool = False,
     reference64 = naive if case.dtype == "float64" else reference_outputs(
         case, inputs, float64=True, grads=grads)
     check_golden_sanity(case, gold, reference64)
-    checks = _compare(case, output, gold, naive, grads)
+    model = case_forward_model(case, inputs, gold)
+    checks = _compare(case, output, gold, naive, model, grads)
     if all(c.ok for c in checks):
         return result("pass", checks=tuple(checks))
     first = next(c for c in checks if not c.ok)
     picture = _mask_rows_picture(case, first.first_bad)
-    explanation = _explain(case, inputs, output, checks, gold, naive,
-                           _ordered_explanations(adapter))
-    if explanation is not None and explanation.kind == "policy":
-        return result("policy", f"{explanation.name}: {explanation.description}",
-                      convention=explanation.name, convention_kind="policy",
-                      checks=tuple(checks), picture=picture)
-    if explanation is not None:
-        return result("fail", f"matches the known bug {explanation.name}: "
-                      f"{explanation.description}", convention=explanation.name,
-                      convention_kind="bug", checks=tuple(checks), picture=picture)
-    return result("fail", first.reason, checks=tuple(checks), picture=picture)
+    diagnosis = (_diagnose(case, inputs, output, checks, gold, naive, model, adapter.profile)
+                 if explain else None)
+    best = None if diagnosis is None else diagnosis.best
+    extra = dict(checks=tuple(checks), picture=picture,
+                 diagnosis=None if diagnosis is None else diagnosis.to_json())
+    if best is not None:
+        also = ""
+        if diagnosis.runners_up:
+            also = " (also close: " + ", ".join(m.name for m in diagnosis.runners_up) + ")"
+        description = best.explanation.description
+        if best.precision:
+            description += f"; computed internally in {best.precision}"
+        if best.kind == "policy":
+            return result("policy", f"{best.name}: {description}{also}",
+                          convention=best.name, convention_kind="policy", **extra)
+        return result("fail", f"matches the known bug {best.name}: {description}. Fix: "
+                      f"{best.explanation.fix}{also}", convention=best.name,
+                      convention_kind="bug", **extra)
+    return result("fail", _failure_reason(first, diagnosis, case, gold, output, model, checks),
+                  **extra)
 
 
 # --- whole runs ------------------------------------------------------------------------------
@@ -329,7 +346,7 @@ def resolve_backend(target) -> Adapter:
 
 def check(target, *, cases: Iterable[Case] | None = None, dtypes=None, filter=None,
           grads: bool = False, golden: Callable | None = None,
-          progress: Callable | None = None) -> Report:
+          progress: Callable | None = None, explain: bool = True) -> Report:
     """Run the conformance suite against ``target`` and return the :class:`Report`.
 
     target: a backend name (``"numpy"``), ``"module:function"``, an Adapter, or a function
@@ -339,13 +356,15 @@ def check(target, *, cases: Iterable[Case] | None = None, dtypes=None, filter=No
     golden: ``golden(case, inputs, grads) -> dict`` of float64 arrays (BHTD); default: the
     exact values of the shipped corpus, the float64 reference for cases it does not hold.
     progress: optional ``callable(done, total)``.
+    explain: diagnose failures (default); False only counts them (see :func:`run_case`).
     """
     adapter = resolve_backend(target)
     chosen = select_cases(cases, dtypes=dtypes, filter=filter)
     golden = golden or shipped_golden()
     report = Report(backend=adapter.name, environment=environment(adapter))
     for n, case in enumerate(chosen):
-        report.results.append(run_case(adapter, case, grads=grads, golden=golden))
+        report.results.append(run_case(adapter, case, grads=grads, golden=golden,
+                                       explain=explain))
         if progress is not None:
             progress(n + 1, len(chosen))
     return report

@@ -205,12 +205,30 @@ def test_a_gradient_failure_is_never_explained_away_by_a_forward_convention():
     assert [c.name for c in result.checks if not c.ok] == ["dq"]
 
 
-def test_declared_conventions_are_tried_first():
-    """A backend's profile (empty rows, LSE base, causal alignment) orders the alternatives."""
-    from refmask.adapters import Adapter, Profile
-    from refmask.adapters.reference import run_reference
-    from refmask.conformance.runner import _ordered_explanations
+def test_declared_conventions_win_near_ties():
+    """Two alternatives that give the same output (mean-of-V empty rows, and masked scores
+    replaced by finfo.min) are a near-tie; the backend's declared convention is named."""
+    from refmask.adapters import Adapter, Output, Profile
 
-    profile = Profile(empty_rows="uniform", causal_alignment="top_left", lse_base="2")
-    order = [e.name for e in _ordered_explanations(Adapter("declared", profile, run_reference))]
-    assert set(order[:3]) == {"empty_rows=uniform", "causal=top_left", "lse_base=2"}
+    def uniform_empty_rows(case, inputs, grads=False):
+        out, lse = honest(inputs["q"], inputs["k"], inputs["v"], _call(case, inputs))
+        empty = ~case.keep().any(axis=-1)
+        v = np.asarray(inputs["v"], np.float64)
+        mean_v = np.broadcast_to(v.mean(axis=2, keepdims=True), out.shape)
+        return Output(out=np.where(empty[..., None], mean_v, out))
+
+    case = next(c for c in catalog(["float64"]) if c.name == "causal/bottom_right/tall")
+    for declared in ("uniform", "zero"):
+        adapter = Adapter("declared", Profile(empty_rows=declared, lse_base=None),
+                          uniform_empty_rows)
+        result = run_case(adapter, case)
+        assert result.verdict == "policy", result.reason
+        if declared == "uniform":
+            assert result.convention == "empty_rows=uniform", result.reason
+
+
+def _call(case, inputs):
+    from refmask.adapters.user import Call
+
+    return Call(keep=case.keep(), scale=1.0 / math.sqrt(case.qk_dim), softcap=None, bias=None,
+                sinks=None, dropout_keep=None, dropout_rate=None, mask=case.mask, case=case)

@@ -33,7 +33,7 @@ from ._inputs import (
     check_upstream_gradients,
     prepare,
 )
-from .forward import DEFAULT_PATH, PATHS, ForwardState, forward_pass, matmul
+from .forward import DEFAULT_PATH, PATHS, ForwardState, accumulated_sum, forward_pass, matmul
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,7 +61,7 @@ def sum_over_groups(inp: Inputs, x):
     xp = inp.xp
     batch, _, length, dim = x.shape
     grouped = xp.reshape(x, (batch, inp.kv_heads, inp.group_size, length, dim))
-    return xp.sum(grouped, axis=2)
+    return accumulated_sum(inp, grouped, axis=2)
 
 
 def reduce_to_shape(inp: Inputs, x, shape: tuple):
@@ -72,7 +72,7 @@ def reduce_to_shape(inp: Inputs, x, shape: tuple):
     padded = (1,) * (x.ndim - len(shape)) + shape
     axes = tuple(axis for axis, size in enumerate(padded) if size == 1 and x.shape[axis] != 1)
     if axes:
-        x = xp.sum(x, axis=axes, keepdims=True)
+        x = accumulated_sum(inp, x, axis=axes, keepdims=True)
     return xp.reshape(x, shape)
 
 
@@ -87,7 +87,7 @@ def score_gradient(state: ForwardState, d_out, d_lse):
     d_weights = matmul(inp, d_out, xp.matrix_transpose(state.v))
     dv = matmul(inp, xp.matrix_transpose(state.weights), d_out)
     d_probs = d_weights if state.dropout_factor is None else d_weights * state.dropout_factor
-    row_dot = xp.sum(d_out * state.out, axis=-1, keepdims=True)
+    row_dot = accumulated_sum(inp, d_out * state.out, axis=-1, keepdims=True)
     inner = d_probs - row_dot
     if d_lse is not None:
         # lse of an empty row is the constant -inf: dlse has nothing to act on there.
@@ -112,7 +112,7 @@ def sink_gradient(state: ForwardState, row_dot, d_lse):
     xp = inp.xp
     inner = -row_dot if d_lse is None else d_lse - row_dot
     terms = xp.where(state.empty, inp.constant(0.0), state.sink_probs * inner)
-    return xp.sum(terms, axis=(0, 2, 3))
+    return accumulated_sum(inp, terms, axis=(0, 2, 3))
 
 
 def backward_pass(state: ForwardState, d_out, d_lse) -> Grads:

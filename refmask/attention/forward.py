@@ -99,6 +99,18 @@ def matmul(inp: Inputs, a, b):
     return product if product.dtype == inp.dtype else inp.xp.astype(product, inp.dtype)
 
 
+def accumulated_sum(inp: Inputs, x, axis, keepdims: bool = False):
+    """``sum(x, axis)`` rounded once to the compute dtype, accumulated in float32 when the
+    compute dtype is narrower (float16, bfloat16), as :func:`matmul` and a kernel with fp32
+    accumulation do: NumPy sums ml_dtypes bfloat16 left to right *in bfloat16*, where a
+    2048-term softmax denominator stalls at 256 times its largest term."""
+    xp = inp.xp
+    if getattr(inp.dtype, "itemsize", 4) >= 4:  # NumPy, JAX and torch dtypes have itemsize
+        return xp.sum(x, axis=axis, keepdims=keepdims)
+    wide = xp.sum(xp.astype(x, xp.float32), axis=axis, keepdims=keepdims)
+    return xp.astype(wide, inp.dtype)
+
+
 def raw_scores(inp: Inputs, k):
     """``t_ij = scale * <q_i, k_gj>``: the matrix product first, then one multiplication by
     scale (not sqrt(scale) on each side, as torch math and ONNX do)."""
@@ -165,7 +177,7 @@ def guarded_softmax(inp: Inputs, s):
     empty = row_max == inp.constant(-np.inf)
     shift = xp.where(empty, inp.constant(0.0), row_max)
     exp_s = xp.exp(s - shift)
-    denominator = xp.sum(exp_s, axis=-1, keepdims=True)
+    denominator = accumulated_sum(inp, exp_s, axis=-1, keepdims=True)
     exp_sink = None
     if sink is not None:
         exp_sink = xp.exp(sink - shift)
@@ -184,7 +196,7 @@ def unmasked_softmax(inp: Inputs, s):
     row_max = row_maximum(inp, s)
     all_minus_inf = row_max == inp.constant(-np.inf)
     exp_s = xp.exp(s - xp.where(all_minus_inf, inp.constant(0.0), row_max))
-    denominator = xp.sum(exp_s, axis=-1, keepdims=True)
+    denominator = accumulated_sum(inp, exp_s, axis=-1, keepdims=True)
     probs = exp_s / xp.where(all_minus_inf, inp.constant(1.0), denominator)
     return xp.where(all_minus_inf, inp.constant(np.nan), probs)
 
