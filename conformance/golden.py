@@ -12,7 +12,7 @@ Two engines compute the golden outputs (``generate(..., engine=...)``):
   :func:`verify` compares BIT FOR BIT. Practical for the catalog's small cases only.
 * ``"reference"`` (long-sequence sweeps, :mod:`~refmask.conformance.sweeps`): refmask's own
   float64 reference, :func:`refmask.attention.attention` and ``attention_vjp`` on the inputs
-  upcast to float64 (``runner.reference_outputs(case, inputs, float64=True, grads=True)``),
+  upcast to float64 (``refmask.case.reference_outputs(case, inputs, float64=True, grads=True)``),
   within the error bound of spec section 3.6 of the exact values. The same machine re-derives
   the same bits, but another BLAS may sum in another order, so :func:`verify` compares the
   inputs bit for bit and each output array with the *reference rule*: NaN, +inf and -inf at
@@ -104,16 +104,20 @@ import secrets
 import shutil
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from refmask import SPEC_VERSION, __version__
-from refmask.attention import Alibi
-from refmask.masks import from_json as mask_from_json
-
-from .cases import Case, derive_flags, numpy_dtype
+from refmask.case import (
+    Case,
+    case_from_json,
+    case_inputs,
+    numpy_dtype,
+    reference_outputs,
+    to_bhtd,
+)
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
@@ -158,47 +162,6 @@ def case_file_name(case_id: str) -> str:
     if len(name) > 100:
         name = name[:100] + "-" + hashlib.sha256(case_id.encode("utf-8")).hexdigest()[:16]
     return name + ".npz"
-
-
-def case_from_json(data: Mapping) -> Case:
-    """Rebuild a :class:`Case` from ``Case.to_json()`` output (e.g. a manifest's "case").
-
-    Raises ValueError when the JSON is malformed or does not describe exactly one case (the
-    rebuilt case's JSON must equal ``data``).
-    """
-    where = "case_from_json"
-    if not isinstance(data, Mapping):
-        raise TypeError(f"{where}: data must be a JSON object, got {type(data).__name__}")
-    try:
-        shape = data["shape"]
-        alibi = data["alibi"]
-        case = Case(
-            name=data["name"], family=data["family"],
-            mask=None if data["mask"] is None else mask_from_json(data["mask"]),
-            batch=shape["B"], q_heads=shape["Hq"], kv_heads=shape["Hkv"], q_len=shape["Tq"],
-            k_len=shape["Tk"], qk_dim=shape["Dqk"], v_dim=shape["Dv"], dtype=data["dtype"],
-            layout=data["layout"], scale=data["scale"], softcap=data["softcap"],
-            bias=data["bias"],
-            alibi=None if alibi is None else Alibi(alibi["slopes"],
-                                                   convention=alibi["convention"],
-                                                   align=alibi["align"]),
-            sinks=data["sinks"], dropout_rate=data["dropout_rate"],
-            input_scale=data["input_scale"], empty_rows=data["empty_rows"], seed=data["seed"],
-            notes=data["notes"],
-        )
-        extra = set(data["flags"]) - set(derive_flags(case))
-        case = replace(case, extra_flags=tuple(sorted(extra)))
-        rebuilt = json.loads(json.dumps(case.to_json()))
-    except KeyError as missing:
-        raise ValueError(f"{where}: case JSON lacks the key {missing}") from None
-    except (TypeError, AttributeError) as error:
-        raise ValueError(f"{where}: malformed case JSON ({error})") from None
-    if rebuilt != json.loads(json.dumps(dict(data))):
-        differing = sorted(key for key in set(rebuilt) | set(data)
-                           if rebuilt.get(key) != data.get(key))
-        raise ValueError(f"{where}: case {data.get('id')!r} does not round-trip; the rebuilt "
-                         f"case differs in {differing}")
-    return case
 
 
 # --- array encoding ----------------------------------------------------------------------------
@@ -573,18 +536,14 @@ def _compare_members(golden: GoldenCase, members: Mapping, engine: str) -> list:
 
 def _reference_outputs(case: Case, inputs: Mapping) -> dict:
     """The float64 reference's golden outputs, laid out like the exact engine's."""
-    from .runner import reference_outputs
-
     arrays = reference_outputs(case, dict(inputs), float64=True, grads=True)
-    if case.layout == "BTHD":
-        arrays = {name: np.swapaxes(value, 1, 2) if name in ("out", "dq", "dk", "dv")
-                  else value for name, value in arrays.items()}
+    # back from BHTD to the case's layout (the swap is its own inverse)
+    arrays = {name: to_bhtd(case, value) if name in ("out", "dq", "dk", "dv") else value
+              for name, value in arrays.items()}
     return {name: np.ascontiguousarray(value, np.float64) for name, value in arrays.items()}
 
 
 def _reference_many(cases: Iterable[Case]) -> Iterator[tuple]:
-    from .cases import case_inputs
-
     for case in cases:
         inputs = case_inputs(case)
         yield case, inputs, _reference_outputs(case, inputs)
