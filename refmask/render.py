@@ -30,7 +30,7 @@ import zlib
 import numpy as np
 
 from ._files import write_atomic
-from ._validate import check_bool_array, check_choice, check_int
+from ._validate import check_bool_array, check_choice, check_flag, check_int
 
 __all__ = [
     "DROP_RGB",
@@ -61,12 +61,6 @@ _GRID_MIN_CELL = 4
 
 
 # -- shared input handling ------------------------------------------------------------------
-def _check_flag(where: str, name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{where}: {name} must be True or False, got {value!r}")
-    return bool(value)
-
-
 def _select(where: str, keep, batch, head) -> np.ndarray:
     """Validate ``keep`` and return the 2-D (Tq, Tk) bool picture to draw."""
     array = check_bool_array(where, "keep", keep)
@@ -140,9 +134,9 @@ def to_text(
     """
     where = "to_text"
     picture = _select(where, keep, batch, head)
-    ascii = _check_flag(where, "ascii", ascii)
-    row_labels = _check_flag(where, "row_labels", row_labels)
-    col_labels = _check_flag(where, "col_labels", col_labels)
+    ascii = check_flag(where, "ascii", ascii)
+    row_labels = check_flag(where, "row_labels", row_labels)
+    col_labels = check_flag(where, "col_labels", col_labels)
     if ascii:
         keep_char = "#" if keep_char == "█" else keep_char
         drop_char = "." if drop_char == "·" else drop_char
@@ -252,8 +246,8 @@ def to_png(
     where = "to_png"
     picture = _select(where, keep, batch, head)
     cell = check_int(where, "cell", cell, minimum=1)
-    grid = _check_flag(where, "grid", grid)
-    overwrite = _check_flag(where, "overwrite", overwrite)
+    grid = check_flag(where, "grid", grid)
+    overwrite = check_flag(where, "overwrite", overwrite)
     q_len, k_len = picture.shape
     if q_len == 0 or k_len == 0:
         raise ValueError(
