@@ -10,11 +10,11 @@ from fractions import Fraction
 import array_api_compat.numpy as anp
 import numpy as np
 import pytest
+from _png import read_png
 
 import refmask.tokens as T
 from refmask.masks.documents import Documents
 from refmask.masks.padding import KeyPadding
-from refmask.render import read_png
 from refmask.rng import random_words
 
 SPECIALS = (1, 2, 3)  # [CLS], [SEP], [MASK]
