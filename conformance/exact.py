@@ -99,7 +99,7 @@ LAYOUTS = ("BHTD", "BTHD")
 
 # --- rounding ----------------------------------------------------------------------------------
 
-def to_float64(x) -> float:
+def to_float64(x: mpmath.mpf) -> float:
     """The float64 nearest to the mpmath number ``x`` (ties to even; subnormals and overflow to
     +-inf rounded correctly), computed with Python integers only.
 
