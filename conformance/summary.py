@@ -32,32 +32,10 @@ WORST_FIRST = ("fail", "policy", "unsupported", "pass")
 
 
 @dataclass(frozen=True)
-class TensorError:
-    """How far one tensor was from the golden value (a TensorCheck, without the arrays)."""
-
-    tensor: str
-    ok: bool
-    max_error: float
-    max_rel: float
-    ulps: float
-    tolerance: float
-    first_bad: tuple | None
-    nonfinite_mismatch: int
-
-    def to_json(self) -> dict:
-        def finite(x):
-            return x if x == x and abs(x) != float("inf") else str(x)
-
-        return {"tensor": self.tensor, "ok": self.ok, "max_error": finite(self.max_error),
-                "max_rel": finite(self.max_rel), "ulps": finite(self.ulps),
-                "tolerance": self.tolerance,
-                "first_bad": None if self.first_bad is None else list(self.first_bad),
-                "nonfinite_mismatch": self.nonfinite_mismatch}
-
-
-@dataclass(frozen=True)
 class Record:
-    """One case's verdict. ``case`` is kept for pictures; everything else is plain data."""
+    """One case's verdict. ``errors`` holds a :class:`~refmask.conformance.tolerance.TensorCheck`
+    per compared tensor (max error, tolerance, ulps, first bad index); ``case`` is kept for
+    pictures; everything else is plain data."""
 
     case_id: str
     case_name: str
@@ -129,14 +107,10 @@ def _diagnosis(result) -> tuple:
 def record(result) -> Record:
     """The :class:`Record` of one ``runner.CaseResult``."""
     diagnosis, kind = _diagnosis(result)
-    errors = tuple(TensorError(tensor=c.name, ok=c.ok, max_error=c.max_abs, max_rel=c.max_rel,
-                               ulps=c.max_ulps, tolerance=c.tolerance, first_bad=c.first_bad,
-                               nonfinite_mismatch=c.nonfinite_mismatch)
-                   for c in result.checks)
     case = result.case
     return Record(case_id=case.id, case_name=case.name, family=case.family, dtype=case.dtype,
                   flags=tuple(case.flags), verdict=result.verdict, diagnosis=diagnosis,
-                  diagnosis_kind=kind, reason=result.reason, errors=errors,
+                  diagnosis_kind=kind, reason=result.reason, errors=tuple(result.checks),
                   mask=repr(case.mask), picture=result.picture, case=case)
 
 

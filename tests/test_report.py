@@ -55,7 +55,7 @@ def test_records_carry_verdict_diagnosis_and_errors():
     ]
     wide = records[1]
     assert (wide.family, wide.dtype, wide.diagnosis_kind) == ("causal", "float64", "bug")
-    assert [(e.tensor, e.max_error, e.tolerance, e.ulps, e.first_bad) for e in wide.errors] == [
+    assert [(e.name, e.max_abs, e.tolerance, e.max_ulps, e.first_bad) for e in wide.errors] == [
         ("out", 0.5, 1e-6, 7.0, (0, 1, 2, 0))]
     assert wide.first_bad == (0, 1, 2, 0)
 
