@@ -20,12 +20,13 @@ first: one group is one thing to fix or document, however many cases it touches.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from refmask.case import DTYPES, Case
 
-from .runner import VERDICTS
+from .runner import VERDICTS, CaseResult, Report
 
 #: Verdicts, worst first (a cell or a group shows its worst verdict).
 WORST_FIRST = ("fail", "policy", "unsupported", "pass")
@@ -83,7 +84,7 @@ class Diagnosis:
                 "cases": [r.case_id for r in self.records], "reason": self.records[0].reason}
 
 
-def failure_kind(result) -> str:
+def failure_kind(result: CaseResult) -> str:
     """A short name for a fail no explanation matched: a crash, NaN/inf placement or error."""
     if result.reason.startswith("the backend raised"):
         return result.reason.split(":")[0]
@@ -93,7 +94,7 @@ def failure_kind(result) -> str:
     return "error above tolerance in " + ", ".join(c.name for c in bad)
 
 
-def _diagnosis(result) -> tuple:
+def _diagnosis(result: CaseResult) -> tuple:
     """(diagnosis, kind) of a CaseResult (see the module docstring)."""
     if result.verdict in ("policy", "fail"):
         if result.convention:
@@ -104,8 +105,8 @@ def _diagnosis(result) -> tuple:
     return None, None
 
 
-def record(result) -> Record:
-    """The :class:`Record` of one ``runner.CaseResult``."""
+def record(result: CaseResult) -> Record:
+    """The :class:`Record` of one :class:`~refmask.conformance.runner.CaseResult`."""
     diagnosis, kind = _diagnosis(result)
     case = result.case
     return Record(case_id=case.id, case_name=case.name, family=case.family, dtype=case.dtype,
@@ -114,13 +115,13 @@ def record(result) -> Record:
                   mask=repr(case.mask), picture=result.picture, case=case)
 
 
-def counts(records) -> dict:
+def counts(records: Iterable[Record]) -> dict:
     """verdict -> number of records, every verdict present (report order)."""
     counted = Counter(r.verdict for r in records)
     return {verdict: counted.get(verdict, 0) for verdict in VERDICTS}
 
 
-def worst(records) -> str | None:
+def worst(records: Iterable[Record]) -> str | None:
     """The worst verdict among the records (None when there are none)."""
     present = {r.verdict for r in records}
     return next((v for v in WORST_FIRST if v in present), None)
@@ -169,7 +170,7 @@ class Summary:
                           records=tuple(members)) for (verdict, name), members in ordered]
 
 
-def summarize(report) -> Summary:
-    """The :class:`Summary` of a ``runner.Report``."""
+def summarize(report: Report) -> Summary:
+    """The :class:`Summary` of a :class:`~refmask.conformance.runner.Report`."""
     return Summary(backend=report.backend, environment=dict(report.environment),
                    records=tuple(record(r) for r in report.results))
