@@ -160,13 +160,23 @@ def case_file_name(case_id: str) -> str:
     return name + ".npz"
 
 
-def case_from_json(data: Mapping) -> Case:
+#: Modules whose predicate functions a corpus's case JSON may name without the caller's
+#: ``trust``: the catalog's own (refmask.conformance.cases).
+CATALOG_TRUST = ("refmask.conformance.cases",)
+
+
+def case_from_json(data: Mapping, *, trust=()) -> Case:
     """Rebuild a :class:`Case` from ``Case.to_json()`` output (e.g. a manifest's "case").
 
+    trust: further modules whose functions a ``predicate`` mask may name (see
+    :func:`refmask.masks.from_json`); CATALOG_TRUST is always allowed, nothing else is imported.
     Raises ValueError when the JSON is malformed or does not describe exactly one case (the
     rebuilt case's JSON must equal ``data``).
     """
     where = "case_from_json"
+    if isinstance(trust, str):
+        raise TypeError(f"{where}: trust must be a list of module names, got {trust!r}")
+    trust = (*CATALOG_TRUST, *trust)
     if not isinstance(data, Mapping):
         raise TypeError(f"{where}: data must be a JSON object, got {type(data).__name__}")
     try:
@@ -174,7 +184,7 @@ def case_from_json(data: Mapping) -> Case:
         alibi = data["alibi"]
         case = Case(
             name=data["name"], family=data["family"],
-            mask=None if data["mask"] is None else mask_from_json(data["mask"]),
+            mask=None if data["mask"] is None else mask_from_json(data["mask"], trust=trust),
             batch=shape["B"], q_heads=shape["Hq"], kv_heads=shape["Hkv"], q_len=shape["Tq"],
             k_len=shape["Tk"], qk_dim=shape["Dqk"], v_dim=shape["Dv"], dtype=data["dtype"],
             layout=data["layout"], scale=data["scale"], softcap=data["softcap"],
@@ -606,7 +616,7 @@ def _check_engine(where: str, engine) -> str:
 
 
 def verify(directory, *, regenerate: bool = True, processes: int | None = None,
-           progress: Callable[[int, int], object] | None = None) -> list:
+           progress: Callable[[int, int], object] | None = None, trust=()) -> list:
     """Every defect of the corpus in ``directory``, as messages naming the file; [] if none.
 
     Checks the manifest, that each listed file exists with its SHA-256 and parses into the
@@ -618,6 +628,8 @@ def verify(directory, *, regenerate: bool = True, processes: int | None = None,
     :func:`~refmask.conformance.exact.exact_many`); a reference corpus's inputs bit for bit
     and its outputs by the reference rule of the module docstring (``processes`` unused).
     progress: optional ``progress(done, total)`` over the recomputed cases (0 first).
+    trust: modules whose functions predicate masks may name besides CATALOG_TRUST (see
+    :func:`case_from_json`); a corpus naming any other module is reported, never imported.
     """
     directory = Path(directory)
     try:
@@ -641,8 +653,8 @@ def verify(directory, *, regenerate: bool = True, processes: int | None = None,
             problems.append(str(error))
             continue
         try:
-            case = case_from_json(entry["case"])
-        except ValueError as error:
+            case = case_from_json(entry["case"], trust=trust)
+        except (ValueError, TypeError) as error:
             problems.append(f"{golden.file}: {error}")
             continue
         readable.append((entry, case))

@@ -76,16 +76,35 @@ class Inputs:
         return self.xp.asarray(value, dtype=self.dtype, device=self.device)
 
 
-def is_real_floating(xp, dtype) -> bool:
-    """True for a real floating dtype, including ml_dtypes extension floats on NumPy.
+#: The floating dtypes refmask computes in (docs/spec.md section 3.5); float8 formats, float128
+#: and complex dtypes are refused, never cast.
+SUPPORTED_FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
 
-    ml_dtypes (bfloat16, float8_*) are not array-API dtypes, so ``xp.isdtype`` refuses them;
-    they are NumPy void-kind dtypes whose name contains "float".
+
+def dtype_name(dtype) -> str:
+    """"float16" for numpy.float16, torch.float16, jax's and array-api-strict's float16."""
+    name = getattr(dtype, "name", None)
+    return name if isinstance(name, str) else str(dtype).rsplit(".", 1)[-1]
+
+
+def is_real_floating(xp, dtype) -> bool:
+    """True for a floating dtype refmask supports: SUPPORTED_FLOAT_DTYPES.
+
+    ml_dtypes' bfloat16 is not an array-API dtype, so ``xp.isdtype`` refuses it; it is a NumPy
+    void-kind dtype named "bfloat16". Other extension floats (float8_*) are not supported.
     """
+    if dtype_name(dtype) not in SUPPORTED_FLOAT_DTYPES:
+        return False
     try:
         return bool(xp.isdtype(dtype, "real floating"))
     except (TypeError, ValueError):
-        return getattr(dtype, "kind", None) == "V" and "float" in getattr(dtype, "name", "")
+        return getattr(dtype, "kind", None) == "V" and dtype_name(dtype) == "bfloat16"
+
+
+def float_dtype_rule(where: str, name: str, dtype) -> str:
+    """The message for an unsupported dtype of ``name``."""
+    return (f"{where}: {name} must have a real floating dtype "
+            f"(supported: {', '.join(SUPPORTED_FLOAT_DTYPES)}), got {dtype}")
 
 
 def _check_array(where: str, name: str, x) -> None:
@@ -107,7 +126,7 @@ def check_same_namespace(where: str, name: str, reference, x) -> None:
 def check_float_array(where: str, name: str, xp, x, dtype) -> None:
     """``x`` must have exactly the compute dtype (refmask refuses to cast silently)."""
     if not is_real_floating(xp, x.dtype):
-        raise TypeError(f"{where}: {name} must have a real floating dtype, got {x.dtype}")
+        raise TypeError(float_dtype_rule(where, name, x.dtype))
     if x.dtype != dtype:
         raise TypeError(
             f"{where}: {name} has dtype {x.dtype} but q has {dtype}; all floating inputs must "
@@ -215,7 +234,7 @@ def prepare(where: str, q, k, v, *, mask, scale, softcap, bias, alibi, sinks, dr
                 f"{tuple(x.shape)}"
             )
         if not is_real_floating(xp, x.dtype):
-            raise TypeError(f"{where}: {name} must have a real floating dtype, got {x.dtype}")
+            raise TypeError(float_dtype_rule(where, name, x.dtype))
     dtype = q.dtype
     for name, x in (("k", k), ("v", v)):
         if x.dtype != dtype:

@@ -45,6 +45,11 @@ class _Padding(Mask):
     def batch_size(self) -> int | None:
         return len(self.lengths) if len(self.lengths) > 1 else None
 
+    def check_lengths(self, q_len: int, k_len: int) -> None:
+        """No valid length exceeds the padded axis (Tk for key padding, Tq for query)."""
+        size = k_len if self.kind == "key_padding" else q_len
+        _valid_range(self.kind, self.lengths, self.side, np.zeros(1, dtype=np.int64), size)
+
     def _index_kept(self, grid, b, index, size: int):
         _valid_range(self.kind, self.lengths, self.side, np.zeros(1, dtype=np.int64), size)
         valid = grid.gather(self.lengths, b)
