@@ -137,6 +137,44 @@ def check_shape(where: str, name: str, shape: Any) -> tuple[int, ...]:
     return tuple(out)
 
 
+# -- dtypes ----------------------------------------------------------------------------------
+#: The floating dtypes refmask computes in (docs/spec.md section 3.5); float8 formats, float128
+#: and complex dtypes are refused, never cast.
+SUPPORTED_FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
+
+
+def dtype_name(dtype: Any) -> str:
+    """"float16" for numpy.float16, torch.float16, jax's and array-api-strict's float16."""
+    name = getattr(dtype, "name", None)
+    return name if isinstance(name, str) else str(dtype).rsplit(".", 1)[-1]
+
+
+def is_real_floating(xp: Any, dtype: Any) -> bool:
+    """True for a floating dtype refmask supports: SUPPORTED_FLOAT_DTYPES.
+
+    ml_dtypes' bfloat16 is not an array-API dtype (``xp.isdtype`` refuses it); it is a NumPy
+    void-kind dtype named "bfloat16". Other extension floats (float8_*) are not supported.
+    ``xp`` None: ``dtype`` is a NumPy dtype.
+    """
+    if dtype_name(dtype) not in SUPPORTED_FLOAT_DTYPES:
+        return False
+    kind = getattr(dtype, "kind", None)
+    if kind == "V":
+        return dtype_name(dtype) == "bfloat16"
+    if xp is None:
+        return kind == "f"
+    try:
+        return bool(xp.isdtype(dtype, "real floating"))
+    except (TypeError, ValueError):
+        return False
+
+
+def float_dtype_rule(where: str, name: str, dtype: Any) -> str:
+    """The message for an unsupported dtype of ``name``."""
+    return (f"{where}: {name} must have a real floating dtype "
+            f"(supported: {', '.join(SUPPORTED_FLOAT_DTYPES)}), got {dtype}")
+
+
 # -- arrays -------------------------------------------------------------------------------------
 def _require_integer_dtype(where: str, name: str, array: np.ndarray) -> None:
     if array.dtype == np.bool_ or (array.size and not np.issubdtype(array.dtype, np.integer)):
@@ -215,6 +253,15 @@ def check_int_vector(where: str, name: str, values: Any, *,
                          f"integer bound, so that positions never overflow int64), got "
                          f"{int(array[bad])}")
     return tuple(int(x) for x in array)
+
+
+def check_int_table(where: str, name: str, values: Any, *,
+                    minimum: int | None = None) -> tuple[int, ...]:
+    """An int (one value shared by every batch entry) or a 1-D sequence of ints (one per
+    batch entry), as a tuple; each within ``[minimum, INDEX_LIMIT]``."""
+    if _is_int(values) or (isinstance(values, np.ndarray) and values.ndim == 0):
+        values = [values.item() if isinstance(values, np.ndarray) else values]
+    return check_int_vector(where, name, values, minimum=minimum)
 
 
 def check_int_matrix(where: str, name: str, values: Any) -> tuple[tuple[int, ...], ...]:

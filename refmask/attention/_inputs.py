@@ -13,7 +13,13 @@ from typing import Any
 
 import array_api_compat
 
-from .._validate import check_bool_dtype, check_choice, check_real
+from .._validate import (
+    check_bool_dtype,
+    check_choice,
+    check_real,
+    float_dtype_rule,
+    is_real_floating,
+)
 from .alibi import alibi_bias
 
 EMPTY_ROW_POLICIES = ("zero", "nan", "uniform", "unmasked")
@@ -74,37 +80,6 @@ class Inputs:
         times a Python float to float32, which would silently leave the compute dtype.
         """
         return self.xp.asarray(value, dtype=self.dtype, device=self.device)
-
-
-#: The floating dtypes refmask computes in (docs/spec.md section 3.5); float8 formats, float128
-#: and complex dtypes are refused, never cast.
-SUPPORTED_FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
-
-
-def dtype_name(dtype) -> str:
-    """"float16" for numpy.float16, torch.float16, jax's and array-api-strict's float16."""
-    name = getattr(dtype, "name", None)
-    return name if isinstance(name, str) else str(dtype).rsplit(".", 1)[-1]
-
-
-def is_real_floating(xp, dtype) -> bool:
-    """True for a floating dtype refmask supports: SUPPORTED_FLOAT_DTYPES.
-
-    ml_dtypes' bfloat16 is not an array-API dtype, so ``xp.isdtype`` refuses it; it is a NumPy
-    void-kind dtype named "bfloat16". Other extension floats (float8_*) are not supported.
-    """
-    if dtype_name(dtype) not in SUPPORTED_FLOAT_DTYPES:
-        return False
-    try:
-        return bool(xp.isdtype(dtype, "real floating"))
-    except (TypeError, ValueError):
-        return getattr(dtype, "kind", None) == "V" and dtype_name(dtype) == "bfloat16"
-
-
-def float_dtype_rule(where: str, name: str, dtype) -> str:
-    """The message for an unsupported dtype of ``name``."""
-    return (f"{where}: {name} must have a real floating dtype "
-            f"(supported: {', '.join(SUPPORTED_FLOAT_DTYPES)}), got {dtype}")
 
 
 def _check_array(where: str, name: str, x) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validate import check_int_vector
+from .._validate import check_int_table
 from ._base import Block
 from ._positional import PositionalMask
 from .alignment import Alignment, as_alignment
@@ -70,8 +70,7 @@ class GlobalTokens(PositionalMask):
 
 def global_tokens(positions, *, align) -> GlobalTokens:
     """Global-token mask; ``positions`` are distinct ints >= 0 (token positions)."""
-    values = check_int_vector("global_tokens", "positions", np.atleast_1d(np.asarray(positions)),
-                              minimum=0)
+    values = check_int_table("global_tokens", "positions", positions, minimum=0)
     if len(set(values)) != len(values):
         raise ValueError(f"global_tokens: positions must be distinct, got {list(values)}")
     return GlobalTokens(tuple(sorted(values)), as_alignment(align, "global_tokens"))

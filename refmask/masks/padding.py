@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validate import check_choice, check_int_vector
+from .._validate import check_choice, check_int_table
 from ._base import Block, Mask
 
 
@@ -93,7 +93,7 @@ class QueryPadding(_Padding):
 
 
 def _lengths(where: str, lengths) -> tuple:
-    values = check_int_vector(where, "lengths", np.atleast_1d(np.asarray(lengths)), minimum=0)
+    values = check_int_table(where, "lengths", lengths, minimum=0)
     if not values:
         raise ValueError(f"{where}: lengths must hold at least one value")
     return values
