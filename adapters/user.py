@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from refmask.case import to_bhtd
+
 from .common import Adapter, Output, Profile, Unsupported
 from .common.translate import additive_bias
 
@@ -67,10 +69,6 @@ def _features(case) -> set:
     return used
 
 
-def _bhtd(case, x):
-    return np.swapaxes(x, 1, 2) if case.layout == "BTHD" else x
-
-
 def _read_only(x):
     """A read-only copy of an array argument (None and non-arrays pass through): the user's
     function can neither change the runner's arrays nor be handed arrays it may write."""
@@ -104,7 +102,8 @@ def from_function(fn, name: str | None = None) -> Adapter:
             dropout_keep=_read_only(inputs.get("dropout_keep")), dropout_rate=case.dropout_rate,
             mask=case.mask, case=case,
         )
-        result = fn(*(_read_only(_bhtd(case, inputs[name])) for name in ("q", "k", "v")), call)
+        result = fn(*(_read_only(to_bhtd(case, inputs[name])) for name in ("q", "k", "v")),
+                    call)
         if isinstance(result, tuple):
             out, lse = result
             return Output(out=np.asarray(out), lse=np.asarray(lse))

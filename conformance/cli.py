@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 
 from refmask import SPEC_VERSION, __version__, render
 from refmask._files import check_output_path
@@ -328,7 +329,7 @@ def _refusal(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code: 0 success, 1 a conformance failure or a
     corpus problem, 2 a refusal (bad argument, unreadable or unwritable file, any error: one
     line on stderr naming the argument or file and the rule), 130 interrupted."""

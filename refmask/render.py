@@ -24,11 +24,14 @@ import math
 import os
 import struct
 import zlib
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._files import write_atomic
 from ._validate import check_bool_array, check_choice, check_flag, check_int
+from .masks import Mask
 
 __all__ = [
     "DROP_RGB",
@@ -99,7 +102,7 @@ def _check_char(where: str, name: str, value, ascii_only: bool) -> str:
 
 
 def to_text(
-    keep,
+    keep: ArrayLike,
     *,
     keep_char: str = "█",
     drop_char: str = "·",
@@ -208,8 +211,8 @@ def _draw(picture: np.ndarray, cell: int, grid: bool) -> np.ndarray:
 
 
 def to_png(
-    keep,
-    path=None,
+    keep: ArrayLike,
+    path: str | os.PathLike[str] | None = None,
     *,
     cell: int = 8,
     grid: bool = True,
@@ -281,15 +284,15 @@ def _size_attribute(mask, name: str) -> int | None:
 
 
 def render_mask(
-    mask,
+    mask: Mask,
     q_len: int,
     k_len: int,
     *,
     batch: int = 0,
     head: int = 0,
     fmt: str = "text",
-    **kw,
-):
+    **kw: Any,
+) -> str | bytes:
     """Materialise a refmask ``Mask`` and draw one (batch, head) of it.
 
     mask: an object with ``materialize(batch, heads, q_len, k_len)`` returning a NumPy bool

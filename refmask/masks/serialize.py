@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import Any
 
 from ._base import Mask
 
@@ -77,7 +78,7 @@ def _schemas() -> dict:
     }
 
 
-def _trusted_modules(trust) -> tuple:
+def _trusted_modules(trust: Iterable[str]) -> tuple[str, ...]:
     if isinstance(trust, str) or not isinstance(trust, Iterable):
         raise TypeError(f"from_json: trust must be a list of module names, got {trust!r:.80}")
     names = tuple(trust)
@@ -88,7 +89,7 @@ def _trusted_modules(trust) -> tuple:
     return names
 
 
-def from_json(data, *, trust: Iterable[str] = ()) -> Mask:
+def from_json(data: str | dict[str, Any], *, trust: Iterable[str] = ()) -> Mask:
     """Rebuild a mask from its JSON form (a dict, or a JSON string).
 
     trust: module names whose functions a ``predicate`` may name (a package name covers its
