@@ -121,7 +121,8 @@ from ._verify import (
 from ._write import generate
 
 __all__ = [
-    "CATALOG_TRUST", "ENGINES", "EXACT_NAMES", "GENERATOR", "INPUT_NAMES", "MANIFEST", "REFERENCE_GENERATOR",
+    "CATALOG_TRUST", "ENGINES", "EXACT_NAMES", "GENERATOR", "INPUT_NAMES", "MANIFEST",
+    "REFERENCE_GENERATOR",
     "REFERENCE_RTOL", "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "Corpus", "CorpusError",
     "GoldenCase", "case_file_name", "case_from_json", "corpus_engine", "generate", "load",
     "npz_bytes", "shipped_corpus_path", "verify",
