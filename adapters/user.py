@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +70,7 @@ def _features(case) -> set:
     return used
 
 
-def _read_only(x):
+def _read_only(x: Any) -> Any:
     """A read-only copy of an array argument (None and non-arrays pass through): the user's
     function can neither change the runner's arrays nor be handed arrays it may write."""
     if x is None or not hasattr(x, "dtype"):
@@ -79,7 +80,7 @@ def _read_only(x):
     return copy
 
 
-def from_function(fn, name: str | None = None) -> Adapter:
+def from_function(fn: Callable[..., Any], name: str | None = None) -> Adapter:
     """Wrap ``fn(q, k, v, call)`` as an adapter named ``name`` (default: module:qualname)."""
     if not callable(fn):
         raise TypeError(f"from_function: fn must be callable, got {type(fn).__name__}")

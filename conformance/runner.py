@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,6 +44,10 @@ from refmask.case import (
 from .cases import catalog
 from .explanations import Explanation, explanations
 from .tolerance import TensorCheck, check_tensor, score_sensitivity
+
+if TYPE_CHECKING:
+    from .golden import Corpus
+
 
 VERDICTS = ("pass", "policy", "fail", "unsupported")
 #: Per-case time limit (seconds) of the backend's call in :func:`check` and ``refmask check
@@ -106,7 +111,7 @@ def _golden_from_reference(case: Case, inputs: dict, grads: bool) -> dict:
     return reference_outputs(case, inputs, float64=True, grads=grads)
 
 
-def corpus_golden(corpus) -> Callable:
+def corpus_golden(corpus: Corpus) -> Callable:
     """A golden source reading the exact values of a loaded corpus (``golden.load``).
 
     A case is taken from the corpus only when its stored JSON equals the case's own JSON (so
@@ -356,7 +361,7 @@ def select_cases(cases: Iterable[Case] | None = None, *, dtypes: Iterable[str] |
     return chosen
 
 
-def resolve_backend(target) -> Adapter:
+def resolve_backend(target: str | Adapter | Callable[..., Any]) -> Adapter:
     """An Adapter from a backend name, an Adapter, or a user function ``fn(q, k, v, call)``."""
     from refmask.adapters.user import from_function, from_path
 
@@ -370,7 +375,8 @@ def resolve_backend(target) -> Adapter:
                     f"a function, got {type(target).__name__}")
 
 
-def check(target, *, cases: Iterable[Case] | None = None, dtypes=None, filter=None,
+def check(target: str | Adapter | Callable[..., Any], *, cases: Iterable[Case] | None = None,
+          dtypes: Iterable[str] | None = None, filter: str | None = None,
           grads: bool = False, golden: Callable | None = None,
           progress: Callable | None = None,
           timeout: float | None = DEFAULT_CASE_TIMEOUT) -> Report:

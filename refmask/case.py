@@ -32,6 +32,7 @@ import numpy as np
 
 from . import masks as m
 from . import rng
+from ._typing import Array
 from .attention import Alibi, attention, attention_vjp
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
@@ -279,7 +280,7 @@ def dtype_unavailable(name: str) -> str | None:
     return None
 
 
-def numpy_dtype(name: str):
+def numpy_dtype(name: str) -> np.dtype:
     """The NumPy dtype for a dtype name; bfloat16 comes from ml_dtypes."""
     if name == "bfloat16":
         import ml_dtypes
@@ -339,7 +340,7 @@ def attention_kwargs(case: Case, inputs: Mapping) -> dict:
 GRAD_NAMES = ("dq", "dk", "dv", "dbias", "dsinks")
 
 
-def to_bhtd(case: Case, x):
+def to_bhtd(case: Case, x: Array) -> Array:
     """``x`` (an array in the case's layout: (B, T, H, D) for "BTHD") seen as (B, H, T, D).
 
     A view, not a copy; any array with a NumPy-style ``swapaxes`` (NumPy, torch, JAX, CuPy).

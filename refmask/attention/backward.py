@@ -20,8 +20,11 @@ ignored); "nan" -> the NaN weights reach dV (and dS of kept keys), masked keys s
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+from .._typing import Array
 from ._inputs import (
     DEFAULT_EMPTY_ROWS,
     DEFAULT_LAYOUT,
@@ -30,10 +33,14 @@ from ._inputs import (
     prepare,
 )
 from ._results import Grads
+from .alibi import Alibi
 from .forward import ForwardState, forward_pass, matmul
 
+if TYPE_CHECKING:
+    from ..masks import Mask
 
-def sum_over_groups(inp: Inputs, x):
+
+def sum_over_groups(inp: Inputs, x: Array) -> Array:
     """(B, Hq, T, D) -> (B, Hkv, T, D): ``out[:, g] = sum_{h : h // G == g} x[:, h]``, the
     adjoint of repeating kv head g for query heads gG .. gG + G - 1."""
     if inp.group_size == 1:
@@ -44,7 +51,7 @@ def sum_over_groups(inp: Inputs, x):
     return xp.sum(grouped, axis=2)
 
 
-def reduce_to_shape(inp: Inputs, x, shape: tuple):
+def reduce_to_shape(inp: Inputs, x: Array, shape: tuple) -> Array:
     """Sum a (B, Hq, Tq, Tk) gradient over the axes along which an array of ``shape`` was
     broadcast (leading missing axes and size-1 axes), then give it exactly ``shape``."""
     xp = inp.xp
@@ -56,7 +63,8 @@ def reduce_to_shape(inp: Inputs, x, shape: tuple):
     return xp.reshape(x, shape)
 
 
-def score_gradient(state: ForwardState, d_out, d_lse):
+def score_gradient(state: ForwardState, d_out: Array, d_lse: Array | None) -> tuple[Array, Array,
+                   Array]:
     """``dS`` (B, Hq, Tq, Tk), ``D`` (B, Hq, Tq, 1) and ``dV`` expanded to Hq heads.
 
         dA = dO v^T,  dP = dA * f,  D_i = <dO_i, o_i>,  dS = p * (dP - D + dlse)
@@ -86,7 +94,7 @@ def score_gradient(state: ForwardState, d_out, d_lse):
     return d_scores, row_dot, dv
 
 
-def sink_gradient(state: ForwardState, row_dot, d_lse):
+def sink_gradient(state: ForwardState, row_dot: Array, d_lse: Array | None) -> Array:
     """``dsink_h = sum_{b, i} p_sink_i * (dlse_i - D_i)`` over non-empty rows, shape (Hq,)."""
     inp = state.inputs
     xp = inp.xp
@@ -95,7 +103,7 @@ def sink_gradient(state: ForwardState, row_dot, d_lse):
     return xp.sum(terms, axis=(0, 2, 3))
 
 
-def backward_pass(state: ForwardState, d_out, d_lse) -> Grads:
+def backward_pass(state: ForwardState, d_out: Array, d_lse: Array | None) -> Grads:
     """All gradients in (B, H, T, D) order; d_out (B, Hq, Tq, Dv), d_lse (B, Hq, Tq, 1)."""
     inp = state.inputs
     xp = inp.xp
@@ -112,10 +120,13 @@ def backward_pass(state: ForwardState, d_out, d_lse) -> Grads:
                  dsinks=dsinks)
 
 
-def exact_attention_vjp(q, k, v, d_out, *, d_lse=None, mask=None, scale=None, softcap=None,
-                        bias=None, alibi=None, sinks=None, dropout_keep=None,
-                        dropout_rate=None, empty_rows=DEFAULT_EMPTY_ROWS,
-                        layout=DEFAULT_LAYOUT) -> Grads:
+def exact_attention_vjp(q: Array, k: Array, v: Array, d_out: Array, *, d_lse: Array | None = None,
+                        mask: Mask | Array | None = None, scale: float | None = None,
+                        softcap: float | None = None, bias: Array | None = None,
+                        alibi: Alibi | None = None, sinks: Array | None = None,
+                        dropout_keep: Array | None = None, dropout_rate: float | None = None,
+                        empty_rows: str = DEFAULT_EMPTY_ROWS,
+                        layout: str = DEFAULT_LAYOUT) -> Grads:
     """:func:`refmask.attention.attention_vjp` on the exact path (``path="exact"``): arguments,
     shapes and defaults as there (without ``path``); recomputes the forward pass."""
     where = "attention_vjp"
