@@ -515,6 +515,25 @@ def test_every_manifest_field_that_steers_verification_is_hashed(corpus):  # rul
         (golden.shipped_corpus_path() / "manifest.json").read_text())
 
 
+def test_the_token_corpus_reader_follows_the_same_rules(tmp_path):
+    # rule: corpus-files
+    import shutil
+
+    from refmask.conformance import token_golden
+
+    corpus = Path(shutil.copytree(token_golden.shipped_path(), tmp_path / "tokens"))
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    first = corpus / manifest["cases"][0]["file"]
+    first.unlink()
+    first.symlink_to("/dev/zero")
+    manifest["cases"][1]["file"] = "../../etc/passwd"
+    (corpus / "manifest.json").write_text(json.dumps(manifest))
+    problems = token_golden.verify(corpus)
+    assert "symbolic link" in problems[0] and "plain file name" in problems[1]
+    (corpus / "manifest.json").write_text("[" * 100000)
+    assert "manifest.json" in token_golden.verify(corpus)[0]
+
+
 # --- class 5: golden generate is crash-safe, locked, and deletes only what it wrote ------------
 
 def _generate_cli(directory, filter_text, env=None):
