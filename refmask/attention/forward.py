@@ -26,7 +26,15 @@ from typing import Any
 import numpy as np
 
 from .._validate import check_choice
-from ._inputs import DEFAULT_EMPTY_ROWS, DEFAULT_LAYOUT, Inputs, prepare
+from ._inputs import DEFAULT_EMPTY_ROWS, DEFAULT_LAYOUT, Inputs, prepare, query_block
+
+#: Score entries (B * Hq * rows * Tk) of one query block of the exact path: the path works
+#: through the query rows in blocks of ``max(1, EXACT_BLOCK_SCORES // (B * Hq * Tk))`` rows,
+#: so a call holds O(block * Tk) scores (a few float64 arrays of 32 MiB), never
+#: O(Tq * Tk). Every row's result depends on its own scores only, so blocks change nothing
+#: but the summation order of dK, dV, dsinks and broadcast dbias across blocks; calls with
+#: B * Hq * Tq * Tk <= EXACT_BLOCK_SCORES (every golden case) run as one block.
+EXACT_BLOCK_SCORES = 1 << 22
 
 #: Values of the ``path`` keyword of attention / attention_vjp (see refmask.fast._dispatch).
 PATHS = ("auto", "exact", "fast")
@@ -245,6 +253,36 @@ def forward_pass(inp: Inputs) -> ForwardState:
                         empty=empty, lse=lse, out=out)
 
 
+def query_blocks(inp: Inputs) -> tuple:
+    """``(start, stop)`` ranges of query rows covering [0, Tq), each with at most
+    ``max(1, EXACT_BLOCK_SCORES // (B * Hq * Tk))`` rows (one empty range for Tq = 0)."""
+    if inp.q_len == 0:
+        return ((0, 0),)
+    rows = max(1, EXACT_BLOCK_SCORES // max(1, inp.batch * inp.q_heads * inp.k_len))
+    return tuple((start, min(start + rows, inp.q_len)) for start in range(0, inp.q_len, rows))
+
+
+def concat_rows(inp: Inputs, parts: list, axis: int = 2):
+    """The per-block results joined along the query axis (the one part itself if alone)."""
+    return parts[0] if len(parts) == 1 else inp.xp.concat(parts, axis=axis)
+
+
+def blocked_forward(where: str, inp: Inputs, *, return_probs: bool):
+    """``(out, lse, weights or None)`` in (B, H, T, D) order, lse (B, Hq, Tq, 1): the forward
+    pass of each query block (:func:`query_blocks`), joined; only the results of a block are
+    kept, so memory is that of one block's intermediates plus the results."""
+    outs, lses, weights = [], [], []
+    for start, stop in query_blocks(inp):
+        state = forward_pass(query_block(where, inp, start, stop))
+        outs.append(state.out)
+        lses.append(state.lse)
+        if return_probs:
+            weights.append(state.weights)
+        del state
+    probs = concat_rows(inp, weights) if return_probs else None
+    return concat_rows(inp, outs), concat_rows(inp, lses), probs
+
+
 def attention(q, k, v, *, mask=None, scale=None, softcap=None, bias=None, alibi=None,
               sinks=None, dropout_keep=None, dropout_rate=None,
               empty_rows=DEFAULT_EMPTY_ROWS, layout=DEFAULT_LAYOUT,
@@ -312,14 +350,14 @@ def attention(q, k, v, *, mask=None, scale=None, softcap=None, bias=None, alibi=
             return result
     inp = prepare("attention", q, k, v, mask=mask, scale=scale, softcap=softcap, bias=bias,
                   alibi=alibi, sinks=sinks, dropout_keep=dropout_keep,
-                  dropout_rate=dropout_rate, empty_rows=empty_rows, layout=layout)
+                  dropout_rate=dropout_rate, empty_rows=empty_rows, layout=layout, defer=True)
     # IEEE special values in the *inputs* (inf - inf, overflow in float16) propagate as
     # NaN/inf; silence NumPy's warnings for them. Empty rows need no silencing (guards).
     with np.errstate(all="ignore"):
-        state = forward_pass(inp)
+        out, lse, probs = blocked_forward("attention", inp, return_probs=return_probs)
     xp = inp.xp
     return AttentionResult(
-        out=inp.from_bhtd(state.out),
-        lse=xp.reshape(state.lse, (inp.batch, inp.q_heads, inp.q_len)),
-        probs=state.weights if return_probs else None,
+        out=inp.from_bhtd(out),
+        lse=xp.reshape(lse, (inp.batch, inp.q_heads, inp.q_len)),
+        probs=probs,
     )
