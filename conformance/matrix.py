@@ -17,8 +17,11 @@ atomically.
 
 from __future__ import annotations
 
+import os
 import platform
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -124,7 +127,7 @@ def render(reports: list[Report]) -> str:
     return "\n".join(lines)
 
 
-def update_file(path, block: str) -> None:
+def update_file(path: str | os.PathLike[str], block: str) -> None:
     """Replace the text between the markers of ``path`` with ``block``, atomically."""
     from refmask._files import write_atomic
 
@@ -137,6 +140,7 @@ def update_file(path, block: str) -> None:
                  where="refmask matrix", name="--update")
 
 
-def measure(backends, *, dtypes=None, progress=None) -> list[Report]:
+def measure(backends: Iterable[str], *, dtypes: Sequence[str] | None = None,
+            progress: Callable[..., Any] | None = None) -> list[Report]:
     """One report per backend over the whole catalog (or the given dtypes)."""
     return [check(backend, dtypes=dtypes, progress=progress) for backend in backends]

@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,14 +31,24 @@ import refmask
 from refmask import render
 from refmask.adapters import Adapter, Unsupported
 from refmask.adapters import load as load_adapter
-from refmask.attention import attention, attention_vjp
+from refmask.case import (
+    GRAD_NAMES,
+    Case,
+    case_inputs,
+    dtype_unavailable,
+    reference_outputs,
+    to_bhtd,
+)
 
-from .cases import Case, attention_kwargs, case_inputs, catalog, dtype_unavailable
+from .cases import catalog
 from .explanations import Explanation, explanations
 from .tolerance import TensorCheck, check_tensor, score_sensitivity
 
+if TYPE_CHECKING:
+    from .golden import Corpus
+
+
 VERDICTS = ("pass", "policy", "fail", "unsupported")
-GRAD_NAMES = ("dq", "dk", "dv", "dbias", "dsinks")
 
 
 @dataclass(frozen=True)
@@ -89,39 +100,11 @@ class Report:
 
 # --- references ------------------------------------------------------------------------------
 
-def _bhtd(case: Case, x):
-    return np.swapaxes(x, 1, 2) if case.layout == "BTHD" else x
-
-
-def reference_outputs(case: Case, inputs: dict, *, float64: bool, grads: bool) -> dict:
-    """refmask's result for the case: in float64 (``float64=True``) or naively in the case
-    dtype (inputs and arithmetic in that dtype), as float64 NumPy arrays in BHTD layout."""
-    def cast(x):
-        if x.dtype == np.bool_:
-            return x
-        return np.asarray(x, np.float64) if float64 else x
-
-    values = {name: cast(x) for name, x in inputs.items()}
-    kwargs = attention_kwargs(case, values)
-    with np.errstate(all="ignore"):
-        result = attention(values["q"], values["k"], values["v"], **kwargs)
-        arrays = {"out": _bhtd(case, np.asarray(result.out, np.float64)),
-                  "lse": np.asarray(result.lse, np.float64)}
-        if grads:
-            g = attention_vjp(values["q"], values["k"], values["v"], values["d_out"], **kwargs)
-            for name in GRAD_NAMES:
-                value = getattr(g, name)
-                if value is not None:
-                    value = np.asarray(value, np.float64)
-                    arrays[name] = _bhtd(case, value) if name in ("dq", "dk", "dv") else value
-    return arrays
-
-
 def _golden_from_reference(case: Case, inputs: dict, grads: bool) -> dict:
     return reference_outputs(case, inputs, float64=True, grads=grads)
 
 
-def corpus_golden(corpus) -> Callable:
+def corpus_golden(corpus: Corpus) -> Callable:
     """A golden source reading the exact values of a loaded corpus (``golden.load``).
 
     A case is taken from the corpus only when its stored JSON equals the case's own JSON (so
@@ -132,7 +115,7 @@ def corpus_golden(corpus) -> Callable:
         if entry is None or entry["case"] != case.to_json():
             return _golden_from_reference(case, inputs, grads)
         expected = corpus[case.id].expected
-        return {name: _bhtd(case, value) if name in ("out", "dq", "dk", "dv") else value
+        return {name: to_bhtd(case, value) if name in ("out", "dq", "dk", "dv") else value
                 for name, value in expected.items()}
 
     return golden
@@ -313,7 +296,7 @@ def select_cases(cases: Iterable[Case] | None = None, *, dtypes: Iterable[str] |
     return chosen
 
 
-def resolve_backend(target) -> Adapter:
+def resolve_backend(target: str | Adapter | Callable[..., Any]) -> Adapter:
     """An Adapter from a backend name, an Adapter, or a user function ``fn(q, k, v, call)``."""
     from refmask.adapters.user import from_function, from_path
 
@@ -327,7 +310,8 @@ def resolve_backend(target) -> Adapter:
                     f"a function, got {type(target).__name__}")
 
 
-def check(target, *, cases: Iterable[Case] | None = None, dtypes=None, filter=None,
+def check(target: str | Adapter | Callable[..., Any], *, cases: Iterable[Case] | None = None,
+          dtypes: Iterable[str] | None = None, filter: str | None = None,
           grads: bool = False, golden: Callable | None = None,
           progress: Callable | None = None) -> Report:
     """Run the conformance suite against ``target`` and return the :class:`Report`.

@@ -74,8 +74,10 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
+from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from ._validate import check_int, check_shape, check_str
 
@@ -188,7 +190,7 @@ def _philox4(where: str, counter, key, rounds, bits: int) -> np.ndarray:
     return out.astype(np.uint32 if bits == 32 else np.uint64)
 
 
-def philox4x32(counter, key, rounds: int = 10) -> np.ndarray:
+def philox4x32(counter: ArrayLike, key: ArrayLike, rounds: int = 10) -> np.ndarray:
     """Philox4x32-``rounds`` of ``counter`` (..., 4) under ``key`` (..., 2); uint32 (..., 4).
 
     Batch dimensions broadcast. Words may be given as any integer array with values in
@@ -197,7 +199,7 @@ def philox4x32(counter, key, rounds: int = 10) -> np.ndarray:
     return _philox4("philox4x32", counter, key, rounds, 32)
 
 
-def philox4x64(counter, key, rounds: int = 10) -> np.ndarray:
+def philox4x64(counter: ArrayLike, key: ArrayLike, rounds: int = 10) -> np.ndarray:
     """Philox4x64-``rounds`` of ``counter`` (..., 4) under ``key`` (..., 2); uint64 (..., 4).
 
     Same conventions as :func:`philox4x32` with 64-bit words (values in ``[0, 2**64)``).
@@ -238,7 +240,8 @@ def random_words(seed: int, stream: str, n: int) -> np.ndarray:
     return _words(seed, stream, 0, -(-n // 4))[:n]
 
 
-def uniform(seed: int, stream: str, shape, dtype=np.float64) -> np.ndarray:
+def uniform(seed: int, stream: str, shape: int | Sequence[int],
+            dtype: DTypeLike = np.float64) -> np.ndarray:
     """Floats in ``[0, 1)`` built exactly from raw words (see module docstring)."""
     where = "uniform"
     seed = _check_seed(where, seed)
@@ -261,7 +264,7 @@ def uniform(seed: int, stream: str, shape, dtype=np.float64) -> np.ndarray:
     return out.reshape(shape)
 
 
-def normal(seed: int, stream: str, shape) -> np.ndarray:
+def normal(seed: int, stream: str, shape: int | Sequence[int]) -> np.ndarray:
     """Standard normal float64 samples by Box-Muller on :func:`uniform` (see docstring)."""
     seed = _check_seed("normal", seed)
     stream = check_str("normal", "stream", stream)
@@ -279,7 +282,7 @@ def normal(seed: int, stream: str, shape) -> np.ndarray:
     return z[:size].reshape(shape)
 
 
-def randint(seed: int, stream: str, shape, low: int, high: int) -> np.ndarray:
+def randint(seed: int, stream: str, shape: int | Sequence[int], low: int, high: int) -> np.ndarray:
     """Unbiased int64 integers in ``[low, high)`` by Lemire's rejection (see docstring)."""
     where = "randint"
     seed = _check_seed(where, seed)

@@ -20,6 +20,7 @@ import numbers
 import array_api_compat
 import numpy as np
 
+from .._typing import Array, DType
 from .._validate import check_bool_dtype
 from ._common import POLARITY_HINT, as_array, first_index
 
@@ -82,7 +83,7 @@ def _fill_value(where: str, fill, dtype, finfo_min: float, cast) -> float:
     return stored
 
 
-def keep_to_additive(keep, dtype, fill="-inf"):
+def keep_to_additive(keep: Array, dtype: DType, fill: str | float = "-inf") -> Array:
     """Dense keep -> additive mask: ``additive = 0 where keep else fill``.
 
     keep: bool array, True = attend (any array-API namespace).
@@ -119,7 +120,7 @@ def keep_to_additive(keep, dtype, fill="-inf"):
                     xp.asarray(value, dtype=dtype, device=device))
 
 
-def additive_to_keep(additive, *, threshold=None):
+def additive_to_keep(additive: Array, *, threshold: float | None = None) -> Array:
     """Additive mask -> dense keep.
 
     Without ``threshold`` (exact 0 / -inf masks): ``keep = (additive == 0)``, ``-inf`` is

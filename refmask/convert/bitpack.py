@@ -7,7 +7,10 @@ bytes). Padding bits must be zero on the way back.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validate import check_bool_numpy, check_int, check_int_array
 
@@ -27,7 +30,7 @@ def _check_padding_bits(where: str, bits: np.ndarray, count: int) -> None:
                          "bits of a segment; it was not produced by packbits")
 
 
-def pack_flashinfer(keep) -> np.ndarray:
+def pack_flashinfer(keep: ArrayLike) -> np.ndarray:
     """FlashInfer ``packed_custom_mask`` of one request: ``packbits(keep.reshape(-1), "little")``.
 
     keep: bool (qo_len, kv_len), True = keep. FlashInfer flattens the whole mask row-major and
@@ -42,7 +45,7 @@ def pack_flashinfer(keep) -> np.ndarray:
     return np.packbits(array.reshape(-1), bitorder="little")
 
 
-def unpack_flashinfer(packed, shape) -> np.ndarray:
+def unpack_flashinfer(packed: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
     """Inverse of :func:`pack_flashinfer`: ``keep[i, j] = bit (i*kv_len + j)`` of the stream.
 
     packed: uint8 of shape ((qo_len * kv_len + 7) // 8,); shape: (qo_len, kv_len).
@@ -60,7 +63,7 @@ def unpack_flashinfer(packed, shape) -> np.ndarray:
     return bits[:count].astype(bool).reshape(q_len, k_len)
 
 
-def pack_flashinfer_batch(keeps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pack_flashinfer_batch(keeps: Iterable[ArrayLike]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batch prefill ``segment_packbits``: one little-order bit stream per request.
 
     keeps: a sequence of bool (qo_len[n], kv_len[n]) masks. Returns ``(packed, mask_indptr,
@@ -84,7 +87,8 @@ def pack_flashinfer_batch(keeps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return data.astype(np.uint8), mask_indptr, packed_indptr
 
 
-def unpack_flashinfer_batch(packed, packed_indptr, shapes) -> list:
+def unpack_flashinfer_batch(packed: ArrayLike, packed_indptr: ArrayLike,
+                            shapes: Iterable[tuple[int, int]]) -> list:
     """Inverse of :func:`pack_flashinfer_batch`: request n is
     ``unpack_flashinfer(packed[packed_indptr[n]:packed_indptr[n+1]], shapes[n])``."""
     where = "unpack_flashinfer_batch"
@@ -100,7 +104,7 @@ def unpack_flashinfer_batch(packed, packed_indptr, shapes) -> list:
             for n, shape in enumerate(shapes)]
 
 
-def pack_rows(keep) -> np.ndarray:
+def pack_rows(keep: ArrayLike) -> np.ndarray:
     """Row-aligned bit packing: ``out[..., i, j // 8]`` bit ``j % 8`` = ``keep[..., i, j]``.
 
     keep: bool (..., Tq, Tk). Each row gets its own ``(Tk + 7) // 8`` bytes, little bit order
@@ -112,7 +116,7 @@ def pack_rows(keep) -> np.ndarray:
     return np.packbits(array, axis=-1, bitorder="little")
 
 
-def unpack_rows(packed, shape) -> np.ndarray:
+def unpack_rows(packed: ArrayLike, shape: Sequence[int]) -> np.ndarray:
     """Inverse of :func:`pack_rows`: ``keep[..., i, j] = (packed[..., i, j // 8] >> (j % 8)) & 1``.
 
     shape: the keep shape (..., Tq, Tk); packed must be uint8 (..., Tq, (Tk + 7) // 8) with

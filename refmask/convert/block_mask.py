@@ -8,9 +8,12 @@ or FULL (every pair kept); :func:`to_block_mask` derives them from the mask's an
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validate import check_choice, check_int, check_int_array
 from ..masks import Block, Mask
@@ -152,7 +155,8 @@ def _block_sizes(where: str, block_size) -> tuple[int, int]:
 
 
 def to_block_mask(mask: Mask, batch: int, heads: int, q_len: int, k_len: int,
-                  block_size=(128, 128), *, edge_tiles: str = "padded") -> BlockMask:
+                  block_size: int | tuple[int, int] = (128, 128), *,
+                  edge_tiles: str = "padded") -> BlockMask:
     """Block-sparse form of ``mask`` from its analytic ``classify`` (nothing is materialised).
 
     Tile (m, n) covers queries ``[m*bq, min((m+1)*bq, q_len))`` and keys
@@ -221,7 +225,8 @@ def _dense_keep(where: str, mask_mod, shape) -> np.ndarray:
                          f"to {shape}") from error
 
 
-def block_mask_to_keep(block_mask: BlockMask, mask_mod=None) -> np.ndarray:
+def block_mask_to_keep(block_mask: BlockMask, mask_mod: Mask | ArrayLike | Callable[...,
+                       Any] | None = None) -> np.ndarray:
     """Densify a block mask: ``keep = FULL | (PARTIAL & mask_mod)``, EMPTY tiles False.
 
     mask_mod evaluates the PARTIAL tiles: a refmask Mask, a bool array broadcastable to

@@ -7,6 +7,7 @@ Key column j is dropped exactly for the query rows ``lts[j] <= i < lte[j]`` and
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validate import check_bool_numpy, check_flag, check_int, check_int_array
 from ._common import first_index
@@ -33,7 +34,7 @@ def _column_runs(drop: np.ndarray):
             np.where(starts, pos, -1).max(axis=-1), np.where(ends, pos, -1).max(axis=-1))
 
 
-def to_column_intervals(keep):
+def to_column_intervals(keep: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Dense keep -> FlashMask column intervals ``(lts, lte, uts, ute)``, int32 (..., Tk) each.
 
     Rule (FlashMask, arXiv 2410.01359; PaddlePaddle ``flashmask_attention``): key column j
@@ -91,7 +92,8 @@ def _intervals_to_keep(where: str, names, bounds, q_len: int) -> np.ndarray:
     return ~dropped
 
 
-def from_column_intervals(lts, lte, uts, ute, q_len: int) -> np.ndarray:
+def from_column_intervals(lts: ArrayLike, lte: ArrayLike, uts: ArrayLike, ute: ArrayLike,
+                          q_len: int) -> np.ndarray:
     """FlashMask column intervals -> dense keep (..., q_len, Tk):
 
     ``keep[..., i, j] = not (lts[j] <= i < lte[j] or uts[j] <= i < ute[j])``.
@@ -105,7 +107,7 @@ def from_column_intervals(lts, lte, uts, ute, q_len: int) -> np.ndarray:
     return _intervals_to_keep(where, ("lts", "lte", "uts", "ute"), (lts, lte, uts, ute), q_len)
 
 
-def to_flashmask(keep, *, causal: bool) -> np.ndarray:
+def to_flashmask(keep: ArrayLike, *, causal: bool) -> np.ndarray:
     """Dense keep -> FlashMask ``startend_row_indices``, int32 (..., Tk, n), n in {1, 2, 4}.
 
     A (B, H, Tq, Tk) keep gives FlashMask's (B, H, Tk, n). The narrowest form that is exact
@@ -150,7 +152,7 @@ def to_flashmask(keep, *, causal: bool) -> np.ndarray:
     return np.stack([lts, lte], axis=-1)
 
 
-def flashmask_to_keep(startend_row_indices, *, q_len: int, causal: bool) -> np.ndarray:
+def flashmask_to_keep(startend_row_indices: ArrayLike, *, q_len: int, causal: bool) -> np.ndarray:
     """FlashMask ``startend_row_indices`` (..., Tk, n) -> dense keep (..., q_len, Tk).
 
     Exactly PaddlePaddle's reference ``flashmask_to_densemask``; column j drops rows

@@ -7,6 +7,7 @@ masks have this form.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validate import check_int
 from ..masks import Mask, explicit, key_padding, per_batch
@@ -18,7 +19,7 @@ __all__ = [
 ]
 
 
-def hf_padding_to_mask(attention_mask) -> Mask:
+def hf_padding_to_mask(attention_mask: ArrayLike) -> Mask:
     """HF 2-D ``attention_mask`` (B, Tk), 1 = attend, 0 = padding -> a refmask key mask.
 
     keep(b, h, i, j) = (attention_mask[b, j] == 1) for every query i and head h. The result:

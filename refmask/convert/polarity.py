@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._typing import Array
 from .._validate import check_bool_dtype
 from ._common import POLARITY_HINT, as_array
 
@@ -23,7 +24,7 @@ __all__ = [
 ]
 
 
-def keep_to_drop(keep):
+def keep_to_drop(keep: Array) -> Array:
     """Dense keep -> dense drop (``nn.MultiheadAttention`` polarity): ``drop = NOT keep``.
 
     keep: bool array of any shape, True = attend (any array-API namespace).
@@ -34,7 +35,7 @@ def keep_to_drop(keep):
     return np.logical_not(array) if xp is None else xp.logical_not(array)
 
 
-def drop_to_keep(drop):
+def drop_to_keep(drop: Array) -> Array:
     """Dense drop (``nn.MultiheadAttention``, True = NOT allowed) -> keep: ``keep = NOT drop``."""
     array, xp = as_array(drop)
     check_bool_dtype("drop_to_keep", "drop", array, xp, meaning="NOT allowed",

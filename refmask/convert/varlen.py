@@ -8,6 +8,7 @@ masks and JAX ``segment_ids``. Sequence n spans tokens ``[cu_seqlens[n], cu_seql
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validate import check_int_array
 from ..masks import Mask
@@ -22,7 +23,7 @@ __all__ = [
 ]
 
 
-def cu_seqlens_to_segment_ids(cu_seqlens) -> np.ndarray:
+def cu_seqlens_to_segment_ids(cu_seqlens: ArrayLike) -> np.ndarray:
     """FlashAttention varlen offsets -> segment id per packed token.
 
     ``segment_ids[t] = n  for  cu_seqlens[n] <= t < cu_seqlens[n+1]``; cu_seqlens: (N+1,)
@@ -40,7 +41,7 @@ def cu_seqlens_to_segment_ids(cu_seqlens) -> np.ndarray:
     return np.repeat(np.arange(offsets.size - 1, dtype=np.int32), np.diff(offsets))
 
 
-def segment_ids_to_cu_seqlens(segment_ids) -> np.ndarray:
+def segment_ids_to_cu_seqlens(segment_ids: ArrayLike) -> np.ndarray:
     """Segment id per packed token -> FlashAttention varlen offsets ``cu_seqlens``.
 
     ``cu_seqlens[n] = first t with segment_ids[t] == n`` and ``cu_seqlens[N] = T``. The ids must

@@ -16,9 +16,11 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validate import check_bool_numpy, check_flag, check_int, check_int_pair
 from ..masks import Mask, sliding_window
+from ..masks.alignment import AlignLike
 from ..masks.causal import Causal
 from ..masks.full import Full
 from ..masks.sliding_window import SlidingWindow
@@ -32,7 +34,8 @@ __all__ = [
 ]
 
 
-def flash_window_to_mask(window_size=(-1, -1), causal: bool = False) -> SlidingWindow:
+def flash_window_to_mask(window_size: tuple[int, int] = (-1, -1),
+                         causal: bool = False) -> SlidingWindow:
     """FlashAttention ``window_size=(left, right)`` -> ``sliding_window(left, right,
     align="bottom_right")``.
 
@@ -66,7 +69,7 @@ def _check_bottom_right(where: str, mask, q_len, k_len) -> None:
                          "Tq != Tk is not expressible as a window tuple")
 
 
-def mask_to_flash_window(mask, *, q_len: int | None = None,
+def mask_to_flash_window(mask: Mask | ArrayLike, *, q_len: int | None = None,
                          k_len: int | None = None) -> tuple[int, int]:
     """A window mask or a dense keep -> FlashAttention ``window_size=(left, right)`` (-1 = inf).
 
@@ -118,7 +121,7 @@ def mask_to_flash_window(mask, *, q_len: int | None = None,
     return (-1 if high == d_max else high, -1 if low == d_min else -low)
 
 
-def hf_sliding_window(window: int, *, align) -> SlidingWindow:
+def hf_sliding_window(window: int, *, align: AlignLike) -> SlidingWindow:
     """"W keys including self" -> ``sliding_window(W - 1, 0, align=align)``.
 
     HF masking_utils ``sliding_window_overlay(W)`` keeps ``kv > q - W`` (with causal), xformers
@@ -130,7 +133,7 @@ def hf_sliding_window(window: int, *, align) -> SlidingWindow:
     return sliding_window(window - 1, 0, align=align)
 
 
-def attention_gym_sliding_window(window: int, *, align) -> SlidingWindow:
+def attention_gym_sliding_window(window: int, *, align: AlignLike) -> SlidingWindow:
     """attention-gym ``generate_sliding_window(w)`` -> ``sliding_window(w, 0, align=align)``.
 
     attention-gym keeps ``q - kv <= w`` and causal ``kv <= q``: w + 1 keys including self,
@@ -140,7 +143,8 @@ def attention_gym_sliding_window(window: int, *, align) -> SlidingWindow:
     return sliding_window(window, 0, align=align)
 
 
-def jax_local_window(local_window_size, *, align) -> SlidingWindow:
+def jax_local_window(local_window_size: int | tuple[int, int], *,
+                     align: AlignLike) -> SlidingWindow:
     """JAX ``local_window_size`` -> ``sliding_window(left, right, align=align)``.
 
     ``jax.nn.dot_product_attention`` keeps ``q <= k + left`` and ``q >= k - right``, i.e.
