@@ -18,6 +18,7 @@ evaluation but never a wrong answer.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import reduce
@@ -26,7 +27,7 @@ import array_api_compat
 import array_api_compat.numpy
 import numpy as np
 
-from .._validate import check_int, check_rows
+from .._validate import check_index_array, check_int, check_rows
 
 
 class Block(IntEnum):
@@ -116,6 +117,10 @@ class Mask:
         """
         q_len = check_int(self.kind, "q_len", q_len, minimum=0)
         k_len = check_int(self.kind, "k_len", k_len, minimum=0)
+        b, h, i, j = (check_index_array(f"{self.kind}.keep", name, x)
+                      for name, x in (("b", b), ("h", h), ("i", i), ("j", j)))
+        if validate:
+            self.check_lengths(q_len, k_len)
         arrays = [x for x in (b, h, i, j) if not isinstance(x, (int, np.integer))]
         xp = array_api_compat.array_namespace(*arrays) if arrays else array_api_compat.numpy
         device = array_api_compat.device(arrays[0]) if arrays else None
@@ -147,7 +152,7 @@ class Mask:
         q_len = check_int(self.kind, "q_len", q_len, minimum=0)
         k_len = check_int(self.kind, "k_len", k_len, minimum=0)
         start, stop = (0, q_len) if rows is None else check_rows(self.kind, rows, q_len)
-        self._check_sizes(batch, heads)
+        self.check(batch, heads, q_len, k_len)
         xp = array_api_compat.numpy if xp is None else array_api_compat.array_namespace(
             xp.asarray(0)
         )
@@ -171,8 +176,11 @@ class Mask:
         """
         q_len = check_int(self.kind, "q_len", q_len, minimum=0)
         k_len = check_int(self.kind, "k_len", k_len, minimum=0)
-        q0, q1, k0, k1 = (np.asarray(x, dtype=np.int64) for x in (q_start, q_stop, k_start,
-                                                                   k_stop))
+        q0, q1, k0, k1 = (np.asarray(check_index_array(f"{self.kind}.classify", name, x),
+                                     dtype=np.int64)
+                          for name, x in (("q_start", q_start), ("q_stop", q_stop),
+                                          ("k_start", k_start), ("k_stop", k_stop)))
+        self.check_lengths(q_len, k_len)
         scalar = all(x.ndim == 0 for x in (q0, q1, k0, k1)) and np.ndim(batch) == 0 and (
             np.ndim(head) == 0
         )
@@ -198,6 +206,34 @@ class Mask:
                                                            k1.shape))
         codes = _aggregate(codes, axis=(0, 1))
         return Block(int(codes)) if scalar else codes
+
+    def check(self, batch: int, heads: int, q_len: int, k_len: int) -> None:
+        """Raise ValueError unless the mask can be evaluated on scores of shape
+        (B, H, Tq, Tk) = (batch, heads, q_len, k_len): its own batch size and head count, and
+        every stored length, id row and array axis against Tq and Tk (docs/spec.md section 4).
+
+        ``materialize``, ``keep`` and ``classify`` run these checks; the fast path of
+        :func:`refmask.attention.attention` calls this before classifying any tile, so both
+        paths refuse the same masks.
+        """
+        self._check_sizes(batch, heads)
+        self.check_lengths(q_len, k_len)
+
+    def check_lengths(self, q_len: int, k_len: int) -> None:
+        """Raise ValueError unless the mask's stored tables fit Tq = q_len, Tk = k_len.
+
+        The base rule walks the dataclass fields: parts that are masks are checked
+        recursively and an alignment checks its valid lengths (``offset_table``); subclasses
+        holding per-position data (segment ids, keep arrays, padding lengths) add their own
+        rule and call this one.
+        """
+        for field in dataclasses.fields(self) if dataclasses.is_dataclass(self) else ():
+            value = getattr(self, field.name)
+            for part in value if isinstance(value, tuple) else (value,):
+                if isinstance(part, Mask):
+                    part.check_lengths(q_len, k_len)
+                elif hasattr(part, "offset_table"):
+                    part.offset_table(q_len, k_len)
 
     # -- algebra ----------------------------------------------------------------------------
     def __and__(self, other: Mask) -> Mask:
