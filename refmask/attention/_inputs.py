@@ -13,10 +13,6 @@ from typing import Any
 
 import array_api_compat
 
-<<<<<<< HEAD
-from .._validate import check_bool_dtype, check_choice, check_real
-from ..masks._base import Mask
-=======
 from .._validate import (
     check_bool_dtype,
     check_choice,
@@ -24,7 +20,7 @@ from .._validate import (
     float_dtype_rule,
     is_real_floating,
 )
->>>>>>> main
+from ..masks._base import Mask
 from .alibi import alibi_bias
 
 EMPTY_ROW_POLICIES = ("zero", "nan", "uniform", "unmasked")
