@@ -96,8 +96,6 @@ corpus) needs mpmath; reading needs NumPy (and ml_dtypes for bfloat16 inputs).
 
 from __future__ import annotations
 
-from refmask.case import case_from_json
-
 from ._engines import ENGINES, GENERATOR, REFERENCE_GENERATOR
 from ._format import (
     EXACT_NAMES,
@@ -111,11 +109,20 @@ from ._format import (
     npz_bytes,
     shipped_corpus_path,
 )
-from ._verify import REFERENCE_RTOL, Corpus, GoldenCase, load, verify
+from ._verify import (
+    CATALOG_TRUST,
+    REFERENCE_RTOL,
+    Corpus,
+    GoldenCase,
+    case_from_json,
+    load,
+    verify,
+)
 from ._write import generate
 
 __all__ = [
-    "ENGINES", "EXACT_NAMES", "GENERATOR", "INPUT_NAMES", "MANIFEST", "REFERENCE_GENERATOR",
+    "CATALOG_TRUST", "ENGINES", "EXACT_NAMES", "GENERATOR", "INPUT_NAMES", "MANIFEST",
+    "REFERENCE_GENERATOR",
     "REFERENCE_RTOL", "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "Corpus", "CorpusError",
     "GoldenCase", "case_file_name", "case_from_json", "corpus_engine", "generate", "load",
     "npz_bytes", "shipped_corpus_path", "verify",

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from refmask import SPEC_VERSION, __version__
-from refmask.case import Case, case_from_json, numpy_dtype
+from refmask.case import Case, numpy_dtype
+from refmask.case import case_from_json as _case_from_json
 
 from ._engines import ENGINES, compute
 from ._format import (
@@ -26,6 +27,19 @@ from ._format import (
     read_manifest,
     sha256_hex,
 )
+
+#: Modules whose predicate functions a corpus's case JSON may name without the caller's
+#: ``trust``: the catalog's own (refmask.conformance.cases).
+CATALOG_TRUST = ("refmask.conformance.cases",)
+
+
+def case_from_json(data: Mapping, *, trust: Iterable[str] = ()) -> Case:
+    """:func:`refmask.case.case_from_json` for corpus data: a predicate may name functions of
+    CATALOG_TRUST and of the modules in ``trust`` only; nothing else is imported."""
+    if isinstance(trust, str):
+        raise TypeError(f"case_from_json: trust must be a list of module names, got {trust!r}")
+    return _case_from_json(data, trust=(*CATALOG_TRUST, *trust))
+
 
 #: verify's bound for a reference corpus (see the module docstring):
 #: |stored - recomputed| <= REFERENCE_RTOL * max|recomputed| per array.
@@ -66,7 +80,7 @@ class GoldenCase:
 
     def case(self) -> Case:
         """The :class:`Case`, rebuilt from its JSON."""
-        return case_from_json(self.case_json)
+        return case_from_json(self.case_json)  # CATALOG_TRUST only
 
 
 class Corpus(Mapping):
@@ -232,7 +246,8 @@ def compare_members(golden: GoldenCase, members: Mapping, engine: str) -> list:
 
 
 def verify(directory, *, regenerate: bool = True, processes: int | None = None,
-           progress: Callable[[int, int], object] | None = None) -> list:
+           progress: Callable[[int, int], object] | None = None,
+           trust: Iterable[str] = ()) -> list:
     """Every defect of the corpus in ``directory``, as messages naming the file; [] if none.
 
     Checks the manifest, that each listed file exists with its SHA-256 and parses into the
@@ -244,6 +259,8 @@ def verify(directory, *, regenerate: bool = True, processes: int | None = None,
     :func:`~refmask.conformance.exact.exact_many`); a reference corpus's inputs bit for bit
     and its outputs by the reference rule of the module docstring (``processes`` unused).
     progress: optional ``progress(done, total)`` over the recomputed cases (0 first).
+    trust: modules whose functions predicate masks may name besides CATALOG_TRUST (see
+    :func:`case_from_json`); a corpus naming any other module is reported, never imported.
     """
     directory = Path(directory)
     try:
@@ -267,8 +284,8 @@ def verify(directory, *, regenerate: bool = True, processes: int | None = None,
             problems.append(str(error))
             continue
         try:
-            case = case_from_json(entry["case"])
-        except ValueError as error:
+            case = case_from_json(entry["case"], trust=trust)
+        except (ValueError, TypeError) as error:
             problems.append(f"{golden.file}: {error}")
             continue
         readable.append((entry, case))
