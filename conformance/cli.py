@@ -265,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
     one.add_argument("--ascii", action="store_true", help="use '#' and '.' only")
     one.set_defaults(run=_render)
+    from .masking_cli import add_commands  # check-masking, token-golden (token masking)
+
+    add_commands(commands)
     return parser
 
 

@@ -17,12 +17,11 @@ bit-identical on every namespace.
 from __future__ import annotations
 
 import hashlib
-import numbers
 
 import numpy as np
 from numba import njit
 
-from ..rng import PHILOX_M4X32, PHILOX_W32
+from ..rng import PHILOX_M4X32, PHILOX_W32, _check_int
 
 __all__ = ["PURPOSES", "masking_epoch", "stream_name", "stream_words"]
 
@@ -32,15 +31,6 @@ PURPOSES = ("select", "replace", "random_token", "span_length", "span_gaps", "t5
 
 _M0, _M1 = PHILOX_M4X32
 _W0, _W1 = PHILOX_W32
-
-
-def _check_int(where: str, name: str, value, lo: int, hi: int | None, rule: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{where}: {name} must be {rule}, got {value!r} ({type(value).__name__})")
-    value = int(value)
-    if value < lo or (hi is not None and value >= hi):
-        raise ValueError(f"{where}: {name} must be {rule}, got {value}")
-    return value
 
 
 def masking_epoch(where: str, epoch, static_copies) -> int:
