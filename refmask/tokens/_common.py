@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import array_api_compat
 import numpy as np
 
+from .. import _validate
 from ._streams import masking_epoch, stream_words
 
 SELECTION_RULES = ("bernoulli", "exact_count")
@@ -42,12 +43,8 @@ def check_ids(where: str, input_ids):
 
 def check_int(where: str, name: str, value, lo: int | None = None, hi: int | None = None,
               rule: str = "an int") -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{where}: {name} must be {rule}, got {value!r} ({type(value).__name__})")
-    value = int(value)
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ValueError(f"{where}: {name} must be {rule}, got {value}")
-    return value
+    """``value`` as an int in ``[lo, hi]`` (refmask._validate.check_int)."""
+    return _validate.check_int(where, name, value, minimum=lo, maximum=hi, rule=rule)
 
 
 def check_rate(where: str, name: str, value, *, open_low: bool = False) -> float:
@@ -61,10 +58,11 @@ def check_rate(where: str, name: str, value, *, open_low: bool = False) -> float
 
 
 def check_choice(where: str, name: str, value, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{where}: {name} must be one of {', '.join(map(repr, choices))}, "
-                         f"got {value!r}")
-    return value
+    return _validate.check_choice(where, name, value, choices)
+
+
+def check_flag(where: str, name: str, value) -> bool:
+    return _validate.check_flag(where, name, value)
 
 
 def check_id_set(where: str, name: str, ids) -> tuple[int, ...]:
@@ -126,10 +124,12 @@ def take_rows(xp, table, index):
 # --------------------------------------------------------------------------- eligibility
 
 
-def eligibility(xp, input_ids, special_ids: tuple, pad_id: int | None, *,
+def eligibility(where: str, xp, input_ids, special_ids: tuple, pad_id: int | None, *,
                 specials_eligible: bool, padding_eligible: bool):
     """bool (B, T): ``not (id in special_ids and not specials_eligible) and
-    not (id == pad_id and not padding_eligible)``."""
+    not (id == pad_id and not padding_eligible)`` (the switches must be bools)."""
+    specials_eligible = check_flag(where, "specials_eligible", specials_eligible)
+    padding_eligible = check_flag(where, "padding_eligible", padding_eligible)
     eligible = xp.ones(input_ids.shape, dtype=xp.bool, device=array_api_compat.device(input_ids))
     if not specials_eligible:
         for special in special_ids:

@@ -21,7 +21,8 @@ import hashlib
 import numpy as np
 from numba import njit
 
-from ..rng import PHILOX_M4X32, PHILOX_W32, _check_int
+from .._validate import check_int
+from ..rng import PHILOX_M4X32, PHILOX_W32
 
 __all__ = ["PURPOSES", "masking_epoch", "stream_name", "stream_words"]
 
@@ -35,11 +36,11 @@ _W0, _W1 = PHILOX_W32
 
 def masking_epoch(where: str, epoch, static_copies) -> int:
     """The epoch that keys the streams: ``epoch`` (dynamic) or ``epoch mod static_copies``."""
-    epoch = _check_int(where, "epoch", epoch, 0, 2**63, "an int >= 0")
+    epoch = check_int(where, "epoch", epoch, minimum=0, maximum=2**63 - 1, rule="an int >= 0")
     if static_copies is None:
         return epoch
-    copies = _check_int(where, "static_copies", static_copies, 1, 2**63,
-                        "None (dynamic masking) or an int >= 1 (static masking)")
+    copies = check_int(where, "static_copies", static_copies, minimum=1, maximum=2**63 - 1,
+                       rule="None (dynamic masking) or an int >= 1 (static masking)")
     return epoch % copies
 
 
@@ -87,7 +88,8 @@ def stream_words(where: str, seed, purpose: str, epoch: int, example_ids: np.nda
 
     Equal, word for word, to ``refmask.rng.random_words(seed, stream_name(...), n_words)``.
     """
-    seed = _check_int(where, "seed", seed, 0, 2**64, "an int with 0 <= seed < 2**64")
+    seed = check_int(where, "seed", seed, minimum=0, maximum=2**64 - 1,
+                     rule="an int with 0 <= seed < 2**64")
     if purpose not in PURPOSES:
         raise ValueError(f"{where}: unknown stream purpose {purpose!r}")
     h0 = np.empty(len(example_ids), dtype=np.uint64)

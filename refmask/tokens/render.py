@@ -19,7 +19,7 @@ import numpy as np
 
 from .._files import write_atomic
 from ..render import GRID_RGB, MAX_PIXELS, _encode_rgb
-from ._common import check_int
+from ._common import check_flag, check_int
 from .replacement import KEEP, MASK, NOT_SELECTED, RANDOM, MaskedBatch
 
 __all__ = ["KEEP_RGB", "MASK_RGB", "PADDING_RGB", "RANDOM_RGB", "UNSELECTED_RGB",
@@ -83,5 +83,5 @@ def batch_to_png(batch: MaskedBatch, path=None, *, pad_id: int | None = None, ce
         pixels[:, xs % pitch == cell] = 5
     data = _encode_rgb(palette[pixels])
     if path is not None:
-        write_atomic(data, path, bool(overwrite), where=where)
+        write_atomic(data, path, check_flag(where, "overwrite", overwrite), where=where)
     return data

@@ -123,8 +123,8 @@ def mask_spans(input_ids, *, seed: int, epoch: int, example_ids, mask_id: int,
     rule = ReplacementRule(mask_id, vocab_size, mask_rate, random_rate, random_vocabulary,
                            labels, ignore_index).checked(where, specials)
     words = Words(where, xp, ids, seed, epoch, static_copies, rows)
-    eligible = eligibility(xp, ids, specials, pad_id, specials_eligible=bool(specials_eligible),
-                           padding_eligible=bool(padding_eligible))
+    eligible = eligibility(where, xp, ids, specials, pad_id,
+                           specials_eligible=specials_eligible, padding_eligible=padding_eligible)
     starts = unit_starts(xp, eligible, units)
     inside = _unit_spans(xp, starts, words, rate, geometric_p, max_length)
     ordinal = xp.cumulative_sum(xp.astype(starts, xp.int64), axis=1) - 1
