@@ -36,7 +36,7 @@ def _unavailable() -> str | None:
 def run_cupy(case: Case, inputs: dict[str, np.ndarray], *, grads: bool) -> Output:
     import cupy
 
-    from refmask.conformance.cases import attention_kwargs
+    from refmask.case import attention_kwargs
 
     values = {name: cupy.asarray(x) for name, x in float64_inputs(inputs).items()}
     kwargs = attention_kwargs(case, values)

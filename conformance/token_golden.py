@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def shipped_path() -> Path:
     return Path(__file__).resolve().parent / "token_corpus"
 
 
-def generate(directory=None, *, overwrite: bool = False) -> Path:
+def generate(directory: str | os.PathLike[str] | None = None, *, overwrite: bool = False) -> Path:
     """Write every case and the manifest (atomically, manifest last) into ``directory``."""
     target = Path(directory) if directory is not None else shipped_path()
     target.mkdir(parents=True, exist_ok=True)
@@ -155,7 +156,7 @@ def generate(directory=None, *, overwrite: bool = False) -> Path:
     return target
 
 
-def verify(directory=None) -> list[str]:
+def verify(directory: str | os.PathLike[str] | None = None) -> list[str]:
     """Problems found (empty: the corpus is intact and still what refmask.tokens computes)."""
     target = Path(directory) if directory is not None else shipped_path()
     try:

@@ -237,7 +237,7 @@ def hf_mask(case: Case, inputs: dict | None = None) -> np.ndarray:
 
 def attend(case: Case, inputs: dict, keep: np.ndarray) -> Output:
     """refmask's float64 attention for the case with its mask replaced by ``keep``."""
-    from refmask.conformance.cases import attention_kwargs
+    from refmask.case import attention_kwargs
 
     values = {name: x if x.dtype == np.bool_ else np.asarray(x, np.float64)
               for name, x in inputs.items()}

@@ -59,7 +59,7 @@ def dtype_unsupported(opset: int, dtype: str) -> str | None:
     NOT_IMPLEMENTED message for a plain Q/K/V model), or None."""
     import ml_dtypes  # noqa: F401 - bfloat16 numpy arrays
 
-    from refmask.conformance.cases import numpy_dtype
+    from refmask.case import numpy_dtype
 
     element = ELEMENT_TYPES[dtype]
     x = np.zeros((1, 1, 1, 1), numpy_dtype(dtype))

@@ -19,6 +19,7 @@ Each builder returns an ordinary :mod:`refmask.masks` value (combine with ``&``)
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..masks import documents, documents_from_position_ids, key_padding
 from ..masks.documents import Documents
@@ -37,7 +38,7 @@ def _ids(where: str, input_ids) -> np.ndarray:
     return ids
 
 
-def key_padding_from_pad_ids(input_ids, pad_id: int, *, side: str) -> KeyPadding:
+def key_padding_from_pad_ids(input_ids: ArrayLike, pad_id: int, *, side: str) -> KeyPadding:
     """``key_padding(lengths, side=side)`` with ``lengths[b]`` = the non-pad tokens of row b."""
     where = "key_padding_from_pad_ids"
     ids = _ids(where, input_ids)
@@ -56,7 +57,7 @@ def key_padding_from_pad_ids(input_ids, pad_id: int, *, side: str) -> KeyPadding
     return key_padding(lengths.tolist(), side=side)
 
 
-def segment_ids_from_eos_ids(input_ids, eos_id: int) -> np.ndarray:
+def segment_ids_from_eos_ids(input_ids: ArrayLike, eos_id: int) -> np.ndarray:
     """int64 (B, T): the number of ``eos_id`` tokens strictly before each position."""
     where = "documents_from_eos_ids"
     ids = _ids(where, input_ids)
@@ -65,7 +66,7 @@ def segment_ids_from_eos_ids(input_ids, eos_id: int) -> np.ndarray:
     return np.cumsum(ends, axis=1) - ends
 
 
-def documents_from_eos_ids(input_ids, eos_id: int) -> Documents:
+def documents_from_eos_ids(input_ids: ArrayLike, eos_id: int) -> Documents:
     """Same-document mask of packed rows; an EOS token belongs to the document it ends."""
     return documents(segment_ids_from_eos_ids(input_ids, eos_id))
 

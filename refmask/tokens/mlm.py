@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from numpy.typing import ArrayLike
+
+from .._typing import Array
 from ._common import (
     SELECTION_RULES,
     Words,
@@ -48,10 +51,11 @@ def _check_common(where, input_ids, special_ids, pad_id, example_ids, rate, sele
     return xp, input_ids, specials, pad_id, rows, rate
 
 
-def select_tokens(input_ids, *, seed: int, epoch: int, example_ids, special_ids: Sequence[int],
+def select_tokens(input_ids: Array, *, seed: int, epoch: int, example_ids: ArrayLike,
+                  special_ids: Sequence[int],
                   pad_id: int | None, rate: float = 0.15, selection: str = "bernoulli",
                   specials_eligible: bool = False, padding_eligible: bool = False,
-                  static_copies: int | None = None):
+                  static_copies: int | None = None) -> Array:
     """bool (B, T): the tokens selected for prediction (no replacement; see :func:`mask_tokens`)."""
     where = "select_tokens"
     xp, ids, specials, pad_id, rows, rate = _check_common(
@@ -62,7 +66,7 @@ def select_tokens(input_ids, *, seed: int, epoch: int, example_ids, special_ids:
     return select_units(xp, eligible, words("select", ids.shape[1]), rate, selection)
 
 
-def mask_tokens(input_ids, *, seed: int, epoch: int, example_ids, mask_id: int,
+def mask_tokens(input_ids: Array, *, seed: int, epoch: int, example_ids: ArrayLike, mask_id: int,
                 vocab_size: int, special_ids: Sequence[int], pad_id: int | None,
                 rate: float = 0.15, selection: str = "bernoulli", mask_rate: float = 0.8,
                 random_rate: float = 0.1, random_vocabulary: str = "all",

@@ -15,6 +15,8 @@ RANDOM ``RANDOM_RGB`` orange, KEEP ``KEEP_RGB`` green, and padding (``pad_id`` g
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .._files import write_atomic
@@ -55,7 +57,8 @@ def batch_to_text(batch: MaskedBatch) -> str:
                      for b, row in enumerate(cells))
 
 
-def batch_to_png(batch: MaskedBatch, path=None, *, pad_id: int | None = None, cell: int = 8,
+def batch_to_png(batch: MaskedBatch, path: str | os.PathLike[str] | None = None, *,
+                 pad_id: int | None = None, cell: int = 8,
                  overwrite: bool = False) -> bytes:
     """Draw ``batch`` as an RGB PNG (module docstring); write it atomically to ``path``."""
     where = "batch_to_png"

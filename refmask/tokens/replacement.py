@@ -31,6 +31,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from .._typing import Array, Namespace
 from ._common import check_choice, check_int, check_rate, threshold
 
 __all__ = ["KEEP", "MASK", "NOT_SELECTED", "RANDOM", "LABEL_MODES", "RANDOM_VOCABULARIES",
@@ -105,7 +106,8 @@ class ReplacementRule:
         return np.setdiff1d(ids, np.asarray(special_ids + (self.mask_id,), dtype=np.int64))
 
 
-def apply_replacement(where: str, xp, input_ids, selected, words, rule: ReplacementRule,
+def apply_replacement(where: str, xp: Namespace, input_ids: Array, selected: Array, words: Array,
+                      rule: ReplacementRule,
                       special_ids: tuple) -> MaskedBatch:
     """Replace the selected tokens of ``input_ids`` by ``rule``; words: the stream reader."""
     length = input_ids.shape[1]

@@ -30,6 +30,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from numpy.typing import ArrayLike
+
+from .._typing import Array
 from ._common import (
     Words,
     arange_like,
@@ -97,9 +100,10 @@ def _unit_spans(xp, starts, words, rate: float, geometric_p: float, max_length: 
     return opened > closed
 
 
-def mask_spans(input_ids, *, seed: int, epoch: int, example_ids, mask_id: int,
+def mask_spans(input_ids: Array, *, seed: int, epoch: int, example_ids: ArrayLike, mask_id: int,
                vocab_size: int, special_ids: Sequence[int], pad_id: int | None,
-               word_ids=None, continuation=None, rate: float = 0.15, geometric_p: float = 0.2,
+               word_ids: Array | None = None, continuation: Array | None = None,
+               rate: float = 0.15, geometric_p: float = 0.2,
                max_length: int = 10, mask_rate: float = 0.8, random_rate: float = 0.1,
                random_vocabulary: str = "all", labels: str = "ignore_index",
                ignore_index: int = -100, specials_eligible: bool = False,

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import array_api_compat
+from numpy.typing import ArrayLike
 
+from .._typing import Array, Namespace
 from ._common import (
     Words,
     arange_like,
@@ -56,7 +58,8 @@ class T5Batch:
     target_lengths: Any
 
 
-def t5_counts(xp, lengths, noise_density: float, mean_span_length: float):
+def t5_counts(xp: Namespace, lengths: Array, noise_density: float,
+              mean_span_length: float) -> tuple[Array, Array]:
     """(N, M) per row: noise tokens and noise spans (module docstring)."""
     product = xp.round(xp.astype(lengths, xp.float64) * noise_density)
     noise = xp.clip(xp.astype(product, xp.int64), 1, None)
@@ -94,7 +97,8 @@ def _compact(xp, keep, values, fill: int, extra):
     return out, total
 
 
-def corrupt_spans(input_ids, *, seed: int, epoch: int, example_ids, vocab_size: int,
+def corrupt_spans(input_ids: Array, *, seed: int, epoch: int, example_ids: ArrayLike,
+                  vocab_size: int,
                   pad_id: int, eos_id: int | None = None, noise_density: float = 0.15,
                   mean_span_length: float = 3.0, static_copies: int | None = None) -> T5Batch:
     """T5 span corruption of (B, T) ids; each row's tokens are its non-``pad_id`` prefix.

@@ -18,7 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import array_api_compat
+from numpy.typing import ArrayLike
 
+from .._typing import Array
 from ._common import (
     SELECTION_RULES,
     Words,
@@ -39,7 +41,7 @@ from .replacement import MaskedBatch, ReplacementRule, apply_replacement
 __all__ = ["mask_whole_words", "word_ids_from_continuation"]
 
 
-def word_ids_from_continuation(continuation):
+def word_ids_from_continuation(continuation: Array) -> Array:
     """int64 (B, T) word ids ``cumsum(not continuation) - 1`` from a (B, T) bool array."""
     xp = array_api_compat.array_namespace(continuation)
     if continuation.ndim != 2 or continuation.dtype != xp.bool:
@@ -65,9 +67,11 @@ def _word_ids(where: str, xp, ids, word_ids, continuation):
     return xp.astype(word_ids, xp.int64)
 
 
-def mask_whole_words(input_ids, *, seed: int, epoch: int, example_ids, mask_id: int,
+def mask_whole_words(input_ids: Array, *, seed: int, epoch: int, example_ids: ArrayLike,
+                     mask_id: int,
                      vocab_size: int, special_ids: Sequence[int], pad_id: int | None,
-                     word_ids=None, continuation=None, rate: float = 0.15,
+                     word_ids: Array | None = None, continuation: Array | None = None,
+                     rate: float = 0.15,
                      selection: str = "bernoulli", mask_rate: float = 0.8,
                      random_rate: float = 0.1, random_vocabulary: str = "all",
                      labels: str = "ignore_index", ignore_index: int = -100,
