@@ -45,19 +45,22 @@ power at the per-test level ``alpha / tests`` (Bonferroni, conservative for Holm
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-import array_api_compat
 import numpy as np
 
 from refmask import tokens
+from refmask.adapters.tokens import reference
 from refmask.rng import randint
 
-__all__ = ["Check", "MaskingSpec", "MaskingVerdict", "check_masker", "check_t5", "holm",
+from .masking_stats import holm, homogeneity, required_sample_size, run_lengths, run_starts
+
+__all__ = ["Check", "MaskingSpec", "MaskingVerdict", "check_masker", "holm",
            "probe_batch", "reference_masker", "reference_t5", "required_sample_size",
            "run_lengths"]
+
 
 Masker = Callable[..., tuple]
 
@@ -130,7 +133,8 @@ class MaskingVerdict:
 # --------------------------------------------------------------------------- probe
 
 
-def probe_batch(spec: MaskingSpec, rows: int, length: int, seed: int = 0):
+def probe_batch(spec: MaskingSpec, rows: int, length: int,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(ids, word_ids): rows ``[first special] body [last special] padding``.
 
     Body ids are uniform over the non-special ids (``randint`` of stream "probe/ids"); one
@@ -162,125 +166,13 @@ def probe_batch(spec: MaskingSpec, rows: int, length: int, seed: int = 0):
 
 def reference_masker(spec: MaskingSpec, *, selection: str = "bernoulli",
                      random_vocabulary: str = "all") -> Masker:
-    """``refmask.tokens`` as a masker (the example ids are the row numbers)."""
-
-    def masker(input_ids, *, seed, epoch, word_ids):
-        common = dict(seed=seed, epoch=epoch, example_ids=range(len(input_ids)),
-                      mask_id=spec.mask_id, vocab_size=spec.vocab_size,
-                      special_ids=spec.special_ids, pad_id=spec.pad_id, rate=spec.rate,
-                      mask_rate=spec.mask_rate, random_rate=spec.random_rate,
-                      random_vocabulary=random_vocabulary, ignore_index=spec.ignore_index)
-        if spec.spans is not None:
-            out = tokens.mask_spans(input_ids, geometric_p=spec.spans[0],
-                                    max_length=spec.spans[1],
-                                    word_ids=word_ids if spec.whole_word else None, **common)
-        elif spec.whole_word:
-            out = tokens.mask_whole_words(input_ids, word_ids=word_ids, selection=selection,
-                                          **common)
-        else:
-            out = tokens.mask_tokens(input_ids, selection=selection, **common)
-        return out.input_ids, out.labels
-
-    return masker
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def holm(p_values: Sequence[float], alpha: float) -> list[bool]:
-    """Holm's step-down: ``rejected[i]``; family-wise error rate <= alpha."""
-    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
-    rejected = [False] * len(p_values)
-    for rank, i in enumerate(order):
-        if p_values[i] > alpha / (len(p_values) - rank):
-            break
-        rejected[i] = True
-    return rejected
-
-
-def required_sample_size(p0: Sequence[float] | float, p1: Sequence[float] | float, *,
-                         alpha: float = 1e-3, tests: int = 5, power: float = 0.99) -> int:
-    """Observations needed to detect ``p1`` when ``p0`` is specified, at level alpha/tests.
-
-    A float pair: a two-sided binomial test (normal approximation, rounded up):
-    ``n = ((z(1 - a/2) sqrt(p0 q0) + z(power) sqrt(p1 q1)) / |p1 - p0|)^2``. Sequences: a
-    chi-square goodness of fit with ``k - 1`` degrees of freedom, the smallest n whose
-    noncentral chi-square power at ``lambda = n sum (p1 - p0)^2 / p0`` reaches ``power``.
-    """
-    from scipy import stats
-
-    level = alpha / tests
-    if isinstance(p0, float | int):
-        q0, q1 = 1 - p0, 1 - p1
-        z = stats.norm.ppf(1 - level / 2) * math.sqrt(p0 * q0) + \
-            stats.norm.ppf(power) * math.sqrt(p1 * q1)
-        return math.ceil((z / abs(p1 - p0)) ** 2)
-    a, b = np.asarray(p0, float), np.asarray(p1, float)
-    w2 = float(np.sum((b - a) ** 2 / a))
-    df = a.size - 1
-    critical = stats.chi2.ppf(1 - level, df)
-    lo, hi = 1, 1
-    while stats.ncx2.sf(critical, df, hi * w2) < power:
-        hi *= 2
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if stats.ncx2.sf(critical, df, mid * w2) >= power:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-def run_lengths(selected: np.ndarray, eligible: np.ndarray) -> np.ndarray:
-    """Lengths of the maximal runs of selected tokens, runs broken by unselected tokens
-    (ineligible tokens are skipped: a run continues across them)."""
-    out = []
-    for sel_row, ok_row in zip(selected, eligible, strict=True):
-        run = 0
-        for s in sel_row[ok_row]:
-            if s:
-                run += 1
-            elif run:
-                out.append(run)
-                run = 0
-        if run:
-            out.append(run)
-    return np.asarray(out, dtype=np.int64)
-
-
-def _run_starts(selected: np.ndarray) -> np.ndarray:
-    """bool: the first token of every maximal run of selected tokens along the last axis."""
-    previous = np.zeros_like(selected)
-    previous[..., 1:] = selected[..., :-1]
-    return selected & ~previous
-
-
-def _merge_sparse(table: np.ndarray, minimum: float = 5.0) -> np.ndarray:
-    """Merge adjacent columns of a 2 x K count table until every expected count >= minimum."""
-    columns = [table[:, i].astype(float) for i in range(table.shape[1])]
-    merged: list[np.ndarray] = []
-    total = table.sum()
-    rows = table.sum(axis=1)
-    current = np.zeros(table.shape[0])
-    for col in columns:
-        current = current + col
-        if (rows * current.sum() / total >= minimum).all():
-            merged.append(current)
-            current = np.zeros(table.shape[0])
-    if current.sum() and merged:
-        merged[-1] = merged[-1] + current
-    elif current.sum():
-        merged.append(current)
-    return np.stack(merged, axis=1) if merged else np.zeros((table.shape[0], 0))
-
-
-def _homogeneity(table: np.ndarray) -> float | None:
-    from scipy import stats
-
-    table = _merge_sparse(table)
-    if table.shape[1] < 2:
-        return None
-    return float(stats.chi2_contingency(table, correction=False).pvalue)
+    """``refmask.tokens`` as a masker for ``spec`` (``adapters.tokens.reference.masker``)."""
+    return reference.masker(vocab_size=spec.vocab_size, mask_id=spec.mask_id,
+                            special_ids=spec.special_ids, pad_id=spec.pad_id, rate=spec.rate,
+                            mask_rate=spec.mask_rate, random_rate=spec.random_rate,
+                            ignore_index=spec.ignore_index, whole_word=spec.whole_word,
+                            spans=spec.spans, selection=selection,
+                            random_vocabulary=random_vocabulary)
 
 
 # --------------------------------------------------------------------------- judging
@@ -500,7 +392,7 @@ def check_masker(masker: Masker, spec: MaskingSpec | None = None, *, name: str =
     if spec.spans is None:
         table = np.array([[per_position[g].sum() for g in groups],
                           [eligible_position[g].sum() - per_position[g].sum() for g in groups]])
-        p_pos = _homogeneity(table[:, table.sum(axis=0) > 0])
+        p_pos = homogeneity(table[:, table.sum(axis=0) > 0])
         if p_pos is not None:
             stat.append(("position_bias", p_pos, "selection rate homogeneous across positions"))
 
@@ -532,13 +424,13 @@ def check_masker(masker: Masker, spec: MaskingSpec | None = None, *, name: str =
         top = 8
         hist = np.array([[np.sum(np.minimum(x, top) == v) for v in range(1, top + 1)]
                          for x in (runs, ref_runs)])
-        p_span = _homogeneity(hist)
+        p_span = homogeneity(hist)
         # run starts, not tokens: the tokens of one span are not independent observations
-        ref_position = _run_starts(np.concatenate(ref_sel)).sum(axis=0)
-        position = _run_starts(sel[:used].reshape(-1, length)).sum(axis=0)
+        ref_position = run_starts(np.concatenate(ref_sel)).sum(axis=0)
+        position = run_starts(sel[:used].reshape(-1, length)).sum(axis=0)
         table = np.array([[position[g].sum() for g in groups],
                           [ref_position[g].sum() for g in groups]])
-        p_pos = _homogeneity(table[:, table.sum(axis=0) > 0])
+        p_pos = homogeneity(table[:, table.sum(axis=0) > 0])
         if p_pos is not None:
             stat.append(("position_bias", p_pos, "positions of selected tokens distributed as "
                          "the reference's"))
@@ -561,157 +453,9 @@ def check_masker(masker: Masker, spec: MaskingSpec | None = None, *, name: str =
                           picture, histograms)
 
 
-def with_declared(spec: MaskingSpec, **changes) -> MaskingSpec:
+def with_declared(spec: MaskingSpec, **changes: Any) -> MaskingSpec:
     """``spec`` with fields replaced (a convenience for adapters and tests)."""
     return replace(spec, **changes)
 
 
-# --------------------------------------------------------------------------- T5
-
-
-def reference_t5(*, vocab_size: int = 1000, eos_id: int | None = 1,
-                 noise_density: float = 0.15, mean_span_length: float = 3.0) -> Masker:
-    """``refmask.tokens.corrupt_spans`` as a T5 span-corruption function (pad id 0)."""
-
-    def corrupt(input_ids, *, seed, epoch):
-        out = tokens.corrupt_spans(input_ids, seed=seed, epoch=epoch,
-                                   example_ids=range(len(input_ids)), vocab_size=vocab_size,
-                                   pad_id=0, eos_id=eos_id, noise_density=noise_density,
-                                   mean_span_length=mean_span_length)
-        return out.inputs, out.targets
-
-    return corrupt
-
-
-def _t5_row(inputs: list[int], targets: list[int], original: list[int], eos_id, floor: int):
-    """Parse one row: (problem or None, noise span lengths, noise span starts, sentinels)."""
-    if eos_id is not None:
-        if not inputs or inputs[-1] != eos_id or not targets or targets[-1] != eos_id:
-            return "inputs and targets must end with eos_id", [], [], []
-        inputs, targets = inputs[:-1], targets[:-1]
-    sentinels = [i for i in inputs if i >= floor]
-    if [i for i in targets if i >= floor] != sentinels:
-        return "the targets' sentinels differ from the inputs'", [], [], sentinels
-    if not targets or targets[0] < floor:
-        return "targets must start with a sentinel", [], [], sentinels
-    pieces, current = {}, None
-    for token in targets:
-        if token >= floor:
-            current = token
-            pieces[current] = []
-        else:
-            pieces[current].append(token)
-    rebuilt, starts, lengths = [], [], []
-    for token in inputs:
-        if token >= floor:
-            starts.append(len(rebuilt))
-            lengths.append(len(pieces[token]))
-            rebuilt.extend(pieces[token])
-        else:
-            rebuilt.append(token)
-    if rebuilt != original:
-        return "inputs and targets do not rebuild the original row", [], [], sentinels
-    if any(n == 0 for n in lengths):
-        return "an empty noise span", [], [], sentinels
-    return None, lengths, starts, sentinels
-
-
-def check_t5(corrupt: Masker, *, name: str = "t5", vocab_size: int = 1000,
-             eos_id: int | None = 1, noise_density: float = 0.15, mean_span_length: float = 3.0,
-             rows: int = 64, length: int = 128, epochs: int = 4, seed: int = 0,
-             alpha: float = 1e-3) -> MaskingVerdict:
-    """Judge a T5 span-corruption function ``corrupt(input_ids, *, seed, epoch) -> (inputs,
-    targets)`` (padded with 0) against spec 6.8 on unpadded rows of ids in ``[10, 500)``.
-
-    Exact: eos placement; sentinels ``vocab_size - 1, vocab_size - 2, ...`` in inputs and
-    targets; inputs and targets rebuild the row; ``N`` and ``M`` as in 6.8; non-noise first,
-    noise last; determinism; fresh spans each epoch. Statistical (Holm at ``alpha``): the
-    noise span lengths and span start positions against ``corrupt_spans`` on the same probe.
-    """
-    ids = randint(seed, "probe/t5", (rows, length), 10, 500)
-    floor = 500
-    checks: list[Check] = []
-    conventions: list[str] = []
-    problems, lengths, starts, first_noise, last_noise = [], [], [], 0, 0
-
-    def run(fn, epoch_list, seed_):
-        for e in epoch_list:
-            inputs, targets = (_as_numpy(x) for x in fn(ids.copy(), seed=seed_, epoch=e))
-            for b in range(rows):
-                i_row = [int(x) for x in inputs[b] if x != 0]
-                t_row = [int(x) for x in targets[b] if x != 0]
-                problem, n, s, sent = _t5_row(i_row, t_row, ids[b].tolist(), eos_id, floor)
-                yield e, b, problem, n, s, sent, i_row
-
-    expected_n, expected_m = tokens.t5_counts(array_api_compat.numpy, np.array([length]),
-                                              noise_density, mean_span_length)
-    expected_n, expected_m = int(expected_n[0]), int(expected_m[0])
-    count_bad, order_bad, up = 0, 0, 0
-    masks = {}
-    for e, b, problem, n, s, sent, i_row in run(corrupt, range(epochs), seed):
-        if problem:
-            problems.append(problem)
-            continue
-        lengths.extend(n)
-        starts.extend(s)
-        if sum(n) != expected_n or len(n) != expected_m:
-            count_bad += 1
-        if sent != [vocab_size - 1 - k for k in range(len(sent))]:
-            order_bad += 1
-            up += sent == sorted(sent) and len(sent) > 1
-        first_noise += i_row[0] >= floor
-        last_noise += i_row[-1 - (eos_id is not None)] < floor
-        masks[(e, b)] = tuple(s) + tuple(n)
-    checks.append(Check("structure", "exact", not problems,
-                        f"{len(problems)} rows malformed" + (f" ({problems[0]})" if problems
-                                                             else "")))
-    checks.append(Check("noise_counts", "exact", count_bad == 0,
-                        f"{count_bad} rows without N = {expected_n} noise tokens in "
-                        f"M = {expected_m} spans"))
-    checks.append(Check("sentinels", "exact", order_bad == 0,
-                        f"{order_bad} rows whose sentinels do not count down from "
-                        f"vocab_size - 1"))
-    conventions.append("sentinels count down from vocab_size - 1" if order_bad == 0 else
-                       "sentinels count up" if up else "sentinels in another order")
-    checks.append(Check("non_noise_first_noise_last", "exact",
-                        first_noise == 0 and last_noise == 0,
-                        f"{first_noise} rows start with noise, {last_noise} end with non-noise"))
-    if first_noise == 0 and last_noise == 0:
-        conventions.append("spans alternate non-noise, noise, ...; noise last")
-    again = corrupt(ids.copy(), seed=seed, epoch=epochs - 1)
-    last = corrupt(ids.copy(), seed=seed, epoch=epochs - 1)
-    same = all(np.array_equal(_as_numpy(a), _as_numpy(b)) for a, b in zip(again, last,
-                                                                          strict=True))
-    checks.append(Check("deterministic", "exact", same, "same (seed, epoch), same output"))
-    repeated = sum(masks.get((e, b)) == masks.get((e + 1, b)) and (e, b) in masks
-                   for e in range(epochs - 1) for b in range(rows))
-    checks.append(Check("freshness", "exact", repeated <= (epochs - 1) * rows // 2,
-                        f"{repeated} of {(epochs - 1) * rows} rows repeat their spans"))
-    stat = []
-    if lengths:
-        ref_lengths, ref_starts = [], []
-        for _, _, _, n, s, _, _ in run(reference_t5(
-                vocab_size=vocab_size, eos_id=eos_id, noise_density=noise_density,
-                mean_span_length=mean_span_length), range(4 * epochs), seed + 10**6):
-            ref_lengths.extend(n)
-            ref_starts.extend(s)
-        top = 8
-        hist = np.array([[np.sum(np.minimum(x, top) == v) for v in range(1, top + 1)]
-                         for x in (np.asarray(lengths), np.asarray(ref_lengths))])
-        p = _homogeneity(hist)
-        if p is not None:
-            stat.append(("span_lengths", p, f"mean noise span {np.mean(lengths):.2f} vs "
-                         f"reference {np.mean(ref_lengths):.2f}"))
-        edges = np.linspace(0, length, 17)
-        table = np.array([np.histogram(starts, edges)[0], np.histogram(ref_starts, edges)[0]])
-        p = _homogeneity(table)
-        if p is not None:
-            stat.append(("position_bias", p, "span starts distributed as the reference's"))
-    for (check_name, p, detail), bad in zip(stat, holm([p for _, p, _ in stat], alpha),
-                                            strict=True):
-        checks.append(Check(check_name, "statistical", not bad, detail, p))
-    sample = {"rows": rows, "length": length, "epochs": epochs, "seed": seed,
-              "noise_spans": len(lengths), "statistical_tests": len(stat)}
-    return MaskingVerdict(name, all(c.passed for c in checks), tuple(conventions),
-                          tuple(checks), alpha, sample, "",
-                          {"span_lengths": np.asarray(lengths)})
+reference_t5 = reference.reference_t5

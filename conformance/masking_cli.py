@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 __all__ = ["add_commands"]
@@ -19,9 +20,18 @@ def _load(path: str):
 def _check_masking(args) -> int:
     from refmask.adapters.tokens import MASKERS, T5_CORRUPTERS
 
-    from .masking import MaskingSpec, check_masker, check_t5
+    from .masking import MaskingSpec, check_masker
     from .masking_report import write_report
+    from .masking_t5 import check_t5
 
+    if args.report:  # refuse a bad output path before any work
+        folder = os.path.dirname(os.path.abspath(args.report))
+        if not os.path.isdir(folder):
+            raise ValueError(f"check-masking: the folder of --report {args.report!r} does not "
+                             f"exist")
+        if os.path.lexists(args.report) and not args.overwrite:
+            raise FileExistsError(f"check-masking: --report {args.report!r} already exists; "
+                                  f"pass --overwrite to replace it")
     names = args.maskers or ([] if args.impl or args.t5_impl else ["reference"])
     unknown = [n for n in names if n not in MASKERS and n not in T5_CORRUPTERS]
     if unknown:
@@ -33,7 +43,8 @@ def _check_masking(args) -> int:
     jobs = []
     for name in names:
         try:
-            masker, spec = MASKERS[name]()
+            masker, declared = MASKERS[name]()
+            spec = MaskingSpec(**declared)
         except ImportError as error:
             print(f"{name}: skipped ({error})")
             continue

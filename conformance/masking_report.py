@@ -20,8 +20,8 @@ from .masking import MaskingVerdict
 __all__ = ["plot_histograms", "to_json", "to_markdown", "write_report"]
 
 
-def plot_histograms(verdict: MaskingVerdict, path=None, *, rate: float = 0.15,
-                    overwrite: bool = False) -> bytes | None:
+def plot_histograms(verdict: MaskingVerdict, path: str | os.PathLike | None = None, *,
+                    rate: float = 0.15, overwrite: bool = False) -> bytes | None:
     """PNG bytes: per-row selection rates (and span lengths) against what the spec expects.
 
     Left: the rows' selection rates with the specified rate marked. Right (span maskers): the
@@ -89,8 +89,8 @@ def to_markdown(verdicts: Sequence[MaskingVerdict], pictures: dict[str, str] | N
     return "\n".join(out)
 
 
-def write_report(verdicts: Sequence[MaskingVerdict], path, *, overwrite: bool = False,
-                 plots: bool = True, rate: float = 0.15) -> list[str]:
+def write_report(verdicts: Sequence[MaskingVerdict], path: str | os.PathLike, *,
+                 overwrite: bool = False, plots: bool = True, rate: float = 0.15) -> list[str]:
     """Write ``path`` (.json or .md); with ``plots``, PNG histograms next to a .md report.
     Returns the files written (histograms skipped without matplotlib)."""
     target = os.fspath(path)

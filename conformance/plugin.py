@@ -44,7 +44,7 @@ def refmask_check() -> Callable[..., Report]:
 
 
 @pytest.fixture
-def refmask_check_masker():
+def refmask_check_masker() -> Callable:
     """``refmask.conformance.masking.check_masker``: judge a token masker (MLM, whole words,
     spans); ``assert refmask_check_masker(my_masker, spec).passed``."""
     from .masking import check_masker

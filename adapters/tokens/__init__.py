@@ -1,7 +1,8 @@
 """Third-party token maskers wrapped as ``masker(input_ids, *, seed, epoch, word_ids)``.
 
-Each factory returns ``(masker, spec)``: the masker and the :class:`MaskingSpec` it declares
-(the peer's documented defaults on the probe vocabulary of ``PROBE_VOCAB`` ids, specials
+Each factory returns ``(masker, declared)``: the masker and the convention it declares, a
+dict of ``refmask.conformance.masking.MaskingSpec`` fields (the peer's documented defaults
+on the probe vocabulary of ``PROBE_VOCAB`` ids, specials
 ``[PAD]=0 [CLS]=1 [SEP]=2 [MASK]=3 [UNK]=4``). The peer is imported lazily, when the factory
 is called; ``MASKERS`` maps the names ``refmask check-masking`` accepts to the factories.
 Every masker is called as the peer's own users call it: the ``epoch``-th call (0-based) of a
@@ -34,12 +35,16 @@ def _keras(name):
     return factory
 
 
+BERT = dict(vocab_size=PROBE_VOCAB, mask_id=MASK, special_ids=(PAD, CLS, SEP, MASK, UNK),
+            pad_id=PAD, rate=0.15, mask_rate=0.8, random_rate=0.1)
+
+
 def _reference(selection: str, **declared):
     def factory():
-        from refmask.conformance.masking import MaskingSpec, reference_masker
+        from .reference import masker
 
-        spec = MaskingSpec(**declared)
-        return reference_masker(spec, selection=selection), spec
+        spec = dict(BERT, **declared)
+        return masker(**spec, selection=selection), spec
 
     return factory
 
@@ -58,7 +63,7 @@ MASKERS: dict[str, Callable] = {
 
 
 def _reference_t5():
-    from refmask.conformance.masking import reference_t5
+    from .reference import reference_t5
 
     return reference_t5()
 

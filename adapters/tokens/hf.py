@@ -10,14 +10,15 @@ no longer exists in transformers 5.x (``whole_word_mask=True`` replaced it).
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Callable
+from typing import Any
 
-from refmask.conformance.masking import MaskingSpec
+import numpy as np
 
 from . import CLS, MASK, PAD, PROBE_VOCAB, SEP, UNK
 
 
-def tokenizer():
+def tokenizer() -> Any:
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
@@ -32,9 +33,10 @@ def tokenizer():
     return tok
 
 
-def _spec(**changes) -> MaskingSpec:
-    return MaskingSpec(vocab_size=PROBE_VOCAB, mask_id=MASK,
-                       special_ids=(PAD, CLS, SEP, MASK, UNK), pad_id=PAD, **changes)
+def _spec(**changes) -> dict:
+    """The declared convention (fields of refmask.conformance.masking.MaskingSpec)."""
+    return dict(vocab_size=PROBE_VOCAB, mask_id=MASK, special_ids=(PAD, CLS, SEP, MASK, UNK),
+                pad_id=PAD, **changes)
 
 
 def _collator_masker(return_tensors: str, whole_word: bool):
@@ -68,16 +70,16 @@ def _collator_masker(return_tensors: str, whole_word: bool):
     return masker
 
 
-def mlm_torch():
+def mlm_torch() -> tuple[Callable, dict]:
     """``DataCollatorForLanguageModeling(mlm_probability=0.15, return_tensors="pt")``."""
     return _collator_masker("pt", False), _spec()
 
 
-def mlm_numpy():
+def mlm_numpy() -> tuple[Callable, dict]:
     """The same collator with ``return_tensors="np"`` (a separate NumPy code path)."""
     return _collator_masker("np", False), _spec()
 
 
-def whole_word():
+def whole_word() -> tuple[Callable, dict]:
     """``DataCollatorForLanguageModeling(whole_word_mask=True)``, judged as whole-word BERT."""
     return _collator_masker("pt", True), _spec(whole_word=True)

@@ -10,19 +10,18 @@ Outputs ``token_ids`` and ``mask_positions`` become (masked ids, labels with -10
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import numpy as np
-
-from refmask.conformance.masking import MaskingSpec
 
 from . import CLS, MASK, PAD, PROBE_VOCAB, SEP, UNK
 
 SPECIALS = [PAD, CLS, SEP, MASK, UNK]
 
 
-def _spec() -> MaskingSpec:
-    return MaskingSpec(vocab_size=PROBE_VOCAB, mask_id=MASK, special_ids=tuple(SPECIALS),
-                       pad_id=PAD)
+def _spec() -> dict:
+    """The declared convention (fields of refmask.conformance.masking.MaskingSpec)."""
+    return dict(vocab_size=PROBE_VOCAB, mask_id=MASK, special_ids=tuple(SPECIALS), pad_id=PAD)
 
 
 def _labels(input_ids: np.ndarray, positions) -> np.ndarray:
@@ -58,11 +57,11 @@ def _masker(tf_path: bool):
     return masker
 
 
-def eager():
+def eager() -> tuple[Callable, dict]:
     """``MaskedLMMaskGenerator(mask_selection_rate=0.15)`` called eagerly (Python path)."""
     return _masker(False), _spec()
 
 
-def tf_text():
+def tf_text() -> tuple[Callable, dict]:
     """The same layer on its TF path (tensorflow-text's selectors)."""
     return _masker(True), _spec()
