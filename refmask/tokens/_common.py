@@ -7,13 +7,12 @@ docstrings below. ``B`` is the batch size, ``T`` the padded sequence length.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import array_api_compat
 import numpy as np
 
-from .. import _validate
+from .._validate import check_flag, check_int
 from ._streams import masking_epoch, stream_words
 
 SELECTION_RULES = ("bernoulli", "exact_count")
@@ -41,35 +40,11 @@ def check_ids(where: str, input_ids):
     return xp, input_ids
 
 
-def check_int(where: str, name: str, value, lo: int | None = None, hi: int | None = None,
-              rule: str = "an int") -> int:
-    """``value`` as an int in ``[lo, hi]`` (refmask._validate.check_int)."""
-    return _validate.check_int(where, name, value, minimum=lo, maximum=hi, rule=rule)
-
-
-def check_rate(where: str, name: str, value, *, open_low: bool = False) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{where}: {name} must be a float in [0, 1], got {value!r}")
-    value = float(value)
-    if not (0.0 <= value <= 1.0) or (open_low and value == 0.0):
-        interval = "(0, 1]" if open_low else "[0, 1]"
-        raise ValueError(f"{where}: {name} must be a float in {interval}, got {value}")
-    return value
-
-
-def check_choice(where: str, name: str, value, choices: Sequence[str]) -> str:
-    return _validate.check_choice(where, name, value, choices)
-
-
-def check_flag(where: str, name: str, value) -> bool:
-    return _validate.check_flag(where, name, value)
-
-
 def check_id_set(where: str, name: str, ids) -> tuple[int, ...]:
     if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence | np.ndarray | frozenset
                                                            | set):
         raise TypeError(f"{where}: {name} must be a sequence of ints, got {ids!r}")
-    return tuple(sorted({check_int(where, f"{name}[...]", i, 0, None, "an int >= 0")
+    return tuple(sorted({check_int(where, f"{name}[...]", i, minimum=0, rule="an int >= 0")
                          for i in (ids.tolist() if isinstance(ids, np.ndarray) else ids)}))
 
 
@@ -80,7 +55,8 @@ def check_example_ids(where: str, example_ids, batch: int) -> np.ndarray:
     if ids.shape != (batch,):
         raise ValueError(f"{where}: example_ids must have shape ({batch},) (one id per row), "
                          f"got {ids.shape}")
-    values = [check_int(where, "example_ids[...]", v, 0, 2**63 - 1, "an int >= 0")
+    values = [check_int(where, "example_ids[...]", v, minimum=0, maximum=2**63 - 1,
+                        rule="an int >= 0")
               for v in ids.tolist()]
     if len(set(values)) != len(values):
         raise ValueError(f"{where}: example_ids must be distinct (two rows with the same id "

@@ -21,15 +21,13 @@ import array_api_compat
 from numpy.typing import ArrayLike
 
 from .._typing import Array
+from .._validate import check_choice, check_int, check_rate
 from ._common import (
     SELECTION_RULES,
     Words,
-    check_choice,
     check_example_ids,
     check_id_set,
     check_ids,
-    check_int,
-    check_rate,
     eligibility,
     select_units,
     spread_to_tokens,
@@ -86,7 +84,7 @@ def mask_whole_words(input_ids: Array, *, seed: int, epoch: int, example_ids: Ar
     xp, ids = check_ids(where, input_ids)
     specials = check_id_set(where, "special_ids", special_ids)
     if pad_id is not None:
-        pad_id = check_int(where, "pad_id", pad_id, 0, None, "None or an int >= 0")
+        pad_id = check_int(where, "pad_id", pad_id, minimum=0, rule="None or an int >= 0")
     rows = check_example_ids(where, example_ids, ids.shape[0])
     rate = check_rate(where, "rate", rate)
     check_choice(where, "selection", selection, SELECTION_RULES)
