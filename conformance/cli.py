@@ -316,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--trust", action="append", metavar="MODULE",
                      help="let a predicate mask import functions of MODULE (repeatable)")
     one.set_defaults(run=_render)
+    from .masking_cli import add_commands  # check-masking, token-golden (token masking)
+
+    add_commands(commands)
     return parser
 
 

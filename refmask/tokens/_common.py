@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import array_api_compat
 import numpy as np
 
-from .._validate import check_int
+from .._validate import check_flag, check_int
 from ._streams import masking_epoch, stream_words
 
 SELECTION_RULES = ("bernoulli", "exact_count")
@@ -100,10 +100,12 @@ def take_rows(xp, table, index):
 # --------------------------------------------------------------------------- eligibility
 
 
-def eligibility(xp, input_ids, special_ids: tuple, pad_id: int | None, *,
+def eligibility(where: str, xp, input_ids, special_ids: tuple, pad_id: int | None, *,
                 specials_eligible: bool, padding_eligible: bool):
     """bool (B, T): ``not (id in special_ids and not specials_eligible) and
-    not (id == pad_id and not padding_eligible)``."""
+    not (id == pad_id and not padding_eligible)`` (the switches must be bools)."""
+    specials_eligible = check_flag(where, "specials_eligible", specials_eligible)
+    padding_eligible = check_flag(where, "padding_eligible", padding_eligible)
     eligible = xp.ones(input_ids.shape, dtype=xp.bool, device=array_api_compat.device(input_ids))
     if not specials_eligible:
         for special in special_ids:

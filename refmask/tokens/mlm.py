@@ -59,8 +59,8 @@ def select_tokens(input_ids: Array, *, seed: int, epoch: int, example_ids: Array
     xp, ids, specials, pad_id, rows, rate = _check_common(
         where, input_ids, special_ids, pad_id, example_ids, rate, selection)
     words = Words(where, xp, ids, seed, epoch, static_copies, rows)
-    eligible = eligibility(xp, ids, specials, pad_id, specials_eligible=bool(specials_eligible),
-                           padding_eligible=bool(padding_eligible))
+    eligible = eligibility(where, xp, ids, specials, pad_id,
+                           specials_eligible=specials_eligible, padding_eligible=padding_eligible)
     return select_units(xp, eligible, words("select", ids.shape[1]), rate, selection)
 
 
@@ -91,7 +91,7 @@ def mask_tokens(input_ids: Array, *, seed: int, epoch: int, example_ids: ArrayLi
     rule = ReplacementRule(mask_id, vocab_size, mask_rate, random_rate, random_vocabulary,
                            labels, ignore_index).checked(where, specials)
     words = Words(where, xp, ids, seed, epoch, static_copies, rows)
-    eligible = eligibility(xp, ids, specials, pad_id, specials_eligible=bool(specials_eligible),
-                           padding_eligible=bool(padding_eligible))
+    eligible = eligibility(where, xp, ids, specials, pad_id,
+                           specials_eligible=specials_eligible, padding_eligible=padding_eligible)
     selected = select_units(xp, eligible, words("select", ids.shape[1]), rate, selection)
     return apply_replacement(where, xp, ids, selected, words, rule, specials)

@@ -20,7 +20,7 @@ import os
 import numpy as np
 
 from .._files import write_atomic
-from .._validate import check_int
+from .._validate import check_flag, check_int
 from ..render import GRID_RGB, MAX_PIXELS, _encode_rgb
 from .replacement import KEEP, MASK, NOT_SELECTED, RANDOM, MaskedBatch
 
@@ -86,5 +86,5 @@ def batch_to_png(batch: MaskedBatch, path: str | os.PathLike[str] | None = None,
         pixels[:, xs % pitch == cell] = 5
     data = _encode_rgb(palette[pixels])
     if path is not None:
-        write_atomic(data, path, bool(overwrite), where=where)
+        write_atomic(data, path, check_flag(where, "overwrite", overwrite), where=where)
     return data

@@ -127,8 +127,8 @@ def mask_spans(input_ids: Array, *, seed: int, epoch: int, example_ids: ArrayLik
     rule = ReplacementRule(mask_id, vocab_size, mask_rate, random_rate, random_vocabulary,
                            labels, ignore_index).checked(where, specials)
     words = Words(where, xp, ids, seed, epoch, static_copies, rows)
-    eligible = eligibility(xp, ids, specials, pad_id, specials_eligible=bool(specials_eligible),
-                           padding_eligible=bool(padding_eligible))
+    eligible = eligibility(where, xp, ids, specials, pad_id,
+                           specials_eligible=specials_eligible, padding_eligible=padding_eligible)
     starts = unit_starts(xp, eligible, units)
     inside = _unit_spans(xp, starts, words, rate, geometric_p, max_length)
     ordinal = xp.cumulative_sum(xp.astype(starts, xp.int64), axis=1) - 1

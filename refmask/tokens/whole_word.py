@@ -92,8 +92,8 @@ def mask_whole_words(input_ids: Array, *, seed: int, epoch: int, example_ids: Ar
     rule = ReplacementRule(mask_id, vocab_size, mask_rate, random_rate, random_vocabulary,
                            labels, ignore_index).checked(where, specials)
     words = Words(where, xp, ids, seed, epoch, static_copies, rows)
-    eligible = eligibility(xp, ids, specials, pad_id, specials_eligible=bool(specials_eligible),
-                           padding_eligible=bool(padding_eligible))
+    eligible = eligibility(where, xp, ids, specials, pad_id,
+                           specials_eligible=specials_eligible, padding_eligible=padding_eligible)
     starts = unit_starts(xp, eligible, units)
     chosen = select_units(xp, starts, words("select", ids.shape[1]), rate, selection)
     selected = spread_to_tokens(xp, chosen, unit_of_token(xp, starts, eligible))
