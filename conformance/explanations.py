@@ -44,8 +44,8 @@ import numpy as np
 from refmask import masks as m
 from refmask.adapters.common.translate import float64_inputs
 from refmask.attention import Alibi
+from refmask.case import Case, numpy_dtype, to_bhtd
 
-from .cases import Case, numpy_dtype
 from .tolerance import (
     ACCUMULATION,
     AGGREGATE_FLOOR,
@@ -100,10 +100,6 @@ def composable(first: Explanation, second: Explanation) -> bool:
 
 # --- one float64 attention with a switch for every departure ---------------------------------
 
-def _bhtd(case: Case, x):
-    return np.swapaxes(x, 1, 2) if case.layout == "BTHD" else x
-
-
 def default_scale(case: Case) -> float:
     return case.scale if case.scale is not None else 1.0 / math.sqrt(case.qk_dim)
 
@@ -153,8 +149,8 @@ def alternative(case: Case, values: dict, *, mask=_UNSET, scale: float | None = 
     case dtype (overflow as the kernel would); accumulate: a dtype in which the denominator and
     ``P @ V`` are summed left to right.
     """
-    q = _bhtd(case, values["q"])
-    k, v = _bhtd(case, values["k"]), _bhtd(case, values["v"])
+    q = to_bhtd(case, values["q"])
+    k, v = to_bhtd(case, values["k"]), to_bhtd(case, values["v"])
     group = case.q_heads // case.kv_heads
     heads = [h // group if kv_map == "repeat" else h % case.kv_heads
              for h in range(case.q_heads)]
@@ -290,9 +286,27 @@ def _kinds(case: Case) -> set:
     return found
 
 
+def _predicate_modules(tree) -> list:
+    """Modules of the predicates in a mask tree (already imported by the live mask)."""
+    found = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("kind") == "predicate":
+                found.add(str(node.get("fn")).partition(":")[0])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(tree)
+    return sorted(found)
+
+
 def _from_json(tree):
     try:
-        return m.from_json(tree)
+        return m.from_json(tree, trust=_predicate_modules(tree))
     except (ValueError, TypeError, KeyError):
         return None
 
@@ -817,7 +831,7 @@ class _Judge:
 
 def _values(case: Case, values: dict) -> np.ndarray:
     """v (B, Hq, Tk, Dv) with the kv heads expanded to query heads."""
-    v = _bhtd(case, values["v"])
+    v = to_bhtd(case, values["v"])
     return np.repeat(v, max(1, case.q_heads // max(1, case.kv_heads)), axis=1)
 
 

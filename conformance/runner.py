@@ -19,20 +19,29 @@ naive computation of the same case in the case dtype (:mod:`.tolerance`).
 from __future__ import annotations
 
 import platform
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 import refmask
 from refmask import render
-from refmask.adapters import Adapter, Unsupported
+from refmask.adapters import Adapter, Output, Unsupported
 from refmask.adapters import load as load_adapter
-from refmask.attention import attention, attention_vjp
+from refmask.case import (
+    GRAD_NAMES,
+    Case,
+    case_inputs,
+    dtype_unavailable,
+    reference_outputs,
+    to_bhtd,
+)
 
-from .cases import Case, attention_kwargs, case_inputs, catalog, dtype_unavailable
+from .cases import catalog
 from .explanations import Diagnosis, bad_rows, diagnose, localise
 from .tolerance import (
     ForwardModel,
@@ -44,8 +53,15 @@ from .tolerance import (
     weighted_rms,
 )
 
+if TYPE_CHECKING:
+    from .golden import Corpus
+
+
 VERDICTS = ("pass", "policy", "fail", "unsupported")
-GRAD_NAMES = ("dq", "dk", "dv", "dbias", "dsinks")
+#: Per-case time limit (seconds) of the backend's call in :func:`check` and ``refmask check
+#: --timeout``: far above what any catalog or sweep case takes on a naive NumPy implementation
+#: (well under a second for the catalog), short enough that a hung kernel cannot stall a run.
+DEFAULT_CASE_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -77,11 +93,13 @@ class CaseResult:
 
 @dataclass
 class Report:
-    """All verdicts of one run."""
+    """All verdicts of one run. ``interrupted``: the run stopped early (KeyboardInterrupt);
+    ``results`` holds the cases judged until then."""
 
     backend: str
     results: list = field(default_factory=list)
     environment: dict = field(default_factory=dict)
+    interrupted: bool = False
 
     def counts(self) -> dict:
         counted = Counter(r.verdict for r in self.results)
@@ -99,39 +117,11 @@ class Report:
 
 # --- references ------------------------------------------------------------------------------
 
-def _bhtd(case: Case, x):
-    return np.swapaxes(x, 1, 2) if case.layout == "BTHD" else x
-
-
-def reference_outputs(case: Case, inputs: dict, *, float64: bool, grads: bool) -> dict:
-    """refmask's result for the case: in float64 (``float64=True``) or naively in the case
-    dtype (inputs and arithmetic in that dtype), as float64 NumPy arrays in BHTD layout."""
-    def cast(x):
-        if x.dtype == np.bool_:
-            return x
-        return np.asarray(x, np.float64) if float64 else x
-
-    values = {name: cast(x) for name, x in inputs.items()}
-    kwargs = attention_kwargs(case, values)
-    with np.errstate(all="ignore"):
-        result = attention(values["q"], values["k"], values["v"], **kwargs)
-        arrays = {"out": _bhtd(case, np.asarray(result.out, np.float64)),
-                  "lse": np.asarray(result.lse, np.float64)}
-        if grads:
-            g = attention_vjp(values["q"], values["k"], values["v"], values["d_out"], **kwargs)
-            for name in GRAD_NAMES:
-                value = getattr(g, name)
-                if value is not None:
-                    value = np.asarray(value, np.float64)
-                    arrays[name] = _bhtd(case, value) if name in ("dq", "dk", "dv") else value
-    return arrays
-
-
 def _golden_from_reference(case: Case, inputs: dict, grads: bool) -> dict:
     return reference_outputs(case, inputs, float64=True, grads=grads)
 
 
-def corpus_golden(corpus) -> Callable:
+def corpus_golden(corpus: Corpus) -> Callable:
     """A golden source reading the exact values of a loaded corpus (``golden.load``).
 
     A case is taken from the corpus only when its stored JSON equals the case's own JSON (so
@@ -142,7 +132,7 @@ def corpus_golden(corpus) -> Callable:
         if entry is None or entry["case"] != case.to_json():
             return _golden_from_reference(case, inputs, grads)
         expected = corpus[case.id].expected
-        return {name: _bhtd(case, value) if name in ("out", "dq", "dk", "dv") else value
+        return {name: to_bhtd(case, value) if name in ("out", "dq", "dk", "dv") else value
                 for name, value in expected.items()}
 
     return golden
@@ -229,6 +219,9 @@ def _diagnose(case: Case, inputs: dict, output, checks: list, golden: dict, naiv
     explained away)."""
     if any(not c.ok and c.name not in ("out", "lse") for c in checks):
         return None
+    if any(not c.ok and c.first_bad is None and not c.nonfinite_mismatch and c.max_abs == np.inf
+           for c in checks):
+        return None  # refused (not a real floating array) or the wrong shape: nothing to name
     naive_agg = weighted_rms(naive["out"] - golden["out"], model.out, golden["out"])
 
     def model_for(precision):
@@ -252,12 +245,65 @@ def _failure_reason(first: TensorCheck, diagnosis: Diagnosis | None, case: Case,
     return "; ".join(parts)
 
 
+def _private_copy(value):
+    """A fresh copy of one input for the backend, so nothing it does to its arguments can
+    reach the arrays the golden and naive values are computed from."""
+    return np.array(value, copy=True) if isinstance(value, np.ndarray) else value
+
+
+def _run_backend(adapter: Adapter, case: Case, inputs: dict, grads: bool,
+                 timeout: float | None) -> tuple:
+    """``("ok", output)``, ``("raised", exception)`` or ``("timeout", None)``.
+
+    The backend runs on private copies of the inputs; with a ``timeout`` it runs in a daemon
+    thread that is abandoned (not killed: Python cannot stop a thread) when it overruns.
+    Every exception counts, SystemExit and KeyboardInterrupt raised by the backend included.
+    """
+    copies = {name: _private_copy(value) for name, value in inputs.items()}
+    box = {}
+
+    def target():
+        try:
+            box["output"] = adapter.run(case, copies, grads=grads)
+        except BaseException as error:  # noqa: BLE001 - a crash is the backend's verdict
+            box["error"] = error
+
+    if timeout is None:
+        target()
+    else:
+        thread = threading.Thread(target=target, name=f"refmask-case-{case.id}", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            return "timeout", None
+    if "error" in box:
+        return "raised", box["error"]
+    return "ok", box.get("output")
+
+
+def _check_timeout(timeout) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
+            0 < timeout < float("inf")):
+        raise ValueError(f"check: timeout must be a finite number of seconds > 0 or None, got "
+                         f"{timeout!r}")
+    return float(timeout)
+
+
 def run_case(adapter: Adapter, case: Case, *, grads: bool = False,
-             golden: Callable | None = None, explain: bool = True) -> CaseResult:
+             golden: Callable | None = None,
+             timeout: float | None = DEFAULT_CASE_TIMEOUT, explain: bool = True) -> CaseResult:
     """Judge one case; ``golden(case, inputs, grads) -> dict`` overrides the golden source.
 
+    timeout: seconds the backend's call may take (default DEFAULT_CASE_TIMEOUT; None: no
+    limit, run in this thread); over it the case fails. The backend gets private copies of
+    the inputs; whatever it raises (SystemExit and KeyboardInterrupt included) or returns
+    that is not a real floating array makes the case fail.
     explain=False skips the diagnosis of a failure (no alternative is tried, so a documented
-    convention is reported as ``fail``): for property tests that only count failures."""
+    convention is reported as ``fail``): for property tests that only count failures.
+    """
+    timeout = _check_timeout(timeout)
     start = time.perf_counter()
 
     def result(verdict, reason="", **extra):
@@ -269,12 +315,16 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool = False,
         return result("unsupported", reason)
     inputs = case_inputs(case)
     grads = grads and adapter.profile.backward
-    try:
-        output = adapter.run(case, inputs, grads=grads)
-    except Unsupported as why:
-        return result("unsupported", str(why))
-    except Exception as error:  # noqa: BLE001 - a crash is a verdict, not a runner error
-        return result("fail", f"the backend raised {type(error).__name__}: {error}")
+    status, output = _run_backend(adapter, case, inputs, grads, timeout)
+    if status == "timeout":
+        return result("fail", f"the backend did not return within the timeout of {timeout:g} s "
+                      "(--timeout)")
+    if status == "raised":
+        if isinstance(output, Unsupported):
+            return result("unsupported", str(output))
+        return result("fail", f"the backend raised {type(output).__name__}: {output}")
+    if not isinstance(output, Output):
+        return result("fail", f"the backend returned {type(output).__name__}, not an Output")
     gold = (golden or _golden_from_reference)(case, inputs, grads)
     naive = reference_outputs(case, inputs, float64=False, grads=grads)
     reference64 = naive if case.dtype == "float64" else reference_outputs(
@@ -330,7 +380,7 @@ def select_cases(cases: Iterable[Case] | None = None, *, dtypes: Iterable[str] |
     return chosen
 
 
-def resolve_backend(target) -> Adapter:
+def resolve_backend(target: str | Adapter | Callable[..., Any]) -> Adapter:
     """An Adapter from a backend name, an Adapter, or a user function ``fn(q, k, v, call)``."""
     from refmask.adapters.user import from_function, from_path
 
@@ -344,9 +394,11 @@ def resolve_backend(target) -> Adapter:
                     f"a function, got {type(target).__name__}")
 
 
-def check(target, *, cases: Iterable[Case] | None = None, dtypes=None, filter=None,
+def check(target: str | Adapter | Callable[..., Any], *, cases: Iterable[Case] | None = None,
+          dtypes: Iterable[str] | None = None, filter: str | None = None,
           grads: bool = False, golden: Callable | None = None,
-          progress: Callable | None = None, explain: bool = True) -> Report:
+          progress: Callable | None = None,
+          timeout: float | None = DEFAULT_CASE_TIMEOUT, explain: bool = True) -> Report:
     """Run the conformance suite against ``target`` and return the :class:`Report`.
 
     target: a backend name (``"numpy"``), ``"module:function"``, an Adapter, or a function
@@ -356,15 +408,23 @@ def check(target, *, cases: Iterable[Case] | None = None, dtypes=None, filter=No
     golden: ``golden(case, inputs, grads) -> dict`` of float64 arrays (BHTD); default: the
     exact values of the shipped corpus, the float64 reference for cases it does not hold.
     progress: optional ``callable(done, total)``.
+    timeout: per-case limit of the backend's call in seconds (see :func:`run_case`).
+    A KeyboardInterrupt (Ctrl-C) stops the run: the report holds the cases judged so far and
+    ``interrupted`` is True.
     explain: diagnose failures (default); False only counts them (see :func:`run_case`).
     """
+    timeout = _check_timeout(timeout)
     adapter = resolve_backend(target)
     chosen = select_cases(cases, dtypes=dtypes, filter=filter)
     golden = golden or shipped_golden()
     report = Report(backend=adapter.name, environment=environment(adapter))
     for n, case in enumerate(chosen):
-        report.results.append(run_case(adapter, case, grads=grads, golden=golden,
-                                       explain=explain))
+        try:
+            report.results.append(run_case(adapter, case, grads=grads, golden=golden,
+                                           timeout=timeout, explain=explain))
+        except KeyboardInterrupt:
+            report.interrupted = True
+            break
         if progress is not None:
             progress(n + 1, len(chosen))
     return report

@@ -60,6 +60,7 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from numpy.typing import ArrayLike
 
 #: Safety factor of the per-element forward bound over the modelled error w.
 F_ELEMENT = 2.0
@@ -284,18 +285,41 @@ def _errors(name: str, actual: np.ndarray, golden: np.ndarray, dtype: str):
     return diff, max_abs, max_rel, max_ulps
 
 
+def _real_array(name: str, actual) -> tuple:
+    """``(float64 array, "")`` for a real floating array, else ``(None, why it is refused)``."""
+    try:
+        array = np.asarray(actual)
+    except Exception as error:  # noqa: BLE001 - whatever the backend returned is its verdict
+        return None, f"{name} is not convertible to an array ({type(error).__name__}: {error})"
+    dtype = array.dtype
+    real = dtype.kind == "f" or (dtype.kind == "V" and dtype.name == "bfloat16")
+    if not real:
+        return None, (f"{name} has dtype {dtype} ({type(actual).__name__}); an attention output "
+                      "must be a real floating array (complex, integer, bool and object outputs "
+                      "are refused, never cast)")
+    return np.asarray(array, dtype=np.float64), ""
+
+
+def _refused(name: str, why: str) -> TensorCheck:
+    return TensorCheck(name, False, np.inf, np.inf, np.inf, 0.0, 0.0, None, 0, why,
+                       worst_ratio=np.inf)
+
+
 def _shape_mismatch(name: str, actual: np.ndarray, golden: np.ndarray) -> TensorCheck:
     return TensorCheck(name, False, np.inf, np.inf, np.inf, 0.0, 0.0, None, 0,
                        f"{name} has shape {actual.shape}, expected {golden.shape}",
                        worst_ratio=np.inf)
 
 
-def check_forward(name: str, actual, golden: np.ndarray, naive: np.ndarray | None,
+def check_forward(name: str, actual: ArrayLike, golden: np.ndarray, naive: np.ndarray | None,
                   weight: np.ndarray, dtype: str, *, aggregate: bool = True) -> TensorCheck:
     """Compare ``actual`` (out or lse) with ``golden`` under the forward model ``weight``
     (w of :class:`ForwardModel`): per element and, when ``aggregate`` and ``naive`` is given,
-    in weighted RMS against refmask's naive error."""
-    actual = np.asarray(actual, dtype=np.float64)
+    in weighted RMS against refmask's naive error. ``actual`` must be a real floating array
+    (float16/32/64, bfloat16): anything else fails the check, never cast."""
+    actual, why = _real_array(name, actual)
+    if why:
+        return _refused(name, why)
     if actual.shape != golden.shape:
         return _shape_mismatch(name, actual, golden)
     tol = F_ELEMENT * weight
@@ -343,7 +367,7 @@ def ulp_distance(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
     Floats of one sign are ordered like their bit patterns, so mapping negative patterns to
     ``-(pattern & ~sign)`` makes the distance a plain integer difference.
     """
-    from .cases import numpy_dtype
+    from refmask.case import numpy_dtype
 
     np_dtype = numpy_dtype(dtype)
     bits = {2: np.int16, 4: np.int32, 8: np.int64}[np_dtype.itemsize]
@@ -357,12 +381,16 @@ def ulp_distance(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
     return np.abs(ordered(a) - ordered(b)).astype(np.float64)
 
 
-def check_tensor(name: str, actual, golden: np.ndarray, naive: np.ndarray, dtype: str, *,
-                 backward: bool = False, kappa: float = 1.0,
+def check_tensor(name: str, actual: ArrayLike, golden: np.ndarray, naive: np.ndarray,
+                 dtype: str, *, backward: bool = False, kappa: float = 1.0,
                  tol: float | None = None) -> TensorCheck:
     """Compare ``actual`` with ``golden`` under the gradient model (one scalar tolerance);
-    ``tol`` overrides it."""
-    actual = np.asarray(actual, dtype=np.float64)
+    ``tol`` overrides it. ``actual`` must be an array of a real floating dtype (float16/32/64,
+    bfloat16): anything else (complex, integer, bool, object, not an array) fails the check,
+    never cast."""
+    actual, why = _real_array(name, actual)
+    if why:
+        return _refused(name, why)
     if actual.shape != golden.shape:
         return _shape_mismatch(name, actual, golden)
     tol_model, e_naive = tolerance(golden, naive, dtype, backward=backward, kappa=kappa)
@@ -389,8 +417,7 @@ def case_forward_model(case, inputs: dict, golden: dict) -> ForwardModel:
     float64 path on the case's inputs, golden out/lse (BHTD) from ``golden``."""
     from refmask.adapters.common.translate import float64_inputs
     from refmask.attention import attention
-
-    from .cases import attention_kwargs
+    from refmask.case import attention_kwargs
 
     values = float64_inputs(inputs)
     kwargs = attention_kwargs(case, values)

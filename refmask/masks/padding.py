@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from .._validate import check_choice, check_int_vector
+from .._validate import check_choice, check_int_table
 from ._base import Block, Mask
 
 
@@ -44,6 +45,11 @@ class _Padding(Mask):
     @property
     def batch_size(self) -> int | None:
         return len(self.lengths) if len(self.lengths) > 1 else None
+
+    def check_lengths(self, q_len: int, k_len: int) -> None:
+        """No valid length exceeds the padded axis (Tk for key padding, Tq for query)."""
+        size = k_len if self.kind == "key_padding" else q_len
+        _valid_range(self.kind, self.lengths, self.side, np.zeros(1, dtype=np.int64), size)
 
     def _index_kept(self, grid, b, index, size: int):
         _valid_range(self.kind, self.lengths, self.side, np.zeros(1, dtype=np.int64), size)
@@ -88,13 +94,13 @@ class QueryPadding(_Padding):
 
 
 def _lengths(where: str, lengths) -> tuple:
-    values = check_int_vector(where, "lengths", np.atleast_1d(np.asarray(lengths)), minimum=0)
+    values = check_int_table(where, "lengths", lengths, minimum=0)
     if not values:
         raise ValueError(f"{where}: lengths must hold at least one value")
     return values
 
 
-def key_padding(lengths, *, side: str) -> KeyPadding:
+def key_padding(lengths: int | ArrayLike, *, side: str) -> KeyPadding:
     """Keys beyond each batch's valid length are dropped.
 
     lengths: int or (B,) ints >= 0, the number of valid keys per batch.
@@ -104,7 +110,7 @@ def key_padding(lengths, *, side: str) -> KeyPadding:
                       check_choice("key_padding", "side", side, {"left", "right"}))
 
 
-def query_padding(lengths, *, side: str) -> QueryPadding:
+def query_padding(lengths: int | ArrayLike, *, side: str) -> QueryPadding:
     """Query rows beyond each batch's valid length keep nothing (they become empty rows).
 
     lengths: int or (B,) ints >= 0; side: ``"right"`` or ``"left"`` as in :func:`key_padding`.
