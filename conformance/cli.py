@@ -201,8 +201,12 @@ def _fuzz(args) -> int:
     from .cases import DTYPES
     from .strategies import fuzz
 
+    stats: dict = {}
     found = fuzz(args.backend, max_examples=args.examples, seed=args.seed,
-                 dtypes=args.dtype or DTYPES)
+                 dtypes=args.dtype or DTYPES, stats=stats)
+    print(f"{stats.get('examples', 0)} random cases judged: {stats.get('pass', 0)} pass, "
+          f"{stats.get('policy', 0)} policy, {stats.get('fail', 0)} fail, "
+          f"{stats.get('unsupported', 0)} unsupported by the backend")
     if found is None:
         print(f"no failing case in {args.examples} random cases")
         return 0

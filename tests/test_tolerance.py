@@ -8,12 +8,12 @@ output scaled by a constant (a uniform relative error), computed in the test.
 
 from __future__ import annotations
 
+import legit_kernels as lk
 import numpy as np
 import pytest
 
-import legit_kernels as lk
 from refmask.conformance.cases import DTYPES, catalog
-from refmask.conformance.runner import check, run_case, resolve_backend
+from refmask.conformance.runner import check, resolve_backend, run_case
 from refmask.conformance.sweeps import sweep
 
 #: The uniform relative output error each dtype must catch in >= 95% of the cases.
@@ -56,7 +56,8 @@ def test_zero_and_half_output_fail_every_nonzero_case(dtype, factor):
 
 #: The long-sweep cases where a zero output is smallest against the tolerance (2048-key rows
 #: of averaged values: |o| ~ |v| / sqrt(2048)).
-LONG_HARDEST = ("long/causal/bottom_right/wide_512x2048", "long/gqa/8_to_2_causal_bottom_right_256x2048")
+LONG_HARDEST = ("long/causal/bottom_right/wide_512x2048",
+                "long/gqa/8_to_2_causal_bottom_right_256x2048")
 
 
 @pytest.mark.parametrize("factor", [0.0, 0.5])

@@ -1,0 +1,84 @@
+"""The fuzzer reaches every catalog feature, names the bug on the shrunk case as ``check``
+does, and says how many random cases the backend could not express."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+
+from refmask.conformance.strategies import LONG_ROW, cases, fuzz
+
+FEATURES = {
+    "ALiBi": lambda c: c.alibi is not None,
+    "Dropout": lambda c: c.dropout_rate is not None,
+    "CustomScale": lambda c: c.scale is not None,
+    "LargeMagnitude": lambda c: c.input_scale >= 8,
+    "long rows": lambda c: c.k_len == LONG_ROW,
+    "offsets": lambda c: '"offset"' in json.dumps(c.mask.to_json() if c.mask else None),
+    "valid lengths": lambda c: '"k_lengths"' in json.dumps(c.mask.to_json() if c.mask else None),
+    "per-head masks": lambda c: '"per_head"' in json.dumps(c.mask.to_json() if c.mask else None),
+    "per-batch masks": lambda c: '"per_batch"' in json.dumps(
+        c.mask.to_json() if c.mask else None),
+    "Softcap": lambda c: c.softcap is not None,
+    "Sink": lambda c: c.sinks,
+    "GQA": lambda c: 1 < c.kv_heads < c.q_heads or c.kv_heads == 1 < c.q_heads,
+}
+
+
+def test_random_cases_reach_every_catalog_feature():
+    seen = set()
+
+    @settings(max_examples=400, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(cases(dtypes=["float64"]))
+    def collect(case):
+        case.keep()  # every drawn case is valid
+        seen.update(name for name, has in FEATURES.items() if has(case))
+
+    collect()
+    assert seen == set(FEATURES), set(FEATURES) - seen
+
+
+def scale_one_over_d(q, k, v, call):
+    """A planted bug: scores scaled by 1/Dqk; everything else as the spec says."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    k = np.repeat(k, q.shape[1] // k.shape[1], axis=1)
+    v = np.repeat(v, q.shape[1] // v.shape[1], axis=1)
+    s = (q @ np.swapaxes(k, -1, -2)) / q.shape[-1]
+    if call.softcap is not None:
+        s = call.softcap * np.tanh(s / call.softcap)
+    if call.bias is not None:
+        s = s + np.asarray(call.bias, np.float64)
+    s = np.where(call.keep, s, -np.inf)
+    top = s.max(axis=-1, keepdims=True, initial=-np.inf)
+    if call.sinks is not None:
+        top = np.maximum(top, np.asarray(call.sinks, np.float64).reshape(1, -1, 1, 1))
+    shift = np.where(np.isneginf(top), 0.0, top)
+    w = np.exp(s - shift)
+    total = w.sum(axis=-1, keepdims=True)
+    if call.sinks is not None:
+        total = total + np.exp(np.asarray(call.sinks, np.float64).reshape(1, -1, 1, 1) - shift)
+    p = np.where(total > 0, w / np.where(total > 0, total, 1.0), 0.0)
+    if call.dropout_keep is not None:
+        p = p * call.dropout_keep / (1.0 - call.dropout_rate)
+    return p @ v
+
+
+scale_one_over_d.refmask_unsupported = {"sinks"}
+
+
+def test_fuzz_names_the_bug_on_the_shrunk_case_and_counts_unsupported():
+    stats: dict = {}
+    found = fuzz(scale_one_over_d, max_examples=60, seed=1, dtypes=["float64"], stats=stats)
+    assert found is not None
+    case, result, _ = found
+    assert result.verdict == "fail"
+    assert result.convention == "scale=1/Dqk", result.reason
+    assert "Fix:" in result.reason
+    assert stats["examples"] >= 1 and stats["unsupported"] >= 1, stats
+    assert sum(stats[v] for v in ("pass", "policy", "fail", "unsupported")) == stats["examples"]
+    assert not case.sinks and case.scale is None and case.qk_dim > 1
+    assert math.isfinite(result.diagnosis["best"]["residual"])
