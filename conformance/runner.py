@@ -42,7 +42,7 @@ from refmask.case import (
 )
 
 from .cases import catalog
-from .explanations import Diagnosis, bad_rows, diagnose, localise
+from .diagnosis import Diagnosis, bad_rows, diagnose, localise
 from .tolerance import (
     ForwardModel,
     TensorCheck,

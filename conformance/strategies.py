@@ -35,7 +35,8 @@ _ALIGNS = st.one_of(st.sampled_from(["top_left", "bottom_right"]), st.integers(0
 
 
 @st.composite
-def alignments(draw: st.DrawFn, q_len: int, k_len: int, batch: int | None = None):
+def alignments(draw: st.DrawFn, q_len: int, k_len: int,
+               batch: int | None = None) -> str | int | list | m.Alignment:
     """top-left, bottom-right, an integer KV-cache offset, per-batch offsets, or (with
     ``batch``) bottom-right on per-batch valid lengths."""
     options = [_ALIGNS]

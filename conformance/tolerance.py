@@ -57,10 +57,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
 from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from refmask.case import Case
 
 #: Safety factor of the per-element forward bound over the modelled error w.
 F_ELEMENT = 2.0
@@ -195,8 +199,10 @@ def _row_blocks(rows: int, keys: int, dim: int, budget: int = 1 << 23):
         yield slice(start, min(rows, start + step))
 
 
-def forward_model(*, q, k, v, probs, sink_probs, dropout_factor, scale: float,
-                  softcap: float | None, additive, out, lse, dtype: str) -> ForwardModel:
+def forward_model(*, q: np.ndarray, k: np.ndarray, v: np.ndarray, probs: np.ndarray,
+                  sink_probs: np.ndarray | None, dropout_factor: np.ndarray | None,
+                  scale: float, softcap: float | None, additive: np.ndarray | None,
+                  out: np.ndarray, lse: np.ndarray, dtype: str) -> ForwardModel:
     """``w_out`` and ``w_lse`` from the golden weights and the case's float64 inputs.
 
     q (B, Hq, Tq, Dqk); k, v (B, Hq, Tk, D) with the kv heads already expanded to query
@@ -412,7 +418,7 @@ def check_tensor(name: str, actual: ArrayLike, golden: np.ndarray, naive: np.nda
                        reason, worst_ratio=worst if not nonfinite_bad.any() else np.inf)
 
 
-def case_forward_model(case, inputs: dict, golden: dict) -> ForwardModel:
+def case_forward_model(case: Case, inputs: dict, golden: dict) -> ForwardModel:
     """The :class:`ForwardModel` of a conformance case: golden weights from refmask's exact
     float64 path on the case's inputs, golden out/lse (BHTD) from ``golden``."""
     from refmask.adapters.common.translate import float64_inputs

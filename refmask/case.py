@@ -352,7 +352,9 @@ def reference_outputs(case: Case, inputs: Mapping, *, float64: bool, grads: bool
     """refmask's result for the case: in float64 (``float64=True``) or naively in the case
     dtype (inputs and arithmetic in that dtype), as float64 NumPy arrays in BHTD layout.
 
-    Keys: out, lse, and with ``grads`` dq, dk, dv (+ dbias, dsinks when the case has them)."""
+    Keys: out, lse, and with ``grads`` dq, dk, dv (+ dbias, dsinks when the case has them).
+    Always refmask's exact (array-API) path, never the Numba fast path: golden values and
+    tolerances never come from ``refmask.fast``, which is judged like any other backend."""
     def cast(x):
         if x.dtype == np.bool_:
             return x
@@ -361,11 +363,12 @@ def reference_outputs(case: Case, inputs: Mapping, *, float64: bool, grads: bool
     values = {name: cast(x) for name, x in inputs.items()}
     kwargs = attention_kwargs(case, values)
     with np.errstate(all="ignore"):
-        result = attention(values["q"], values["k"], values["v"], **kwargs)
+        result = attention(values["q"], values["k"], values["v"], **kwargs, path="exact")
         arrays = {"out": to_bhtd(case, np.asarray(result.out, np.float64)),
                   "lse": np.asarray(result.lse, np.float64)}
         if grads:
-            g = attention_vjp(values["q"], values["k"], values["v"], values["d_out"], **kwargs)
+            g = attention_vjp(values["q"], values["k"], values["v"], values["d_out"], **kwargs,
+                              path="exact")
             for name in GRAD_NAMES:
                 value = getattr(g, name)
                 if value is not None:

@@ -95,3 +95,22 @@ def test_output_tolerance_does_not_grow_with_the_lse():
     result = run_case(resolve_backend(lk.exactly_scaled(1.0)), case)
     out = next(c for c in result.checks if c.name == "out")
     assert out.tolerance < 0.1, out.tolerance
+
+
+def test_golden_values_and_the_numpy_adapter_never_use_the_fast_path(monkeypatch):
+    """Golden provenance: the float64 reference behind reference corpora, the runner's golden
+    fallback and the ``numpy`` adapter run the exact path, so ``check numpy`` never tests
+    ``refmask.fast`` against itself; the fast path is judged like any backend."""
+    import refmask.fast._dispatch as fast_dispatch
+    from refmask.adapters import load
+    from refmask.case import case_inputs, reference_outputs
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("refmask.fast was called for a golden value")
+
+    monkeypatch.setattr(fast_dispatch, "forward_or_none", refuse)
+    monkeypatch.setattr(fast_dispatch, "vjp_or_none", refuse)
+    case = next(c for c in sweep("smoke") if c.dtype == "float64")
+    inputs = case_inputs(case)
+    reference_outputs(case, inputs, float64=True, grads=True)
+    load("numpy").run(case, inputs, grads=True)

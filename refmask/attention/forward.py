@@ -91,7 +91,8 @@ def matmul(inp: Inputs, a: Array, b: Array) -> Array:
     return product if product.dtype == inp.dtype else inp.xp.astype(product, inp.dtype)
 
 
-def accumulated_sum(inp: Inputs, x: Array, axis, keepdims: bool = False) -> Array:
+def accumulated_sum(inp: Inputs, x: Array, axis: int | tuple[int, ...],
+                    keepdims: bool = False) -> Array:
     """``sum(x, axis)`` rounded once to the compute dtype, accumulated in float32 when the
     compute dtype is narrower (float16, bfloat16), as :func:`matmul` and a kernel with fp32
     accumulation do: NumPy sums ml_dtypes bfloat16 left to right *in bfloat16*, where a

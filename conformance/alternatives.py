@@ -1,0 +1,144 @@
+"""One float64 attention with a switch for every known departure from spec 3.2: the
+computation behind every named alternative of :mod:`.explanations` (spec 5.4)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from refmask.case import Case, numpy_dtype, to_bhtd
+
+from .tolerance import ACCUMULATION
+
+#: "use the case's value" for keyword arguments whose None is meaningful.
+UNSET = object()
+
+
+def default_scale(case: Case) -> float:
+    return case.scale if case.scale is not None else 1.0 / math.sqrt(case.qk_dim)
+
+
+def _keep(case: Case, mask) -> np.ndarray:
+    if mask is None:
+        return np.ones((case.batch, case.q_heads, case.q_len, case.k_len), dtype=bool)
+    return np.broadcast_to(np.asarray(mask.materialize(case.batch, case.q_heads, case.q_len,
+                                                       case.k_len)),
+                           (case.batch, case.q_heads, case.q_len, case.k_len))
+
+
+def _in_dtype(x, dtype):
+    return np.asarray(x, np.float64).astype(numpy_dtype(dtype)).astype(np.float64)
+
+
+def _sequential_sum(x, axis: int, dtype: str):
+    """Left-to-right sum rounded to ``dtype`` after every addition (a low-precision
+    accumulator)."""
+    np_dtype = numpy_dtype(dtype)
+    moved = np.moveaxis(np.asarray(x, np.float64), axis, 0)
+    total = np.zeros(moved.shape[1:], np_dtype)
+    for term in moved:
+        total = (total.astype(np.float64) + term).astype(np_dtype)
+    return total.astype(np.float64)
+
+
+def alternative(case: Case, values: dict, *, mask: object = UNSET, scale: float | None = None,
+                kv_map: str = "repeat", softcap: object = UNSET, softcap_at: str = "before_bias",
+                alibi: object = UNSET, masking: str = "neg_inf", constant: float | None = None,
+                empty_rows: str | None = None, sinks: str = "spec", dropout: str = "scaled",
+                lse_base: float = math.e, max_subtract: bool = True,
+                accumulate: str | None = None) -> tuple:
+    """(out BHTD, lse, weights) of attention in float64 with the named departures from spec
+    3.2; weights (B, Hq, Tq, Tk) are the factors multiplied into V.
+
+    mask: another Mask (default the case's); scale: another scale; kv_map: "repeat"
+    (``h // (Hq/Hkv)``) or "modulo" (``h % Hkv``); softcap / softcap_at: "before_bias" (spec),
+    "after_bias", "after_mask", "tanh_unscaled" (``tanh(t/cap)``, no ``cap *``), "ignored";
+    alibi: another Alibi or None; masking: "neg_inf" (spec), "add" / "replace" (the masked
+    scores get ``s + C`` / ``C`` with ``C = constant`` rounded to the case dtype, the addition
+    rounded to the accumulation dtype), "multiply" (scores times the 0/1 mask), "after_softmax"
+    (weights zeroed after an unmasked softmax, not renormalised); empty_rows: a policy of spec
+    3.3; sinks: "spec", "dropped", "out_of_lse" (the output uses the sink, the LSE omits it);
+    dropout: "scaled" (spec), "unscaled", "ignored", "inverted" (the keep pattern read as a
+    drop pattern); lse_base: the LSE's base; max_subtract=False: exp of the raw scores in the
+    case dtype (overflow as the kernel would); accumulate: a dtype in which the denominator and
+    ``P @ V`` are summed left to right.
+    """
+    q = to_bhtd(case, values["q"])
+    k, v = to_bhtd(case, values["k"]), to_bhtd(case, values["v"])
+    group = case.q_heads // case.kv_heads
+    heads = [h // group if kv_map == "repeat" else h % case.kv_heads
+             for h in range(case.q_heads)]
+    k, v = k[:, heads], v[:, heads]
+    keep = _keep(case, case.mask if mask is UNSET else mask)
+    cap = case.softcap if softcap is UNSET else softcap
+    alibi = case.alibi if alibi is UNSET else alibi
+    with np.errstate(all="ignore"):
+        s = (default_scale(case) if scale is None else scale) * (q @ np.swapaxes(k, -1, -2))
+        if cap is not None and softcap_at == "before_bias":
+            s = cap * np.tanh(s / cap)
+        elif cap is not None and softcap_at == "tanh_unscaled":
+            s = np.tanh(s / cap)
+        if "bias" in values:
+            s = s + values["bias"]
+        if alibi is not None:
+            s = s + alibi.bias(case.batch, case.q_heads, case.q_len, case.k_len)
+        if cap is not None and softcap_at == "after_bias":
+            s = cap * np.tanh(s / cap)
+        unmasked = s
+        if masking == "neg_inf":
+            s = np.where(keep, s, -np.inf)
+        elif masking in ("add", "replace"):
+            c = float(_in_dtype(constant, case.dtype))
+            shifted = _in_dtype(s + c, ACCUMULATION[case.dtype]) if masking == "add" else c
+            s = np.where(keep, s, shifted)
+        elif masking == "multiply":
+            s = s * keep
+        if cap is not None and softcap_at == "after_mask":
+            s = cap * np.tanh(s / cap)
+        sink = None
+        if "sinks" in values and sinks != "dropped":
+            sink = np.broadcast_to(values["sinks"].reshape(1, -1, 1, 1), s.shape[:-1] + (1,))
+        top = s.max(axis=-1, keepdims=True, initial=-np.inf)
+        if sink is not None:
+            top = np.maximum(top, sink)
+        empty = np.isneginf(top)
+        shift = np.where(empty, 0.0, top) if max_subtract else np.zeros(top.shape)
+        weights = np.exp(s - shift)
+        if not max_subtract:
+            weights = _in_dtype(weights, case.dtype)
+        total = (_sequential_sum(weights, -1, accumulate)[..., None] if accumulate
+                 else weights.sum(axis=-1, keepdims=True))
+        sink_weight = None if sink is None else np.exp(sink - shift)
+        denominator = total if sink_weight is None else total + sink_weight
+        p = weights / np.where(empty, 1.0, denominator)
+        lse = np.where(empty, -np.inf, shift + np.log(np.where(empty, 1.0, denominator)))
+        if sinks == "out_of_lse" and sink_weight is not None:
+            lse = np.where(empty, -np.inf, shift + np.log(np.where(empty, 1.0, total)))
+        policy = case.empty_rows if empty_rows is None else empty_rows
+        if masking in ("add", "replace"):
+            p = np.where(empty, np.nan, p)  # a finite constant that overflowed to -inf
+        elif masking == "neg_inf" and case.k_len:
+            if policy == "nan":
+                p = np.where(empty, np.nan, p)
+            elif policy == "uniform":
+                p = np.where(empty, 1.0 / case.k_len, p)
+            elif policy == "unmasked":
+                top_u = unmasked.max(axis=-1, keepdims=True)
+                e_u = np.exp(unmasked - top_u)
+                p = np.where(empty, e_u / e_u.sum(axis=-1, keepdims=True), p)
+            else:
+                p = np.where(empty, 0.0, p)
+        if masking == "after_softmax":
+            p = p * keep
+        if "dropout_keep" in values and dropout != "ignored":
+            pattern = values["dropout_keep"] if dropout != "inverted" else ~values["dropout_keep"]
+            p = p * pattern
+            if dropout != "unscaled":
+                p = p / (1.0 - case.dropout_rate)
+        if accumulate:
+            out = _sequential_sum(p[..., :, :, None] * v[..., None, :, :], -2, accumulate)
+        else:
+            out = p @ v
+    return out, lse[..., 0] / math.log(lse_base), p
+

@@ -1,0 +1,398 @@
+"""Diagnosis (spec 5.4): every applicable alternative judged against a failing output, the
+best one named with runners-up, lower internal precisions tried, and an unexplained failure
+localised in mask terms."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from refmask.adapters.common import Output, Profile
+from refmask.adapters.common.translate import float64_inputs
+from refmask.case import Case, to_bhtd
+
+from .alternatives import alternative
+from .explanations import Explanation, composable, compose, explanations
+from .tolerance import (
+    AGGREGATE_FLOOR,
+    C_SIGMA,
+    EPS,
+    F_AGGREGATE,
+    F_ELEMENT,
+    ForwardModel,
+    TensorCheck,
+    weighted_rms,
+)
+
+#: Precisions a float64 / float32 result may have been computed in internally.
+LOWER_PRECISIONS = {"float64": ("float32", "bfloat16", "float16"),
+                    "float32": ("bfloat16", "float16"), "float16": (), "bfloat16": ()}
+#: A single alternative this close (residual in units of the tolerance) needs no pairs.
+EXCELLENT = 0.25
+#: Alternatives within this factor of the best residual are listed as runners-up.
+RUNNER_UP_FACTOR = 2.0
+
+
+@dataclass(frozen=True)
+class Match:
+    explanation: Explanation
+    residual: float
+    kind: str
+    precision: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.explanation.name + (f" + computed_in={self.precision}"
+                                        if self.precision else "")
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """What :func:`diagnose` found: the best match (or None), runners-up, a localisation."""
+
+    best: Match | None
+    runners_up: tuple = ()
+    localisation: str = ""
+    closest: tuple = ()
+    evaluated: int = 0
+    details: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        def one(match):
+            return {"name": match.name, "kind": match.kind,
+                    "residual": _json_float(match.residual),
+                    "fix": match.explanation.fix}
+        return {"best": None if self.best is None else one(self.best),
+                "runners_up": [one(x) for x in self.runners_up],
+                "closest": [one(x) for x in self.closest],
+                "localisation": self.localisation, "evaluated": self.evaluated}
+
+
+def _json_float(x: float):
+    return x if np.isfinite(x) else str(x)
+
+
+def _rows_changed(alt: np.ndarray, golden: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        differs = ~((np.abs(alt - golden) <= F_ELEMENT * weight) | (
+            np.isnan(alt) & np.isnan(golden)) | (alt == golden))
+    return differs
+
+
+def _alt_weight(alt: np.ndarray, weights: np.ndarray, golden: np.ndarray,
+                weight: np.ndarray, v: np.ndarray, eps: float) -> tuple:
+    """(w, changed rows) for an alternative: the golden model, and on the rows the alternative
+    changes at least the rounding part R of spec 5.2 for the alternative's own weights a_ij:
+    ``eps |o| + min(eps sum_j |a_ij v_jd|, C sqrt(sum_j (eps a_ij v_jd)^2))``."""
+    changed = _rows_changed(alt, golden, weight).any(axis=-1, keepdims=True)
+    if not changed.any():
+        return weight, changed
+    a = np.nan_to_num(weights, nan=0.0, posinf=0.0, neginf=0.0)
+    with np.errstate(all="ignore"):
+        rounding = eps * (np.abs(np.nan_to_num(alt, nan=0.0, posinf=0.0, neginf=0.0))
+                          + np.minimum(np.abs(a) @ np.abs(v),
+                                       C_SIGMA * np.sqrt(a ** 2 @ v ** 2)))
+    return np.where(changed, np.maximum(weight, rounding), weight), changed
+
+
+def residual(actual: np.ndarray, target: np.ndarray, weight: np.ndarray,
+             ignore_rows: np.ndarray | None = None) -> float:
+    """max |actual - target| / (F_ELEMENT w) over comparable entries; inf for NaN/inf
+    placed differently; ``ignore_rows`` (broadcastable bool) are not compared."""
+    actual = np.asarray(actual, np.float64)
+    if actual.shape != target.shape:
+        return math.inf
+    use = np.ones(target.shape, bool) if ignore_rows is None else ~np.broadcast_to(
+        ignore_rows, target.shape)
+    a, t, w = actual[use], target[use], weight[use]
+    special = (np.isnan(a) != np.isnan(t)) | (np.isinf(a) != np.isinf(t)) | (
+        np.isinf(a) & np.isinf(t) & (np.sign(a) != np.sign(t)))
+    if special.any():
+        return math.inf
+    finite = np.isfinite(t)
+    if not finite.any():
+        return 0.0
+    diff = np.abs(a[finite] - t[finite])
+    tol = F_ELEMENT * w[finite]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(diff == 0, 0.0, diff / tol)
+    return float(np.nanmax(np.where(np.isnan(ratio), np.inf, ratio)))
+
+
+class _Judge:
+    """Compares one output with alternatives under the model of one precision."""
+
+    def __init__(self, output, golden: dict, model: ForwardModel, naive_agg: float,
+                 precision: str, v: np.ndarray):
+        self.output, self.golden, self.model = output, golden, model
+        self.naive_agg, self.eps, self.v = naive_agg, EPS[precision], v
+
+    def judge(self, alt_out, alt_lse, alt_weights, lse_free: bool) -> float:
+        """The residual of the output against one alternative (<= 1: it matches)."""
+        w_out, changed = _alt_weight(alt_out, alt_weights, self.golden["out"], self.model.out,
+                                     self.v, self.eps)
+        r = residual(self.output.out, alt_out, w_out)
+        if np.isfinite(r):
+            # the aggregate criterion where the golden model holds (rows the alternative
+            # keeps as the spec computes them)
+            agg = weighted_rms(np.asarray(self.output.out, np.float64) - alt_out,
+                               np.where(changed, 0.0, w_out), alt_out)
+            limit = max(F_AGGREGATE * self.naive_agg, AGGREGATE_FLOOR)
+            r = max(r, agg / limit)
+        if self.output.lse is not None and alt_lse is not None and np.isfinite(r):
+            w_lse = np.where(_rows_changed(alt_lse, self.golden["lse"], self.model.lse),
+                             np.maximum(self.model.lse, self.eps * (
+                                 1.0 + np.abs(np.nan_to_num(alt_lse, posinf=0, neginf=0)))),
+                             self.model.lse)
+            ignore = np.isneginf(alt_lse) if lse_free else None
+            r = max(r, residual(self.output.lse, alt_lse, w_lse, ignore))
+        return r
+
+
+def _values(case: Case, values: dict) -> np.ndarray:
+    """v (B, Hq, Tk, Dv) with the kv heads expanded to query heads."""
+    v = to_bhtd(case, values["v"])
+    return np.repeat(v, max(1, case.q_heads // max(1, case.kv_heads)), axis=1)
+
+
+def _declared(profile) -> list[str]:
+    if profile is None:
+        return []
+    names = [f"empty_rows={profile.empty_rows}", f"causal={profile.causal_alignment}"]
+    if profile.lse_base == "2":
+        names.append("lse_base=2")
+    if profile.empty_rows == "zero_lse_posinf":
+        names.append("empty_rows=zero_lse_free")
+    return names
+
+
+def diagnose(case: Case, inputs: dict, output: Output, golden: dict, model: ForwardModel,
+             naive_agg: float, *, profile: Profile | None = None,
+             model_for: Callable[[str], ForwardModel] | None = None,
+             top: int = 6) -> Diagnosis:
+    """Every applicable alternative (singles, pairs with the closest singles and with the
+    backend's declared conventions, mask edits with every empty-row policy), judged against
+    ``output``; the best match at the case's precision, else at a lower internal precision.
+
+    ``model_for(dtype) -> ForwardModel`` gives the model of another precision (for
+    ``computed_in``); ``naive_agg`` is refmask's naive weighted RMS error of the case.
+    """
+    values = float64_inputs(inputs)
+    with np.errstate(all="ignore"):
+        spec_out, spec_lse, _ = alternative(case, values)
+    cache: dict[str, tuple] = {}
+
+    def compute(explanation):
+        if explanation.name not in cache:
+            try:
+                with np.errstate(all="ignore"):
+                    cache[explanation.name] = alternative(case, values,
+                                                          **explanation.changes(case))
+            except (ValueError, TypeError, KeyError, IndexError):
+                cache[explanation.name] = None
+        return cache[explanation.name]
+
+    def differs(explanation):
+        """False for an alternative that computes exactly the spec's result on this case."""
+        alt = compute(explanation)
+        return alt is not None and not (
+            np.array_equal(alt[0], spec_out, equal_nan=True)
+            and np.array_equal(alt[1], spec_lse, equal_nan=True))
+
+    singles = [e for e in explanations() if _safe_applies(e, case) and differs(e)]
+    declared = [e for e in singles if e.name in _declared(profile)]
+
+    v = _values(case, values)
+    judge = _Judge(output, golden, model, naive_agg, case.dtype, v)
+
+    def score(explanation, judge):
+        alt = compute(explanation)
+        if alt is None:
+            return math.inf
+        return judge.judge(alt[0], alt[1], alt[2], explanation.lse_free_on_empty_rows)
+
+    scored = [(score(e, judge), e) for e in singles]
+    scored.sort(key=lambda x: x[0])
+    results = {e.name: (r, e) for r, e in scored}
+    pairs = {}
+    if not scored or scored[0][0] > EXCELLENT:
+        closest = [e for _, e in scored[:top]]
+        masks = [e for e in singles if e.slot == "mask"]
+        empties = [e for e in singles if e.slot == "empty_rows"]
+        for first in [*closest, *declared, *masks]:
+            partners = singles if first in closest or first in declared else empties
+            for second in partners:
+                if first is second or not composable(first, second):
+                    continue
+                a, b = sorted((first, second), key=lambda e: singles.index(e))
+                pairs.setdefault((a.name, b.name), compose(a, b))
+        for e in pairs.values():
+            results[e.name] = (score(e, judge), e)
+    candidates = [*singles, *pairs.values()]
+    evaluated = len(results)
+    best = _pick(results, case, values, model, compute, _declared(profile), None)
+    if best[0] is None and model_for is not None:
+        for precision in LOWER_PRECISIONS[case.dtype]:
+            low = _Judge(output, golden, model_for(precision), naive_agg, precision, v)
+            spec = Explanation("spec", "bug", "free", "the spec's own result", "", lambda c: True,
+                               lambda c: {})
+            low_results = {"spec": (score(spec, low), spec)}
+            for e in candidates:
+                low_results[e.name] = (score(e, low), e)
+            best = _pick(low_results, case, values, model, compute, _declared(profile),
+                         precision)
+            if best[0] is not None:
+                break
+    ranked = sorted(results.values(), key=lambda x: x[0])
+    closest_matches = tuple(Match(e, r, e.kind) for r, e in ranked[:3] if np.isfinite(r))
+    return Diagnosis(best=best[0], runners_up=tuple(best[1]), closest=closest_matches,
+                     evaluated=evaluated)
+
+
+def _safe_applies(explanation: Explanation, case: Case) -> bool:
+    try:
+        return bool(explanation.applies(case))
+    except (ValueError, TypeError, KeyError, IndexError):
+        return False
+
+
+def _resolved_kind(explanation: Explanation, case: Case, values: dict, compute,
+                   weight: np.ndarray) -> str:
+    """A finite masking constant is a policy when, against the same alternative masked with
+    -inf, it changes only rows that -inf leaves empty; otherwise masked keys leaked (a bug)."""
+    if explanation.kind != "empty_rows_only":
+        return explanation.kind
+    alt = compute(explanation)
+    changes = {key: value for key, value in explanation.changes(case).items()
+               if key not in ("masking", "constant")}
+    with np.errstate(all="ignore"):
+        base_out, base_lse, _ = alternative(case, values, **changes)
+    empty = np.isneginf(base_lse)[..., None]
+    changed = _rows_changed(alt[0], base_out, weight) & ~empty
+    return "bug" if changed.any() else "policy"
+
+
+def _pick(results: dict, case, values, model, compute, declared: list,
+          precision: str | None):
+    """(best Match or None, runners-up): among matches (residual <= 1), those within
+    RUNNER_UP_FACTOR of the smallest residual (or all below 1/4) are near-ties; among them
+    the backend's declared conventions come first, then policies, then the smallest residual,
+    then fewer parts."""
+    matches = [(r, e) for r, e in results.values() if r <= 1.0]
+    if not matches:
+        return None, []
+    smallest = min(r for r, _ in matches)
+    band = max(RUNNER_UP_FACTOR * smallest, 0.25)
+    near = [(r, e) for r, e in matches if r <= band]
+
+    def kind(e):
+        if e.name == "spec":
+            return "bug"
+        return _resolved_kind(e, case, values, compute, model.out)
+
+    def key(item):
+        r, e = item
+        if e.name == "spec":
+            return (0, False, 0, r)
+        parts = e.name.split(" + ")
+        undeclared = sum(p not in declared for p in parts)
+        return (undeclared, kind(e) != "policy", len(parts), r)
+
+    near.sort(key=key)
+    r, e = near[0]
+    best = Match(e, r, "bug" if precision and case.dtype in ("float64", "float32") else kind(e),
+                 precision)
+    if e.name == "spec":
+        best = Match(replace(e, name=f"computed_in={precision}", description=(
+            f"the result was computed internally in {precision}, not {case.dtype}"),
+            fix=f"compute in {case.dtype} (or declare the case dtype {precision})"),
+            r, "bug", None)
+    runners = [Match(x, rr, kind(x), precision) for rr, x in near[1:5]]
+    return best, runners
+
+
+# --- localisation -------------------------------------------------------------------------------
+
+def _row_predicates(case: Case) -> list[tuple[str, np.ndarray]]:
+    """Named (B, Hq, Tq) row sets, in mask terms, that a failure may be confined to."""
+    keep = case.keep()
+    shape = (case.batch, case.q_heads, case.q_len)
+    kept = keep.sum(axis=-1)
+    preds = [
+        ("empty rows (no kept key)", kept == 0),
+        ("rows that keep every key", kept == case.k_len),
+        ("rows with some masked key", (kept < case.k_len) & (kept > 0)),
+        ("rows that keep exactly one key", kept == 1),
+    ]
+    if case.k_len:
+        preds += [("rows whose kept keys include key 0", keep[..., 0]),
+                  ("rows whose kept keys do not include key 0", ~keep[..., 0] & (kept > 0)),
+                  ("rows whose kept keys include the last key", keep[..., -1])]
+    if case.q_len:
+        first = np.zeros(shape, bool)
+        first[..., 0] = True
+        last = np.zeros(shape, bool)
+        last[..., -1] = True
+        preds += [("the first query row", first), ("the last query row", last)]
+    if case.kv_heads < case.q_heads:
+        heads = np.arange(case.q_heads)[None, :, None]
+        group = case.q_heads // case.kv_heads
+        preds += [(f"heads >= Hkv = {case.kv_heads}",
+                   np.broadcast_to(heads >= case.kv_heads, shape)),
+                  ("heads that are not the first of their kv group",
+                   np.broadcast_to(heads % group != 0, shape))]
+    for h in range(case.q_heads if case.q_heads > 1 else 0):
+        preds.append((f"head {h}", np.broadcast_to(np.arange(case.q_heads)[None, :, None] == h,
+                                                   shape)))
+    for b in range(case.batch if case.batch > 1 else 0):
+        preds.append((f"batch entry {b}", np.broadcast_to(
+            np.arange(case.batch)[:, None, None] == b, shape)))
+    return [(name, np.broadcast_to(p, shape)) for name, p in preds]
+
+
+def localise(case: Case, bad_rows: np.ndarray) -> str:
+    """Describe the failing (b, h, i) rows in mask terms: the smallest named row set (or
+    intersection of two) that holds every failing row, and whether it is exactly that set."""
+    total = int(bad_rows.sum())
+    if total == 0:
+        return ""
+    rows = bad_rows.size
+    if total == rows:
+        return f"every row is off ({rows} of {rows})"
+    preds = _row_predicates(case)
+    found = []
+    for name, p in preds:
+        if not (bad_rows & ~p).any():
+            found.append((int(p.sum()), name, p))
+    for n, (name_a, a) in enumerate(preds):
+        for name_b, b in preds[n + 1:]:
+            both = a & b
+            if both.any() and not (bad_rows & ~both).any():
+                found.append((int(both.sum()), f"{name_a} and {name_b}", both))
+    if not found:
+        where = [tuple(int(x) for x in idx) for idx in np.argwhere(bad_rows)[:4]]
+        return f"{total} of {rows} rows are off, e.g. (b, h, i) = {where}"
+    found.sort(key=lambda x: x[0])
+    size, name, p = found[0]
+    exact = "exactly" if size == total else f"{total} of the {size}"
+    return f"only {name} are off ({exact}; {total} of {rows} rows)"
+
+
+def bad_rows(checks: Sequence[TensorCheck], golden: dict, output: Output,
+             model: ForwardModel) -> np.ndarray:
+    """(B, Hq, Tq) rows where out or lse fails the per-element bound."""
+    out = np.asarray(output.out, np.float64)
+    gold = golden["out"]
+    with np.errstate(invalid="ignore"):
+        bad = (np.abs(out - gold) > F_ELEMENT * model.out) | (np.isnan(out) != np.isnan(gold))
+    rows = bad.any(axis=-1) if bad.ndim == 4 else np.zeros(gold.shape[:3], bool)
+    if output.lse is not None and np.shape(output.lse) == golden["lse"].shape:
+        lse = np.asarray(output.lse, np.float64)
+        with np.errstate(invalid="ignore"):
+            rows |= ((np.abs(lse - golden["lse"]) > F_ELEMENT * model.lse)
+                     & np.isfinite(golden["lse"])) | (np.isfinite(lse) != np.isfinite(
+                         golden["lse"]))
+    return rows
