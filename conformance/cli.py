@@ -21,6 +21,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from refmask import SPEC_VERSION, __version__, render
 from refmask._files import check_output_path
@@ -105,9 +106,10 @@ def _check(args) -> int:
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     corpus = {}
     if args.corpus:  # exactly the corpus's cases, judged against its stored golden values
-        from .golden import case_from_json, load
+        from .golden import case_from_json, load, recover_leftovers
         from .runner import corpus_golden
 
+        _notes(recover_leftovers(Path(args.corpus)))
         loaded = load(args.corpus)
         corpus = {"cases": [case_from_json(loaded.manifest_entry(i)["case"],
                                            trust=args.trust or ()) for i in loaded],
@@ -127,6 +129,12 @@ def _check(args) -> int:
         if result.interrupted:
             break
     return 1 if failed else 0
+
+
+def _notes(notes: list) -> None:
+    """What recovery did (leftovers of an interrupted golden generate), on stderr."""
+    for note in notes:
+        print(f"refmask: note: {note}", file=sys.stderr)
 
 
 def _progress_bar(label: str):
@@ -164,11 +172,13 @@ def _golden(args) -> int:
         if not cases:
             raise ValueError(f"golden generate: no case matches --filter {args.filter!r} and "
                              f"--dtype {args.dtype}")
+        _notes(golden.recover_leftovers(Path(args.directory)))
         path = golden.generate(args.directory, cases, overwrite=args.overwrite, engine=engine,
                                progress=_progress_bar(f"generating ({engine})"))
         print(f"wrote {len(cases)} cases to {path} (engine {engine})")
         return 0
     directory = args.directory or golden.shipped_corpus_path()
+    _notes(golden.recover_leftovers(Path(directory)))
     problems = golden.verify(directory, regenerate=not args.no_regenerate,
                              progress=_progress_bar("verifying"), trust=args.trust or ())
     for problem in problems:
