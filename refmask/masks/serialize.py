@@ -26,6 +26,8 @@ def _constructors() -> dict:
     from .select import per_batch, per_head
     from .sliding_window import sliding_window
     from .strided import strided
+    from .tree import tree
+    from .varlen import layout_from_json, varlen
 
     return {
         "full": lambda d: full(),
@@ -47,6 +49,8 @@ def _constructors() -> dict:
         "not": lambda d: ~from_json(d["mask"]),
         "per_batch": lambda d: per_batch(*(from_json(m) for m in d["masks"])),
         "per_head": lambda d: per_head(*(from_json(m) for m in d["masks"])),
+        "tree": lambda d: tree(d["parents"], align=d["align"]),
+        "varlen": lambda d: varlen(from_json(d["mask"]), layout_from_json(d["layout"])),
     }
 
 
