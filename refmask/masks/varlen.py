@@ -68,7 +68,10 @@ class SequenceLayout:
       None for batched queries (sequence n = batch entry n owns all Tq rows).
     k_lengths: (N,) the number of valid keys of each sequence (FlashAttention ``seqused_k``,
       vLLM ``seq_lens``, FlashInfer ``kv_len``).
-    k_starts: (N,) first key slot of each sequence for spans; None with pages.
+    k_starts: (N,) first key slot of each sequence: in the packed key row for spans; with
+      pages, in the sequence's own logical row of pages (default 0: xformers
+      ``PagedBlockDiagonalGappyKeysMask`` starts later), so key ``pos`` sits at logical slot
+      ``k_starts[n] + pos``.
     block_table, page_size: (N, P) physical page of each logical page, and the tokens per
       page, for paged keys; None for spans.
     q_total, k_total: the lengths Tq and Tk the layout is for (None: any Tq, batched queries).
@@ -91,9 +94,8 @@ class SequenceLayout:
         ):
             raise ValueError(f"{where}: give q_starts, q_lengths and q_total together (packed "
                              "queries) or none of them (batched queries)")
-        if (self.k_starts is None) == (self.block_table is None):
-            raise ValueError(f"{where}: give exactly one of k_starts (key spans) and "
-                             "block_table (paged keys)")
+        if self.k_starts is None and self.block_table is None:
+            raise ValueError(f"{where}: give k_starts (key spans) or block_table (paged keys)")
         if self.q_starts is not None:
             _check_count(where, "q_starts", self.q_starts, n)
             _check_count(where, "q_lengths", self.q_lengths, n)
@@ -109,6 +111,7 @@ class SequenceLayout:
                                  "most one sequence")
         if self.k_starts is not None:
             _check_count(where, "k_starts", self.k_starts, n)
+        if self.block_table is None:
             ends = np.add(self.k_starts, self.k_lengths)
             if ends.size and ends.max() > self.k_total:
                 bad = int(np.argmax(ends))
@@ -127,18 +130,19 @@ class SequenceLayout:
                              f"not a whole number of pages of page_size = {self.page_size}")
         num_pages = self.k_total // self.page_size
         for seq, length in enumerate(self.k_lengths):
-            used = -(-length // self.page_size)
+            first = 0 if self.k_starts is None else self.k_starts[seq]
+            used = -(-(first + length) // self.page_size)
             if used > table.shape[1]:
                 raise ValueError(f"{where}: sequence {seq} has k_lengths = {length} keys, "
                                  f"{used} pages of {self.page_size}, but its block_table row "
                                  f"holds {table.shape[1]} pages")
-            pages = table[seq, :used]
+            pages = table[seq, first // self.page_size:used]
             if pages.size and (pages.min() < 0 or pages.max() >= num_pages):
                 raise ValueError(f"{where}: block_table[{seq}] uses page {int(pages.max())} "
                                  f"outside [0, {num_pages}) (k_total / page_size)")
-            if len(set(pages.tolist())) != used:
+            if len(set(pages.tolist())) != pages.size:
                 raise ValueError(f"{where}: block_table[{seq}] lists a physical page twice "
-                                 f"among its {used} used pages {pages.tolist()}")
+                                 f"among its used pages {pages.tolist()}")
 
     # -- shape ------------------------------------------------------------------------------
     @property
@@ -173,13 +177,13 @@ class SequenceLayout:
         where slot j holds none of sequence n's valid keys."""
         table = np.full((self.num_sequences, self.k_total), -1, dtype=np.int64)
         for n, length in enumerate(self.k_lengths):
-            if self.k_starts is not None:
-                start = self.k_starts[n]
+            start = 0 if self.k_starts is None else self.k_starts[n]
+            if self.block_table is None:
                 table[n, start:start + length] = np.arange(length)
                 continue
-            logical = np.arange(length)
-            page = np.asarray(self.block_table[n], dtype=np.int64)[logical // self.page_size]
-            table[n, page * self.page_size + logical % self.page_size] = logical
+            slot = start + np.arange(length)  # slot in the sequence's logical page row
+            page = np.asarray(self.block_table[n], dtype=np.int64)[slot // self.page_size]
+            table[n, page * self.page_size + slot % self.page_size] = np.arange(length)
         return table
 
     def per_sequence_alignment(self, align: Alignment, where: str) -> Alignment:
@@ -280,7 +284,7 @@ def gappy_keys_layout(q_seqlens, k_starts, k_seqlens, k_total: int) -> SequenceL
 
 
 def paged_layout(block_table, page_size: int, seq_lens, *, num_pages: int,
-                 cu_seqlens_q=None) -> SequenceLayout:
+                 cu_seqlens_q=None, first_slots=None) -> SequenceLayout:
     """Paged KV cache (vLLM ``block_tables`` + ``seq_lens``; xformers ``Paged*``): logical key
     position ``pos`` of sequence n lives in physical slot
     ``block_table[n][pos // page_size] * page_size + pos % page_size`` of a cache of
@@ -289,7 +293,9 @@ def paged_layout(block_table, page_size: int, seq_lens, *, num_pages: int,
     cu_seqlens_q: None for batched queries (decode or chunked prefill with B = N batch entries
     of Tq queries each), or (N+1,) offsets of packed queries (xformers ``Paged*`` and
     FlashAttention varlen with a ``block_table``). Entries of block_table past a sequence's
-    last used page are never read (vLLM pads them with any page id).
+    last used page are never read (vLLM pads them with any page id). first_slots: (N,)
+    logical slot of each sequence's key 0 (default all 0; xformers ``PagedBlockDiagonalGappy*``
+    ``kv_seqstarts``), so key ``pos`` lives at logical slot ``first_slots[n] + pos``.
     """
     where = "paged_layout"
     table = check_int_matrix(where, "block_table", block_table)
@@ -302,6 +308,8 @@ def paged_layout(block_table, page_size: int, seq_lens, *, num_pages: int,
         _check_count(where, "cu_seqlens_q[:-1]", q[:-1], len(lengths))
         packed = {"q_starts": tuple(int(x) for x in q[:-1]),
                   "q_lengths": tuple(int(x) for x in np.diff(q)), "q_total": int(q[-1])}
+    if first_slots is not None:
+        packed["k_starts"] = check_int_vector(where, "first_slots", first_slots, minimum=0)
     return SequenceLayout(k_lengths=lengths, k_total=pages * size, block_table=table,
                           page_size=size, **packed)
 
