@@ -17,6 +17,8 @@ from ._inputs import DEFAULT_EMPTY_ROWS, DEFAULT_LAYOUT, EMPTY_ROW_POLICIES, LAY
 from .alibi import ALIBI_CONVENTIONS, Alibi, alibi_slopes
 from .backward import Grads, attention_vjp
 from .forward import AttentionResult, attention
+from .merge import LSE_BASES, merge
+from .scores import ONNX_QK_MATMUL_OUTPUT_MODES, SCORE_STAGES, attention_scores
 
 __all__ = [
     "ALIBI_CONVENTIONS",
@@ -24,10 +26,15 @@ __all__ = [
     "DEFAULT_LAYOUT",
     "EMPTY_ROW_POLICIES",
     "LAYOUTS",
+    "LSE_BASES",
+    "ONNX_QK_MATMUL_OUTPUT_MODES",
+    "SCORE_STAGES",
     "Alibi",
     "AttentionResult",
     "Grads",
     "alibi_slopes",
     "attention",
+    "attention_scores",
     "attention_vjp",
+    "merge",
 ]
