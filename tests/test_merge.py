@@ -32,7 +32,7 @@ def mp_merge(pairs, base):
             out_rows.append([0.0] * dv)
             lse_rows.append(-math.inf)
             continue
-        out_rows.append([float(sum(w * o[d] for w, o in zip(weights, outs) if w) / total)
+        out_rows.append([float(sum(w * o[d] for w, o in zip(weights, outs, strict=True) if w) / total)
                          for d in range(dv)])
         lse_rows.append(float(mpmath.log(total, radix)))
     shape = pairs[0][1].shape
@@ -50,7 +50,7 @@ def test_merge_matches_mpmath_including_empty_partials(base):
         pairs.append((out, lse))
     pairs[1][1][0, 0, :] = -np.inf           # an empty partial in some rows
     pairs[1][0][0, 0, :] = np.nan            # its out is never read
-    for out, lse in pairs:                   # rows where every partial is empty
+    for _, lse in pairs:                     # rows where every partial is empty
         lse[1, 2, 3] = -np.inf
     got_out, got_lse = merge(*[x for pair in pairs for x in pair], base=base)
     want_out, want_lse = mp_merge(pairs, base)
@@ -68,7 +68,7 @@ def test_merged_key_ranges_equal_attention_over_all_keys():
     whole = attention(q, k, v, mask=mask)
     bounds = [0, 3, 4, 9, 11]  # split-KV: four ranges, one of them empty for some rows
     parts = []
-    for start, stop in zip(bounds[:-1], bounds[1:]):
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
         in_range = m.key_padding(stop, side="right") & ~m.key_padding(start, side="right")
         part = attention(q, k, v, mask=mask & in_range)
         parts += [part.out, part.lse]

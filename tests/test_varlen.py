@@ -123,7 +123,7 @@ def test_flash_attention_varlen_masks_are_native_varlen_masks(window, lengths):
     q_lens, k_lens = lengths
     cu_q, cu_k = np.cumsum([0] + q_lens), np.cumsum([0] + k_lens)
     expected = np.zeros((cu_q[-1], cu_k[-1]), dtype=bool)
-    for n, (sq, sk) in enumerate(zip(q_lens, k_lens)):
+    for n, (sq, sk) in enumerate(zip(q_lens, k_lens, strict=True)):
         masked = fa_local_mask(max(q_lens), max(k_lens), window, sq, sk)
         kept = ~masked[:sq, :sk]  # attention_ref also drops the padded keys
         expected[cu_q[n]:cu_q[n + 1], cu_k[n]:cu_k[n + 1]] = kept
@@ -299,7 +299,7 @@ def test_alibi_positions_restart_per_sequence_like_flash_attention_varlen():
     layout = m.varlen_layout(cu_q, cu_k)
     alibi = Alibi([0.5, 0.25], convention="abs", align=BR, layout=layout)
     got = alibi.bias(1, 2, 5, 7)
-    for n, (sq, sk) in enumerate(zip(q_lens, k_lens)):
+    for n, (sq, sk) in enumerate(zip(q_lens, k_lens, strict=True)):
         row = np.arange(sq)[:, None]
         col = np.arange(sk)[None, :]
         for h, slope in enumerate([0.5, 0.25]):

@@ -72,7 +72,7 @@ def merge(out_a, lse_a, out_b, lse_b, *more, base: str):
         total = total + weight
     safe_total = xp.where(empty, constant(1.0), total)
     out = xp.zeros_like(outs[0])
-    for weight, partial in zip(weights, outs):
+    for weight, partial in zip(weights, outs, strict=True):
         scaled = weight / safe_total
         contribution = xp.where(scaled[..., None] > constant(0.0), scaled[..., None] * partial,
                                 constant(0.0))

@@ -167,7 +167,7 @@ class SequenceLayout:
         """(sequence, local index) of each packed query row, -1 outside every sequence."""
         sequence = np.full(self.q_total, -1, dtype=np.int64)
         local = np.full(self.q_total, -1, dtype=np.int64)
-        for n, (start, length) in enumerate(zip(self.q_starts, self.q_lengths)):
+        for n, (start, length) in enumerate(zip(self.q_starts, self.q_lengths, strict=True)):
             sequence[start:start + length] = n
             local[start:start + length] = np.arange(length)
         return sequence, local
