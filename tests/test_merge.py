@@ -32,8 +32,8 @@ def mp_merge(pairs, base):
             out_rows.append([0.0] * dv)
             lse_rows.append(-math.inf)
             continue
-        out_rows.append([float(sum(w * o[d] for w, o in zip(weights, outs, strict=True) if w) / total)
-                         for d in range(dv)])
+        terms = [(w, o) for w, o in zip(weights, outs, strict=True) if w]
+        out_rows.append([float(sum(w * o[d] for w, o in terms) / total) for d in range(dv)])
         lse_rows.append(float(mpmath.log(total, radix)))
     shape = pairs[0][1].shape
     return np.array(out_rows).reshape(shape + (dv,)), np.array(lse_rows).reshape(shape)
