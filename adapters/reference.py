@@ -14,7 +14,7 @@ from .common.translate import float64_inputs, to_output
 
 
 def run_reference(case, inputs, *, grads: bool) -> Output:
-    from refmask.conformance.cases import attention_kwargs
+    from refmask.case import attention_kwargs
 
     values = float64_inputs(inputs)
     kwargs = attention_kwargs(case, values)

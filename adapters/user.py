@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from refmask.case import to_bhtd
+
 from .common import Adapter, Output, Profile, Unsupported
 from .common.translate import additive_bias
 
@@ -67,10 +69,6 @@ def _features(case) -> set:
     return used
 
 
-def _bhtd(case, x):
-    return np.swapaxes(x, 1, 2) if case.layout == "BTHD" else x
-
-
 def from_function(fn, name: str | None = None) -> Adapter:
     """Wrap ``fn(q, k, v, call)`` as an adapter named ``name`` (default: module:qualname)."""
     if not callable(fn):
@@ -94,8 +92,8 @@ def from_function(fn, name: str | None = None) -> Adapter:
             dropout_keep=inputs.get("dropout_keep"), dropout_rate=case.dropout_rate,
             mask=case.mask, case=case,
         )
-        result = fn(_bhtd(case, inputs["q"]), _bhtd(case, inputs["k"]),
-                    _bhtd(case, inputs["v"]), call)
+        result = fn(to_bhtd(case, inputs["q"]), to_bhtd(case, inputs["k"]),
+                    to_bhtd(case, inputs["v"]), call)
         if isinstance(result, tuple):
             out, lse = result
             return Output(out=np.asarray(out), lse=np.asarray(lse))

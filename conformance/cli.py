@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 
 from refmask import SPEC_VERSION, __version__, render
 from refmask.masks import from_json
@@ -267,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # --impl module:function names a module of the user's project, as pytest would find it.
     if os.getcwd() not in sys.path:

@@ -13,10 +13,16 @@ refmask is enough):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import pytest
 
+if TYPE_CHECKING:
+    from .runner import Report
 
-def pytest_addoption(parser):
+
+def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("refmask", "refmask conformance suite")
     group.addoption("--refmask-impl", action="append", default=[], metavar="MODULE:FUNCTION",
                     help="check this attention function against every refmask case")
@@ -30,7 +36,7 @@ def pytest_addoption(parser):
 
 
 @pytest.fixture
-def refmask_check():
+def refmask_check() -> Callable[..., Report]:
     """``refmask.conformance.check``: ``refmask_check(fn_or_backend, **options) -> Report``."""
     from .runner import check
 
@@ -44,7 +50,7 @@ class RefmaskCase(pytest.Item):
         self.case = case
         self.allowed = allowed
 
-    def runtest(self):
+    def runtest(self) -> None:
         from .runner import resolve_backend, run_case
 
         result = run_case(resolve_backend(self.target), self.case)
@@ -58,11 +64,12 @@ class RefmaskCase(pytest.Item):
                 message += "\n" + result.picture
             raise AssertionError(message)
 
-    def reportinfo(self):
+    def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, None, f"refmask[{self.case.id}] with {self.target}"
 
 
-def pytest_collection_modifyitems(session, config, items):
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
     """Append one :class:`RefmaskCase` per (target, case) when --refmask-impl is given."""
     targets = config.getoption("refmask_impl")
     if not targets:

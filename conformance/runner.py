@@ -30,14 +30,20 @@ import refmask
 from refmask import render
 from refmask.adapters import Adapter, Unsupported
 from refmask.adapters import load as load_adapter
-from refmask.attention import attention, attention_vjp
+from refmask.case import (
+    GRAD_NAMES,
+    Case,
+    case_inputs,
+    dtype_unavailable,
+    reference_outputs,
+    to_bhtd,
+)
 
-from .cases import Case, attention_kwargs, case_inputs, catalog, dtype_unavailable
+from .cases import catalog
 from .explanations import Explanation, explanations
 from .tolerance import TensorCheck, check_tensor, score_sensitivity
 
 VERDICTS = ("pass", "policy", "fail", "unsupported")
-GRAD_NAMES = ("dq", "dk", "dv", "dbias", "dsinks")
 
 
 @dataclass(frozen=True)
@@ -89,34 +95,6 @@ class Report:
 
 # --- references ------------------------------------------------------------------------------
 
-def _bhtd(case: Case, x):
-    return np.swapaxes(x, 1, 2) if case.layout == "BTHD" else x
-
-
-def reference_outputs(case: Case, inputs: dict, *, float64: bool, grads: bool) -> dict:
-    """refmask's result for the case: in float64 (``float64=True``) or naively in the case
-    dtype (inputs and arithmetic in that dtype), as float64 NumPy arrays in BHTD layout."""
-    def cast(x):
-        if x.dtype == np.bool_:
-            return x
-        return np.asarray(x, np.float64) if float64 else x
-
-    values = {name: cast(x) for name, x in inputs.items()}
-    kwargs = attention_kwargs(case, values)
-    with np.errstate(all="ignore"):
-        result = attention(values["q"], values["k"], values["v"], **kwargs)
-        arrays = {"out": _bhtd(case, np.asarray(result.out, np.float64)),
-                  "lse": np.asarray(result.lse, np.float64)}
-        if grads:
-            g = attention_vjp(values["q"], values["k"], values["v"], values["d_out"], **kwargs)
-            for name in GRAD_NAMES:
-                value = getattr(g, name)
-                if value is not None:
-                    value = np.asarray(value, np.float64)
-                    arrays[name] = _bhtd(case, value) if name in ("dq", "dk", "dv") else value
-    return arrays
-
-
 def _golden_from_reference(case: Case, inputs: dict, grads: bool) -> dict:
     return reference_outputs(case, inputs, float64=True, grads=grads)
 
@@ -132,7 +110,7 @@ def corpus_golden(corpus) -> Callable:
         if entry is None or entry["case"] != case.to_json():
             return _golden_from_reference(case, inputs, grads)
         expected = corpus[case.id].expected
-        return {name: _bhtd(case, value) if name in ("out", "dq", "dk", "dv") else value
+        return {name: to_bhtd(case, value) if name in ("out", "dq", "dk", "dv") else value
                 for name, value in expected.items()}
 
     return golden

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from hypothesis import strategies as st
 
@@ -22,11 +24,15 @@ from refmask import masks as m
 
 from .cases import DTYPES, Case
 
+if TYPE_CHECKING:
+    from .runner import CaseResult
+
+
 _ALIGNS = st.one_of(st.sampled_from(["top_left", "bottom_right"]), st.integers(0, 4))
 
 
 @st.composite
-def primitive_masks(draw, q_len: int, k_len: int):
+def primitive_masks(draw: st.DrawFn, q_len: int, k_len: int) -> m.Mask:
     """One primitive mask valid for (Tq, Tk) = (q_len, k_len)."""
     align = draw(_ALIGNS)
     kind = draw(st.sampled_from(["causal", "sliding_window", "chunked", "block_causal",
@@ -60,7 +66,7 @@ def primitive_masks(draw, q_len: int, k_len: int):
 
 
 @st.composite
-def masks(draw, q_len: int, k_len: int, depth: int = 2):
+def masks(draw: st.DrawFn, q_len: int, k_len: int, depth: int = 2) -> m.Mask:
     """A primitive or a combination of up to ``depth`` levels."""
     if depth == 0 or draw(st.booleans()):
         return draw(primitive_masks(q_len, k_len))
@@ -72,7 +78,7 @@ def masks(draw, q_len: int, k_len: int, depth: int = 2):
 
 
 @st.composite
-def cases(draw, dtypes=DTYPES, max_len: int = 8):
+def cases(draw: st.DrawFn, dtypes: Sequence[str] = DTYPES, max_len: int = 8) -> Case:
     """A whole conformance case with random shapes, mask and score features."""
     q_len, k_len = draw(st.integers(1, max_len)), draw(st.integers(1, max_len))
     kv_heads = draw(st.sampled_from([1, 2]))
@@ -109,7 +115,8 @@ def reproducer(case: Case, target: str) -> str:
     )
 
 
-def fuzz(target, *, max_examples: int = 200, dtypes=DTYPES, seed: int | None = None):
+def fuzz(target: Any, *, max_examples: int = 200, dtypes: Sequence[str] = DTYPES,
+         seed: int | None = None) -> tuple[Case, CaseResult, str] | None:
     """Judge ``target`` on random cases; returns None, or (shrunk case, result, reproducer) for
     the first case that does not pass or end as a documented policy/unsupported verdict."""
     from hypothesis import HealthCheck, Phase, find, settings

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 FUDGE_FORWARD = 4.0
 FUDGE_BACKWARD = 8.0
@@ -114,7 +115,7 @@ def ulp_distance(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
     return np.abs(ordered(a) - ordered(b)).astype(np.float64)
 
 
-def check_tensor(name: str, actual, golden: np.ndarray, naive: np.ndarray, dtype: str, *,
+def check_tensor(name: str, actual: ArrayLike, golden: np.ndarray, naive: np.ndarray, dtype: str, *,
                  backward: bool = False, kappa: float = 1.0,
                  tol: float | None = None) -> TensorCheck:
     """Compare ``actual`` with ``golden`` under the model; ``tol`` overrides the tolerance."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from refmask import masks as m
+from refmask.case import to_bhtd
 
 
 def and_parts(mask) -> list:
@@ -83,8 +84,7 @@ def to_output(case, result, grads=None, *, to_numpy=np.asarray):
     from .adapter import Output
 
     def bhtd(x):
-        x = to_numpy(x)
-        return np.swapaxes(x, 1, 2) if case.layout == "BTHD" else x
+        return to_bhtd(case, to_numpy(x))
 
     gradients = None
     if grads is not None:

@@ -21,6 +21,8 @@ from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
+from refmask.case import to_bhtd
+
 from ..common import Output
 
 MISSING = "torch is not installed (pip install 'refmask[torch]')"
@@ -89,11 +91,6 @@ def to_numpy(t) -> np.ndarray:
     import torch
 
     return t.detach().to(torch.float64).cpu().numpy()
-
-
-def bhtd(case, t):
-    """A (B, T, H, D) tensor of a BTHD case seen as (B, H, T, D) (a view, not a copy)."""
-    return t.transpose(1, 2) if case.layout == "BTHD" else t
 
 
 # --- what a case uses --------------------------------------------------------------------
@@ -179,11 +176,11 @@ def run_autograd(case, inputs: dict, grads: bool, forward: Callable, *, device: 
         for tensor in leaves.values():
             tensor.requires_grad_(True)
     with quiet(), context(), torch.set_grad_enabled(grads):
-        out, lse = forward(bhtd(case, leaves["q"]), bhtd(case, leaves["k"]),
-                           bhtd(case, leaves["v"]), leaves.get("bias"))
+        out, lse = forward(to_bhtd(case, leaves["q"]), to_bhtd(case, leaves["k"]),
+                           to_bhtd(case, leaves["v"]), leaves.get("bias"))
     gradients = None
     if grads:
-        d_out = bhtd(case, to_torch(inputs["d_out"], dtype, device))
+        d_out = to_bhtd(case, to_torch(inputs["d_out"], dtype, device))
         names = list(leaves)
         with quiet(), context():
             values = torch.autograd.grad(out, [leaves[n] for n in names], grad_outputs=d_out,
@@ -193,7 +190,7 @@ def run_autograd(case, inputs: dict, grads: bool, forward: Callable, *, device: 
             if value is None:
                 value = torch.zeros_like(leaves[name])
             key = "d" + name
-            gradients[key] = to_numpy(bhtd(case, value) if name in ("q", "k", "v") else value)
+            gradients[key] = to_numpy(to_bhtd(case, value) if name in ("q", "k", "v") else value)
     lse_out = None if lse is None else to_numpy(lse)
     return Output(out=to_numpy(out), lse=lse_out, grads=gradients)
 

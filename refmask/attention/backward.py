@@ -20,12 +20,8 @@ ignored); "nan" -> the NaN weights reach dV (and dS of kept keys), masked keys s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 
-from .._validate import check_choice
 from ._inputs import (
     DEFAULT_EMPTY_ROWS,
     DEFAULT_LAYOUT,
@@ -33,24 +29,8 @@ from ._inputs import (
     check_upstream_gradients,
     prepare,
 )
-from .forward import DEFAULT_PATH, PATHS, ForwardState, forward_pass, matmul
-
-
-@dataclass(frozen=True, eq=False)
-class Grads:
-    """What :func:`attention_vjp` returns: gradients of ``sum(dO * out) + sum(dlse * lse)``.
-
-    dq, dk, dv: shaped like q, k, v (in their layout); GQA gradients of a kv head are summed
-      over the query heads of its group.
-    dbias: shaped like bias (reduced over the axes it was broadcast along), or None.
-    dsinks: (Hq,), or None without sinks.
-    """
-
-    dq: Any
-    dk: Any
-    dv: Any
-    dbias: Any = None
-    dsinks: Any = None
+from ._results import Grads
+from .forward import ForwardState, forward_pass, matmul
 
 
 def sum_over_groups(inp: Inputs, x):
@@ -132,48 +112,20 @@ def backward_pass(state: ForwardState, d_out, d_lse) -> Grads:
                  dsinks=dsinks)
 
 
-def attention_vjp(q, k, v, d_out, *, d_lse=None, mask=None, scale=None, softcap=None,
-                  bias=None, alibi=None, sinks=None, dropout_keep=None, dropout_rate=None,
-                  empty_rows=DEFAULT_EMPTY_ROWS, layout=DEFAULT_LAYOUT,
-                  path=DEFAULT_PATH) -> Grads:
-    """Gradients of :func:`~refmask.attention.attention` (formulas in the module docstring).
-
-    Args:
-      q, k, v and every keyword shared with :func:`~refmask.attention.attention`: the same
-        meaning, shapes and defaults (empty_rows "zero", layout "BHTD").
-      d_out: the upstream gradient of ``out``: same shape (in the same layout), namespace and
-        dtype as ``out``.
-      d_lse: optional upstream gradient of ``lse``, shape (B, Hq, Tq); default None = 0.
-      path: "auto" (default), "exact" or "fast", as in :func:`~refmask.attention.attention`;
-        the fast path (FlashAttention-2 recomputation on the forward's tiles) also leaves
-        gradients under empty_rows="nan" and dbias of a broadcast bias to the exact path.
-
-    Returns:
-      Grads(dq, dk, dv, dbias, dsinks): dq/dk/dv shaped like q/k/v; dbias like bias (None
-      without bias); dsinks (Hq,) (None without sinks). ALiBi slopes, masks and the dropout
-      pattern are constants and get no gradient.
-
-    Computed in q's dtype by recomputing the forward pass; NaN/inf propagate, never raise.
-    """
+def exact_attention_vjp(q, k, v, d_out, *, d_lse=None, mask=None, scale=None, softcap=None,
+                        bias=None, alibi=None, sinks=None, dropout_keep=None,
+                        dropout_rate=None, empty_rows=DEFAULT_EMPTY_ROWS,
+                        layout=DEFAULT_LAYOUT) -> Grads:
+    """:func:`refmask.attention.attention_vjp` on the exact path (``path="exact"``): arguments,
+    shapes and defaults as there (without ``path``); recomputes the forward pass."""
     where = "attention_vjp"
-    path = check_choice(where, "path", path, PATHS)
-    if path != "exact":
-        from ..fast._dispatch import vjp_or_none
-
-        grads = vjp_or_none(
-            where, path, q, k, v, d_out, d_lse,
-            dict(mask=mask, scale=scale, softcap=softcap, bias=bias, alibi=alibi, sinks=sinks,
-                 dropout_keep=dropout_keep, dropout_rate=dropout_rate, empty_rows=empty_rows,
-                 layout=layout))
-        if grads is not None:
-            return grads
     inp = prepare(where, q, k, v, mask=mask, scale=scale, softcap=softcap, bias=bias,
                   alibi=alibi, sinks=sinks, dropout_keep=dropout_keep,
                   dropout_rate=dropout_rate, empty_rows=empty_rows, layout=layout)
     d_out, d_lse = check_upstream_gradients(where, inp, q, d_out, d_lse)
     if d_lse is not None:
         d_lse = inp.xp.reshape(d_lse, (inp.batch, inp.q_heads, inp.q_len, 1))
-    with np.errstate(all="ignore"):  # see attention(): only input specials can raise flags
+    with np.errstate(all="ignore"):  # see exact_attention(): only input specials can raise flags
         grads = backward_pass(forward_pass(inp), d_out, d_lse)
     return Grads(dq=inp.from_bhtd(grads.dq), dk=inp.from_bhtd(grads.dk),
                  dv=inp.from_bhtd(grads.dv), dbias=grads.dbias, dsinks=grads.dsinks)

@@ -25,29 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import check_choice
 from ._inputs import DEFAULT_EMPTY_ROWS, DEFAULT_LAYOUT, Inputs, prepare
-
-#: Values of the ``path`` keyword of attention / attention_vjp (see refmask.fast._dispatch).
-PATHS = ("auto", "exact", "fast")
-DEFAULT_PATH = "auto"
-
-
-@dataclass(frozen=True, eq=False)
-class AttentionResult:
-    """What :func:`attention` returns.
-
-    out: (B, Hq, Tq, Dv) for layout "BHTD", (B, Tq, Hq, Dv) for "BTHD".
-    lse: (B, Hq, Tq) in either layout (like FlashAttention's softmax_lse): the natural-log
-      softmax denominator ``log(sum_kept exp(s_ij) + exp(sink_h))``; -inf for an empty row
-      under every policy; not affected by dropout.
-    probs: (B, Hq, Tq, Tk), the weights ``a_ij`` multiplied into V (after the empty-row policy
-      and dropout), or None unless ``return_probs=True``.
-    """
-
-    out: Any
-    lse: Any
-    probs: Any = None
+from ._results import AttentionResult
 
 
 @dataclass(frozen=True, eq=False)
@@ -245,71 +224,12 @@ def forward_pass(inp: Inputs) -> ForwardState:
                         empty=empty, lse=lse, out=out)
 
 
-def attention(q, k, v, *, mask=None, scale=None, softcap=None, bias=None, alibi=None,
-              sinks=None, dropout_keep=None, dropout_rate=None,
-              empty_rows=DEFAULT_EMPTY_ROWS, layout=DEFAULT_LAYOUT,
-              return_probs=False, path=DEFAULT_PATH) -> AttentionResult:
-    """Reference scaled dot-product attention (see the module docstring for the formulas).
-
-    Letters: B batch, Hq query heads, Hkv kv heads (Hq % Hkv == 0; query head h reads kv head
-    ``h // (Hq // Hkv)``), Tq queries, Tk keys, Dqk query/key head dim, Dv value head dim.
-
-    Args:
-      q: (B, Hq, Tq, Dqk) for layout "BHTD", (B, Tq, Hq, Dqk) for "BTHD"; a real floating
-        array of any array-API namespace (NumPy incl. ml_dtypes bfloat16, torch, JAX, ...).
-      k: (B, Hkv, Tk, Dqk) / (B, Tk, Hkv, Dqk), same namespace and dtype as q.
-      v: (B, Hkv, Tk, Dv) / (B, Tk, Hkv, Dv), same namespace and dtype as q.
-      mask: None (every key kept); a bool array broadcastable to (B, Hq, Tq, Tk), True = attend
-        (indexed by *query* head, in either layout); or a refmask Mask (anything with
-        ``materialize(B, Hq, Tq, Tk, *, xp, device)``). Position offsets (KV cache, bottom-right
-        causal) live in the mask's alignment: attention has no hidden offset.
-      scale: multiplier of ``<q, k>``; default None = ``1 / sqrt(Dqk)``.
-      softcap: ``cap`` > 0 for ``cap * tanh(s / cap)``, applied before bias, ALiBi and mask;
-        default None = no capping.
-      bias: additive scores, broadcastable to (B, Hq, Tq, Tk), same dtype as q; -inf entries
-        act like masked keys. Default None.
-      alibi: an :class:`~refmask.attention.alibi.Alibi` (slopes, convention and alignment all
-        explicit); default None.
-      sinks: (Hq,) per-head sink logits (gpt-oss), same dtype as q: ``exp(sink_h)`` joins the
-        softmax denominator with no value vector. Default None.
-      dropout_keep: bool array broadcastable to (B, Hq, Tq, Tk), True = keep; requires
-        dropout_rate. Default None (no dropout).
-      dropout_rate: the rate in [0, 1) that the kept weights are divided by ``1 - rate``;
-        required with dropout_keep. Dropout never changes lse.
-      empty_rows: what a row with no kept key and no sink returns: "zero" (default: o = 0),
-        "nan", "uniform" (mean of V) or "unmasked" (softmax of the unmasked scores); lse is
-        -inf for such a row in every policy. See docs/spec.md for which peer does what.
-      layout: "BHTD" (default) or "BTHD"; applies to q, k, v and out, not to lse, probs, mask,
-        bias or dropout_keep, which are always (B, Hq, Tq[, Tk]).
-      return_probs: also return the (B, Hq, Tq, Tk) weights; default False.
-      path: "auto" (default), "exact" or "fast". "exact" is the array-API reference below;
-        "fast" is :mod:`refmask.fast` (NumPy float64, tiles skipped by ``classify``, O(T*D)
-        memory), which raises ``refmask.fast.FastPathUnsupported`` naming ``path`` and the
-        feature for what it does not cover (dropout, return_probs, empty_rows="unmasked");
-        "auto" takes the fast path for NumPy float64 inputs with
-        B * Hq * Tq * Tk >= ``refmask.fast._dispatch.AUTO_MIN_SCORES`` and covered
-        features, the exact path otherwise. Both agree to ~1e-12 relative in float64.
-
-    Returns:
-      AttentionResult(out, lse, probs) in q's namespace, dtype and device.
-
-    Computed naively in q's dtype (float64 is the reference). NaN or inf inputs propagate to
-    the outputs they touch; no floating-point warning is ever emitted.
-    """
-    path = check_choice("attention", "path", path, PATHS)
-    if not isinstance(return_probs, bool):
-        raise TypeError(f"attention: return_probs must be a bool, got {return_probs!r}")
-    if path != "exact":
-        from ..fast._dispatch import forward_or_none
-
-        result = forward_or_none(
-            "attention", path, q, k, v,
-            dict(mask=mask, scale=scale, softcap=softcap, bias=bias, alibi=alibi, sinks=sinks,
-                 dropout_keep=dropout_keep, dropout_rate=dropout_rate, empty_rows=empty_rows,
-                 layout=layout),
-            return_probs=return_probs)
-        if result is not None:
-            return result
+def exact_attention(q, k, v, *, mask=None, scale=None, softcap=None, bias=None, alibi=None,
+                    sinks=None, dropout_keep=None, dropout_rate=None,
+                    empty_rows=DEFAULT_EMPTY_ROWS, layout=DEFAULT_LAYOUT,
+                    return_probs=False) -> AttentionResult:
+    """:func:`refmask.attention.attention` on the exact path (``path="exact"``): arguments,
+    shapes and defaults as there (without ``path``), computed naively in q's dtype."""
     inp = prepare("attention", q, k, v, mask=mask, scale=scale, softcap=softcap, bias=bias,
                   alibi=alibi, sinks=sinks, dropout_keep=dropout_keep,
                   dropout_rate=dropout_rate, empty_rows=empty_rows, layout=layout)
