@@ -10,7 +10,6 @@ import textwrap
 import pytest
 
 from refmask.conformance.cases import catalog
-
 from refmask.conformance.cli import main
 
 BUGGY = textwrap.dedent('''
