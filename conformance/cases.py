@@ -255,6 +255,13 @@ def paged_cases() -> list[Case]:
                                                        num_pages=4)),
            q_len=2, k_len=8, q_heads=4, kv_heads=2,
            notes="two requests share prefix pages 0 and 1; chunked prefill of 2 tokens"),
+        _c("paged/packed_prefill_gappy", "paged",
+           m.varlen(m.causal(align=br), m.paged_layout([[3, 1, 0], [2, 4, 5]], 2, [5, 3],
+                                                       num_pages=6, cu_seqlens_q=[0, 2, 5],
+                                                       first_slots=[0, 1])),
+           batch=1, q_len=5, k_len=12,
+           notes="packed queries over pages (xformers PagedBlockDiagonal*): sequence 1 starts "
+                 "at slot 1 of its first page; 3 queries over 3 keys"),
         _c("paged/window_sinks_decode", "paged",
            m.varlen(m.sliding_window(3, 0, align=br), m.paged_layout([[3, 1], [0, 2]], 4,
                                                                      [8, 5], num_pages=4)),
