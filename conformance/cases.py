@@ -298,8 +298,9 @@ def split_kv_cases() -> list[Case]:
     return [
         _c(f"split_kv/keys_{start}_{stop}", "split_kv", part(start, stop), q_len=3, k_len=10,
            extra_flags=("SplitKV",),
-           notes=f"keys [{start}, {stop}) of a causal 6-key window; merging the three parts "
-                 "gives the whole")
+           notes=f"keys [{start}, {stop}) of a causal 6-key window: a split-KV partial, out "
+                 "and lse judged like any case (tests/test_split_kv.py merges backends' "
+                 "partials over shared inputs)")
         for start, stop in ((0, 4), (4, 7), (7, 10))
     ]
 
