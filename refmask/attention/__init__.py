@@ -19,6 +19,7 @@ from .alibi import ALIBI_CONVENTIONS, Alibi, alibi_slopes
 from .dispatch import attention, attention_vjp
 from .merge import LSE_BASES, merge
 from .scores import ONNX_QK_MATMUL_OUTPUT_MODES, SCORE_STAGES, attention_scores
+from .temperature import llama4_query_scale
 
 __all__ = [
     "ALIBI_CONVENTIONS",
@@ -36,5 +37,6 @@ __all__ = [
     "attention",
     "attention_scores",
     "attention_vjp",
+    "llama4_query_scale",
     "merge",
 ]

@@ -28,6 +28,7 @@ from .forward import (
     raw_scores,
     softcapped,
 )
+from .temperature import scaled_queries
 
 SCORE_STAGES = ("raw", "softcapped", "masked", "probs")
 #: ONNX Attention ``qk_matmul_output_mode`` -> stage (ONNX opset 23/24 operator text).
@@ -36,7 +37,7 @@ ONNX_QK_MATMUL_OUTPUT_MODES = {0: "raw", 1: "softcapped", 2: "masked", 3: "probs
 
 def attention_scores(q, k, *, stage: str, mask=None, scale=None, softcap=None, bias=None,
                      alibi=None, sinks=None, empty_rows=DEFAULT_EMPTY_ROWS,
-                     layout=DEFAULT_LAYOUT):
+                     layout=DEFAULT_LAYOUT, query_scale=None):
     """One intermediate of the forward pass, shape (B, Hq, Tq, Tk), in q's namespace and dtype.
 
     stage: "raw", "softcapped", "masked" or "probs" (module docstring); required.
@@ -45,6 +46,8 @@ def attention_scores(q, k, *, stage: str, mask=None, scale=None, softcap=None, b
     needed, and dropout does not apply (ONNX Attention has none).
     """
     stage = check_choice("attention_scores", "stage", stage, SCORE_STAGES)
+    if query_scale is not None:  # Llama 4 temperature: q rows scaled before the product
+        q, _ = scaled_queries("attention_scores", q, query_scale, layout)
     v = k[..., :1]  # prepare checks a value array; no value is read
     inp = prepare("attention_scores", q, k, v, mask=mask, scale=scale, softcap=softcap,
                   bias=bias, alibi=alibi, sinks=sinks, dropout_keep=None, dropout_rate=None,
