@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +70,17 @@ def _features(case) -> set:
     return used
 
 
-def from_function(fn, name: str | None = None) -> Adapter:
+def _read_only(x: Any) -> Any:
+    """A read-only copy of an array argument (None and non-arrays pass through): the user's
+    function can neither change the runner's arrays nor be handed arrays it may write."""
+    if x is None or not hasattr(x, "dtype"):
+        return x
+    copy = np.array(x, copy=True)
+    copy.flags.writeable = False
+    return copy
+
+
+def from_function(fn: Callable[..., Any], name: str | None = None) -> Adapter:
     """Wrap ``fn(q, k, v, call)`` as an adapter named ``name`` (default: module:qualname)."""
     if not callable(fn):
         raise TypeError(f"from_function: fn must be callable, got {type(fn).__name__}")
@@ -86,14 +97,14 @@ def from_function(fn, name: str | None = None) -> Adapter:
     def run(case, inputs, *, grads: bool) -> Output:
         bias = additive_bias(case, inputs)
         call = Call(
-            keep=case.keep(),
+            keep=_read_only(case.keep()),
             scale=case.scale if case.scale is not None else 1.0 / math.sqrt(case.qk_dim),
-            softcap=case.softcap, bias=bias, sinks=inputs.get("sinks"),
-            dropout_keep=inputs.get("dropout_keep"), dropout_rate=case.dropout_rate,
+            softcap=case.softcap, bias=_read_only(bias), sinks=_read_only(inputs.get("sinks")),
+            dropout_keep=_read_only(inputs.get("dropout_keep")), dropout_rate=case.dropout_rate,
             mask=case.mask, case=case,
         )
-        result = fn(to_bhtd(case, inputs["q"]), to_bhtd(case, inputs["k"]),
-                    to_bhtd(case, inputs["v"]), call)
+        result = fn(*(_read_only(to_bhtd(case, inputs[name])) for name in ("q", "k", "v")),
+                    call)
         if isinstance(result, tuple):
             out, lse = result
             return Output(out=np.asarray(out), lse=np.asarray(lse))
@@ -113,6 +124,9 @@ def from_path(path: str) -> Adapter:
         target = importlib.import_module(module_name)
     except ImportError as error:
         raise ValueError(f"--impl {path}: cannot import module {module_name!r}: {error}") from None
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - the user's module failed
+        raise ValueError(f"--impl {path}: importing module {module_name!r} raised "
+                         f"{type(error).__name__}: {error}") from None
     for part in qualname.split("."):
         if not hasattr(target, part):
             raise ValueError(f"--impl {path}: {module_name} has no attribute {qualname!r}")

@@ -19,12 +19,14 @@ in :data:`DTYPES`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
 
 from refmask import masks as m
 from refmask import rng
+from refmask._typing import Array
 from refmask.attention import Alibi
 from refmask.case import (
     DTYPES,
@@ -48,7 +50,7 @@ __all__ = [
 ]
 
 
-def checkerboard_causal(b, h, q_idx, kv_idx):
+def checkerboard_causal(b: Array, h: Array, q_idx: Array, kv_idx: Array) -> Array:
     """A user predicate for the catalog: causal keys at an even distance (FlexAttention-style
     ``mask_mod`` on indices)."""
     return (kv_idx <= q_idx) & ((q_idx - kv_idx) % 2 == 0)
@@ -319,7 +321,7 @@ def mla_cases() -> list[Case]:
     ]
 
 
-def catalog(dtypes=DTYPES) -> list[Case]:
+def catalog(dtypes: Sequence[str] = DTYPES) -> list[Case]:
     """Every base case in every dtype of ``dtypes`` (float64 first)."""
     unknown = set(dtypes) - set(DTYPES)
     if unknown:

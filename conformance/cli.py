@@ -18,15 +18,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from refmask import SPEC_VERSION, __version__, render
+from refmask._files import check_output_path
 from refmask.masks import from_json
 
 from .gallery import gallery
+from .runner import DEFAULT_CASE_TIMEOUT
 
 
 def _picture(mask, q_len: int, k_len: int, batch: int, head: int, ascii_only: bool) -> str:
@@ -47,17 +49,42 @@ def _gallery(args) -> int:
 
 
 def _render(args) -> int:
-    mask = from_json(json.loads(args.mask))
+    mask = from_json(args.mask, trust=args.trust or ())
+    batches, heads = mask.batch_size or 1, mask.num_heads or 1
+    for option, value, size in (("--batch", args.batch, batches), ("--head", args.head, heads)):
+        if not 0 <= value < size:
+            raise ValueError(f"render: {option} must lie in [0, {size}) for this mask "
+                             f"({batches} batch entries, {heads} heads), got {value}")
+    if args.cell < 1:
+        raise ValueError(f"render: --cell must be an int >= 1, got {args.cell}")
     if args.png:
-        batches = mask.batch_size or 1
-        heads = mask.num_heads or 1
+        check_output_path(args.png, args.overwrite, where="render", name="--png")
         keep = mask.materialize(batches, heads, args.q_len, args.k_len)
-        render.to_png(keep[args.batch, args.head], args.png, cell=args.cell,
+        render.to_png(keep, args.png, batch=args.batch, head=args.head, cell=args.cell,
                       overwrite=args.overwrite)
         print(f"wrote {args.png}")
         return 0
     print(_picture(mask, args.q_len, args.k_len, args.batch, args.head, args.ascii))
     return 0
+
+
+def _report_paths(args, targets: list) -> list:
+    """The --report path of each target (one file per target when there are several),
+    checked before anything runs."""
+    if not args.report:
+        return [None] * len(targets)
+    from . import report as reports
+
+    reports.check_suffix(args.report)
+    if len(targets) == 1:
+        paths = [args.report]
+    else:
+        stem, suffix = os.path.splitext(args.report)
+        paths = [f"{stem}.{n}-{str(target).replace(':', '_').replace('/', '_')}{suffix}"
+                 for n, target in enumerate(targets)]
+    for path in paths:
+        check_output_path(path, args.overwrite, where="check", name="--report")
+    return paths
 
 
 def _check(args) -> int:
@@ -73,32 +100,41 @@ def _check(args) -> int:
     for dtype in args.dtype or ():
         if dtype not in DTYPES:
             raise ValueError(f"check: --dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    if args.timeout is not None and not args.timeout > 0:
+        raise ValueError(f"check: --timeout must be a number of seconds > 0, got {args.timeout}")
+    report_paths = _report_paths(args, targets)
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     corpus = {}
     if args.corpus:  # exactly the corpus's cases, judged against its stored golden values
-        from .golden import case_from_json, load
+        from .golden import case_from_json, load, recover_leftovers
         from .runner import corpus_golden
 
+        _notes(recover_leftovers(Path(args.corpus)))
         loaded = load(args.corpus)
-        corpus = {"cases": [case_from_json(loaded.manifest_entry(i)["case"]) for i in loaded],
+        corpus = {"cases": [case_from_json(loaded.manifest_entry(i)["case"],
+                                           trust=args.trust or ()) for i in loaded],
                   "golden": corpus_golden(loaded)}
     failed = False
-    for n, target in enumerate(targets):
+    for target, path in zip(targets, report_paths, strict=True):
         result = check(target, dtypes=args.dtype, filter=args.filter, grads=args.grads,
-                       **corpus)
+                       timeout=args.timeout, **corpus)
         if not result.results:
             raise ValueError(f"check: no case matches --filter {args.filter!r} and --dtype "
                              f"{args.dtype}")
         print(reports.terminal(result, colour=colour, details=not args.quiet))
-        if args.report:
-            path = args.report
-            if len(targets) > 1:
-                stem, suffix = os.path.splitext(path)
-                path = f"{stem}.{n}-{result.backend.replace(':', '_').replace('/', '_')}{suffix}"
+        if path is not None:
             reports.write(result, path, overwrite=args.overwrite)
             print(f"wrote {path}")
-        failed = failed or result.failed
+        failed = failed or result.failed or result.interrupted
+        if result.interrupted:
+            break
     return 1 if failed else 0
+
+
+def _notes(notes: list) -> None:
+    """What recovery did (leftovers of an interrupted golden generate), on stderr."""
+    for note in notes:
+        print(f"refmask: note: {note}", file=sys.stderr)
 
 
 def _progress_bar(label: str):
@@ -136,13 +172,15 @@ def _golden(args) -> int:
         if not cases:
             raise ValueError(f"golden generate: no case matches --filter {args.filter!r} and "
                              f"--dtype {args.dtype}")
+        _notes(golden.recover_leftovers(Path(args.directory)))
         path = golden.generate(args.directory, cases, overwrite=args.overwrite, engine=engine,
                                progress=_progress_bar(f"generating ({engine})"))
         print(f"wrote {len(cases)} cases to {path} (engine {engine})")
         return 0
     directory = args.directory or golden.shipped_corpus_path()
+    _notes(golden.recover_leftovers(Path(directory)))
     problems = golden.verify(directory, regenerate=not args.no_regenerate,
-                             progress=_progress_bar("verifying"))
+                             progress=_progress_bar("verifying"), trust=args.trust or ())
     for problem in problems:
         print(f"problem: {problem}")
     what = "hashes"
@@ -182,6 +220,8 @@ def _matrix(args) -> int:
 
     from . import matrix
 
+    if args.update:
+        matrix.read_block_file(args.update)  # refuse a bad --update FILE before measuring
     reports = matrix.measure(expand(args.backends), dtypes=args.dtype,
                              progress=_progress_bar("measuring"))
     block = matrix.render(reports)
@@ -215,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", help="write a report: .json, .md or .html")
     run.add_argument("--overwrite", action="store_true", help="replace an existing report")
     run.add_argument("--quiet", action="store_true", help="only the summary table")
+    run.add_argument("--timeout", type=float, default=DEFAULT_CASE_TIMEOUT, metavar="SECONDS",
+                     help="per-case time limit of the backend's call; a case over it fails "
+                     f"(default {DEFAULT_CASE_TIMEOUT:g})")
+    run.add_argument("--trust", action="append", metavar="MODULE",
+                     help="--corpus: let its predicate masks import functions of MODULE "
+                     "(repeatable; nothing named in a corpus is imported otherwise)")
     run.set_defaults(run=_check)
 
     gold = commands.add_parser("golden", help="generate or verify a golden corpus")
@@ -234,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     gold.add_argument("--overwrite", action="store_true", help="generate: replace DIR")
     gold.add_argument("--no-regenerate", action="store_true",
                       help="verify: check hashes only, do not recompute")
+    gold.add_argument("--trust", action="append", metavar="MODULE",
+                      help="verify: let predicate masks import functions of MODULE "
+                      "(repeatable; nothing named in a corpus is imported otherwise)")
     gold.set_defaults(run=_golden)
 
     fz = commands.add_parser("fuzz", help="judge a backend on random cases (hypothesis)")
@@ -264,22 +313,61 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--cell", type=int, default=8, help="PNG pixels per cell (default 8)")
     one.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
     one.add_argument("--ascii", action="store_true", help="use '#' and '.' only")
+    one.add_argument("--trust", action="append", metavar="MODULE",
+                     help="let a predicate mask import functions of MODULE (repeatable)")
     one.set_defaults(run=_render)
+    from .masking_cli import add_commands  # check-masking, token-golden (token masking)
+
+    add_commands(commands)
     return parser
 
 
+def _names_user_code(args) -> bool:
+    """The command names modules of the user's project: --impl, --trust, or fuzz's
+    module:function. Only then does the working directory go on sys.path."""
+    return bool(getattr(args, "impl", None) or getattr(args, "trust", None)
+                or ":" in (getattr(args, "backend", "") or ""))
+
+
+def _refusal(error: BaseException) -> str:
+    """One line for an error that refuses the command (no traceback)."""
+    if isinstance(error, OSError) and not str(error).startswith("refmask") and (
+            error.filename is not None or error.strerror):
+        where = f"{error.filename}: " if error.filename is not None else ""
+        return f"{where}{error.strerror or error}"
+    if isinstance(error, MemoryError):
+        return "out of memory (MemoryError); the input is larger than this machine can hold"
+    if isinstance(error, RecursionError):
+        return f"input nested too deeply ({error})"
+    return str(error) or type(error).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code: 0 success, 1 a conformance failure or a
+    corpus problem, 2 a refusal (bad argument, unreadable or unwritable file, any error: one
+    line on stderr naming the argument or file and the rule), 130 interrupted."""
     args = build_parser().parse_args(argv)
-    # --impl module:function names a module of the user's project, as pytest would find it.
-    if os.getcwd() not in sys.path:
+    # --impl module:function names a module of the user's project, as pytest would find it;
+    # golden corpora and --corpus never put the working directory on sys.path.
+    if _names_user_code(args) and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         return args.run(args)
     except BrokenPipeError:  # the reader (e.g. `| head`) went away: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (ValueError, TypeError, FileExistsError, RuntimeError) as error:
-        print(f"refmask: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("refmask: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, LookupError, OSError, RuntimeError, MemoryError,
+            ArithmeticError) as error:
+        print(f"refmask: error: {_refusal(error)}", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - never a traceback; say it is refmask's fault
+        if os.environ.get("REFMASK_TRACEBACK"):
+            raise
+        print(f"refmask: internal error: {type(error).__name__}: {error} (a refmask bug; "
+              "set REFMASK_TRACEBACK=1 for the traceback)", file=sys.stderr)
         return 2
 
 

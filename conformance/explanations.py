@@ -80,14 +80,19 @@ def _map_mask_json(mask: m.Mask | None, edit: Callable[[dict], dict]) -> m.Mask 
     if mask is None:
         return None
 
+    modules = set()  # predicates of the live mask: their modules are already imported
+
     def walk(node):
         if isinstance(node, dict):
+            if node.get("kind") == "predicate":
+                modules.add(str(node.get("fn")).partition(":")[0])
             return edit({key: walk(value) for key, value in node.items()})
         if isinstance(node, list):
             return [walk(value) for value in node]
         return node
 
-    return m.from_json(json.loads(json.dumps(walk(mask.to_json()))))
+    edited = json.loads(json.dumps(walk(mask.to_json())))
+    return m.from_json(edited, trust=sorted(modules))
 
 
 def _json_kinds(mask: m.Mask | None) -> set:

@@ -43,6 +43,15 @@ def refmask_check() -> Callable[..., Report]:
     return check
 
 
+@pytest.fixture
+def refmask_check_masker() -> Callable:
+    """``refmask.conformance.masking.check_masker``: judge a token masker (MLM, whole words,
+    spans); ``assert refmask_check_masker(my_masker, spec).passed``."""
+    from .masking import check_masker
+
+    return check_masker
+
+
 class RefmaskCase(pytest.Item):
     def __init__(self, *, target, case, allowed, **kwargs):
         super().__init__(**kwargs)

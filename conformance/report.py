@@ -186,16 +186,25 @@ def html(report: Report) -> str:
     )
 
 
+REPORT_SUFFIXES = (".html", ".json", ".md")
+
+
+def check_suffix(path: str) -> str:
+    """The report format of ``path`` from its suffix; ValueError naming --report otherwise."""
+    import os
+
+    suffix = os.path.splitext(str(path))[1].lower()
+    if suffix not in REPORT_SUFFIXES:
+        raise ValueError(f"--report {path}: the suffix must be one of {list(REPORT_SUFFIXES)}")
+    return suffix
+
+
 def write(report: Report, path: str, *, overwrite: bool = False) -> None:
     """Write the report in the format its suffix names (.json, .md, .html), atomically; an
     existing file is kept unless ``overwrite``."""
-    import os
-
     from refmask._files import write_atomic
 
     formats = {".json": to_json, ".md": markdown, ".html": html}
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix not in formats:
-        raise ValueError(f"--report {path}: the suffix must be one of {sorted(formats)}")
+    suffix = check_suffix(path)
     write_atomic(formats[suffix](report).encode("utf-8"), path, overwrite,
                  where="refmask check", name="--report")

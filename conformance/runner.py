@@ -19,16 +19,18 @@ naive computation of the same case in the case dtype (:mod:`.tolerance`).
 from __future__ import annotations
 
 import platform
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 import refmask
 from refmask import render
-from refmask.adapters import Adapter, Unsupported
+from refmask.adapters import Adapter, Output, Unsupported
 from refmask.adapters import load as load_adapter
 from refmask.case import (
     GRAD_NAMES,
@@ -43,7 +45,15 @@ from .cases import catalog
 from .explanations import Explanation, explanations
 from .tolerance import TensorCheck, check_tensor, score_sensitivity
 
+if TYPE_CHECKING:
+    from .golden import Corpus
+
+
 VERDICTS = ("pass", "policy", "fail", "unsupported")
+#: Per-case time limit (seconds) of the backend's call in :func:`check` and ``refmask check
+#: --timeout``: far above what any catalog or sweep case takes on a naive NumPy implementation
+#: (well under a second for the catalog), short enough that a hung kernel cannot stall a run.
+DEFAULT_CASE_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -73,11 +83,13 @@ class CaseResult:
 
 @dataclass
 class Report:
-    """All verdicts of one run."""
+    """All verdicts of one run. ``interrupted``: the run stopped early (KeyboardInterrupt);
+    ``results`` holds the cases judged until then."""
 
     backend: str
     results: list = field(default_factory=list)
     environment: dict = field(default_factory=dict)
+    interrupted: bool = False
 
     def counts(self) -> dict:
         counted = Counter(r.verdict for r in self.results)
@@ -99,7 +111,7 @@ def _golden_from_reference(case: Case, inputs: dict, grads: bool) -> dict:
     return reference_outputs(case, inputs, float64=True, grads=grads)
 
 
-def corpus_golden(corpus) -> Callable:
+def corpus_golden(corpus: Corpus) -> Callable:
     """A golden source reading the exact values of a loaded corpus (``golden.load``).
 
     A case is taken from the corpus only when its stored JSON equals the case's own JSON (so
@@ -226,9 +238,63 @@ def _ordered_explanations(adapter: Adapter) -> list:
     return [e for e in every if e.name in declared] + [e for e in every if e.name not in declared]
 
 
+def _private_copy(value):
+    """A fresh copy of one input for the backend, so nothing it does to its arguments can
+    reach the arrays the golden and naive values are computed from."""
+    return np.array(value, copy=True) if isinstance(value, np.ndarray) else value
+
+
+def _run_backend(adapter: Adapter, case: Case, inputs: dict, grads: bool,
+                 timeout: float | None) -> tuple:
+    """``("ok", output)``, ``("raised", exception)`` or ``("timeout", None)``.
+
+    The backend runs on private copies of the inputs; with a ``timeout`` it runs in a daemon
+    thread that is abandoned (not killed: Python cannot stop a thread) when it overruns.
+    Every exception counts, SystemExit and KeyboardInterrupt raised by the backend included.
+    """
+    copies = {name: _private_copy(value) for name, value in inputs.items()}
+    box = {}
+
+    def target():
+        try:
+            box["output"] = adapter.run(case, copies, grads=grads)
+        except BaseException as error:  # noqa: BLE001 - a crash is the backend's verdict
+            box["error"] = error
+
+    if timeout is None:
+        target()
+    else:
+        thread = threading.Thread(target=target, name=f"refmask-case-{case.id}", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            return "timeout", None
+    if "error" in box:
+        return "raised", box["error"]
+    return "ok", box.get("output")
+
+
+def _check_timeout(timeout) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
+            0 < timeout < float("inf")):
+        raise ValueError(f"check: timeout must be a finite number of seconds > 0 or None, got "
+                         f"{timeout!r}")
+    return float(timeout)
+
+
 def run_case(adapter: Adapter, case: Case, *, grads: bool = False,
-             golden: Callable | None = None) -> CaseResult:
-    """Judge one case; ``golden(case, inputs, grads) -> dict`` overrides the golden source."""
+             golden: Callable | None = None,
+             timeout: float | None = DEFAULT_CASE_TIMEOUT) -> CaseResult:
+    """Judge one case; ``golden(case, inputs, grads) -> dict`` overrides the golden source.
+
+    timeout: seconds the backend's call may take (default DEFAULT_CASE_TIMEOUT; None: no
+    limit, run in this thread); over it the case fails. The backend gets private copies of
+    the inputs; whatever it raises (SystemExit and KeyboardInterrupt included) or returns
+    that is not a real floating array makes the case fail.
+    """
+    timeout = _check_timeout(timeout)
     start = time.perf_counter()
 
     def result(verdict, reason="", **extra):
@@ -240,12 +306,16 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool = False,
         return result("unsupported", reason)
     inputs = case_inputs(case)
     grads = grads and adapter.profile.backward
-    try:
-        output = adapter.run(case, inputs, grads=grads)
-    except Unsupported as why:
-        return result("unsupported", str(why))
-    except Exception as error:  # noqa: BLE001 - a crash is a verdict, not a runner error
-        return result("fail", f"the backend raised {type(error).__name__}: {error}")
+    status, output = _run_backend(adapter, case, inputs, grads, timeout)
+    if status == "timeout":
+        return result("fail", f"the backend did not return within the timeout of {timeout:g} s "
+                      "(--timeout)")
+    if status == "raised":
+        if isinstance(output, Unsupported):
+            return result("unsupported", str(output))
+        return result("fail", f"the backend raised {type(output).__name__}: {output}")
+    if not isinstance(output, Output):
+        return result("fail", f"the backend returned {type(output).__name__}, not an Output")
     gold = (golden or _golden_from_reference)(case, inputs, grads)
     naive = reference_outputs(case, inputs, float64=False, grads=grads)
     reference64 = naive if case.dtype == "float64" else reference_outputs(
@@ -291,7 +361,7 @@ def select_cases(cases: Iterable[Case] | None = None, *, dtypes: Iterable[str] |
     return chosen
 
 
-def resolve_backend(target) -> Adapter:
+def resolve_backend(target: str | Adapter | Callable[..., Any]) -> Adapter:
     """An Adapter from a backend name, an Adapter, or a user function ``fn(q, k, v, call)``."""
     from refmask.adapters.user import from_function, from_path
 
@@ -305,9 +375,11 @@ def resolve_backend(target) -> Adapter:
                     f"a function, got {type(target).__name__}")
 
 
-def check(target, *, cases: Iterable[Case] | None = None, dtypes=None, filter=None,
+def check(target: str | Adapter | Callable[..., Any], *, cases: Iterable[Case] | None = None,
+          dtypes: Iterable[str] | None = None, filter: str | None = None,
           grads: bool = False, golden: Callable | None = None,
-          progress: Callable | None = None) -> Report:
+          progress: Callable | None = None,
+          timeout: float | None = DEFAULT_CASE_TIMEOUT) -> Report:
     """Run the conformance suite against ``target`` and return the :class:`Report`.
 
     target: a backend name (``"numpy"``), ``"module:function"``, an Adapter, or a function
@@ -317,13 +389,22 @@ def check(target, *, cases: Iterable[Case] | None = None, dtypes=None, filter=No
     golden: ``golden(case, inputs, grads) -> dict`` of float64 arrays (BHTD); default: the
     exact values of the shipped corpus, the float64 reference for cases it does not hold.
     progress: optional ``callable(done, total)``.
+    timeout: per-case limit of the backend's call in seconds (see :func:`run_case`).
+    A KeyboardInterrupt (Ctrl-C) stops the run: the report holds the cases judged so far and
+    ``interrupted`` is True.
     """
+    timeout = _check_timeout(timeout)
     adapter = resolve_backend(target)
     chosen = select_cases(cases, dtypes=dtypes, filter=filter)
     golden = golden or shipped_golden()
     report = Report(backend=adapter.name, environment=environment(adapter))
     for n, case in enumerate(chosen):
-        report.results.append(run_case(adapter, case, grads=grads, golden=golden))
+        try:
+            report.results.append(run_case(adapter, case, grads=grads, golden=golden,
+                                           timeout=timeout))
+        except KeyboardInterrupt:
+            report.interrupted = True
+            break
         if progress is not None:
             progress(n + 1, len(chosen))
     return report

@@ -25,13 +25,14 @@ bfloat16 case.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from . import masks as m
 from . import rng
+from ._typing import Array
 from .attention import Alibi, attention, attention_vjp
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
@@ -226,13 +227,17 @@ def derive_flags(case: Case) -> tuple:
     return tuple(sorted(flags))
 
 
-def case_from_json(data: Mapping) -> Case:
+def case_from_json(data: Mapping, *, trust: Iterable[str] = ()) -> Case:
     """Rebuild a :class:`Case` from ``Case.to_json()`` output (e.g. a manifest's "case").
 
+    trust: modules whose functions a ``predicate`` mask may name (see
+    :func:`refmask.masks.from_json`); nothing else named in ``data`` is imported.
     Raises ValueError when the JSON is malformed or does not describe exactly one case (the
     rebuilt case's JSON must equal ``data``).
     """
     where = "case_from_json"
+    if isinstance(trust, str):
+        raise TypeError(f"{where}: trust must be a list of module names, got {trust!r}")
     if not isinstance(data, Mapping):
         raise TypeError(f"{where}: data must be a JSON object, got {type(data).__name__}")
     try:
@@ -240,7 +245,7 @@ def case_from_json(data: Mapping) -> Case:
         alibi = data["alibi"]
         case = Case(
             name=data["name"], family=data["family"],
-            mask=None if data["mask"] is None else m.from_json(data["mask"]),
+            mask=None if data["mask"] is None else m.from_json(data["mask"], trust=trust),
             batch=shape["B"], q_heads=shape["Hq"], kv_heads=shape["Hkv"], q_len=shape["Tq"],
             k_len=shape["Tk"], qk_dim=shape["Dqk"], v_dim=shape["Dv"], dtype=data["dtype"],
             layout=data["layout"], scale=data["scale"], softcap=data["softcap"],
@@ -257,7 +262,7 @@ def case_from_json(data: Mapping) -> Case:
         rebuilt = json.loads(json.dumps(case.to_json()))
     except KeyError as missing:
         raise ValueError(f"{where}: case JSON lacks the key {missing}") from None
-    except (TypeError, AttributeError) as error:
+    except (TypeError, AttributeError, OverflowError, RecursionError) as error:
         raise ValueError(f"{where}: malformed case JSON ({error})") from None
     if rebuilt != json.loads(json.dumps(dict(data))):
         differing = sorted(key for key in set(rebuilt) | set(data)
@@ -284,7 +289,7 @@ def dtype_unavailable(name: str) -> str | None:
     return None
 
 
-def numpy_dtype(name: str):
+def numpy_dtype(name: str) -> np.dtype:
     """The NumPy dtype for a dtype name; bfloat16 comes from ml_dtypes."""
     if name == "bfloat16":
         import ml_dtypes
@@ -344,7 +349,7 @@ def attention_kwargs(case: Case, inputs: Mapping) -> dict:
 GRAD_NAMES = ("dq", "dk", "dv", "dbias", "dsinks")
 
 
-def to_bhtd(case: Case, x):
+def to_bhtd(case: Case, x: Array) -> Array:
     """``x`` (an array in the case's layout: (B, T, H, D) for "BTHD") seen as (B, H, T, D).
 
     A view, not a copy; any array with a NumPy-style ``swapaxes`` (NumPy, torch, JAX, CuPy).

@@ -20,20 +20,28 @@ ignored); "nan" -> the NaN weights reach dV (and dS of kept keys), masked keys s
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+from .._typing import Array
 from ._inputs import (
     DEFAULT_EMPTY_ROWS,
     DEFAULT_LAYOUT,
     Inputs,
     check_upstream_gradients,
     prepare,
+    query_block,
 )
 from ._results import Grads
-from .forward import ForwardState, forward_pass, matmul
+from .alibi import Alibi
+from .forward import ForwardState, concat_rows, forward_pass, matmul, query_blocks
+
+if TYPE_CHECKING:
+    from ..masks import Mask
 
 
-def sum_over_groups(inp: Inputs, x):
+def sum_over_groups(inp: Inputs, x: Array) -> Array:
     """(B, Hq, T, D) -> (B, Hkv, T, D): ``out[:, g] = sum_{h : h // G == g} x[:, h]``, the
     adjoint of repeating kv head g for query heads gG .. gG + G - 1."""
     if inp.group_size == 1:
@@ -44,7 +52,7 @@ def sum_over_groups(inp: Inputs, x):
     return xp.sum(grouped, axis=2)
 
 
-def reduce_to_shape(inp: Inputs, x, shape: tuple):
+def reduce_to_shape(inp: Inputs, x: Array, shape: tuple) -> Array:
     """Sum a (B, Hq, Tq, Tk) gradient over the axes along which an array of ``shape`` was
     broadcast (leading missing axes and size-1 axes), then give it exactly ``shape``."""
     xp = inp.xp
@@ -56,7 +64,8 @@ def reduce_to_shape(inp: Inputs, x, shape: tuple):
     return xp.reshape(x, shape)
 
 
-def score_gradient(state: ForwardState, d_out, d_lse):
+def score_gradient(state: ForwardState, d_out: Array, d_lse: Array | None) -> tuple[Array, Array,
+                   Array]:
     """``dS`` (B, Hq, Tq, Tk), ``D`` (B, Hq, Tq, 1) and ``dV`` expanded to Hq heads.
 
         dA = dO v^T,  dP = dA * f,  D_i = <dO_i, o_i>,  dS = p * (dP - D + dlse)
@@ -86,7 +95,7 @@ def score_gradient(state: ForwardState, d_out, d_lse):
     return d_scores, row_dot, dv
 
 
-def sink_gradient(state: ForwardState, row_dot, d_lse):
+def sink_gradient(state: ForwardState, row_dot: Array, d_lse: Array | None) -> Array:
     """``dsink_h = sum_{b, i} p_sink_i * (dlse_i - D_i)`` over non-empty rows, shape (Hq,)."""
     inp = state.inputs
     xp = inp.xp
@@ -95,7 +104,7 @@ def sink_gradient(state: ForwardState, row_dot, d_lse):
     return xp.sum(terms, axis=(0, 2, 3))
 
 
-def backward_pass(state: ForwardState, d_out, d_lse) -> Grads:
+def backward_pass(state: ForwardState, d_out: Array, d_lse: Array | None) -> Grads:
     """All gradients in (B, H, T, D) order; d_out (B, Hq, Tq, Dv), d_lse (B, Hq, Tq, 1)."""
     inp = state.inputs
     xp = inp.xp
@@ -112,20 +121,51 @@ def backward_pass(state: ForwardState, d_out, d_lse) -> Grads:
                  dsinks=dsinks)
 
 
-def exact_attention_vjp(q, k, v, d_out, *, d_lse=None, mask=None, scale=None, softcap=None,
-                        bias=None, alibi=None, sinks=None, dropout_keep=None,
-                        dropout_rate=None, empty_rows=DEFAULT_EMPTY_ROWS,
-                        layout=DEFAULT_LAYOUT) -> Grads:
+def blocked_backward(where: str, inp: Inputs, d_out: Array, d_lse: Array | None) -> Grads:
+    """:func:`backward_pass` per query block (:func:`~.forward.query_blocks`), each block's
+    forward pass recomputed: dq joined along the query axis; dk, dv, dsinks summed over the
+    blocks; dbias joined where the bias has a query axis, summed where it is broadcast."""
+    parts: dict = {"dq": [], "dk": None, "dv": None, "dbias": [], "dsinks": None}
+    bias_rows = inp.bias is not None and inp.bias.ndim >= 2 and inp.bias.shape[-2] != 1
+    for start, stop in query_blocks(inp):
+        block = query_block(where, inp, start, stop)
+        grads = backward_pass(forward_pass(block), d_out[:, :, start:stop, ...],
+                              None if d_lse is None else d_lse[:, :, start:stop, ...])
+        parts["dq"].append(grads.dq)
+        for name in ("dk", "dv", "dsinks"):
+            value = getattr(grads, name)
+            parts[name] = value if parts[name] is None else parts[name] + value
+        if grads.dbias is not None:
+            parts["dbias"].append(grads.dbias)
+    dbias = None
+    if parts["dbias"]:
+        if bias_rows:
+            dbias = concat_rows(inp, parts["dbias"], axis=inp.bias.ndim - 2)
+        else:
+            dbias = parts["dbias"][0]
+            for value in parts["dbias"][1:]:
+                dbias = dbias + value
+    return Grads(dq=concat_rows(inp, parts["dq"]), dk=parts["dk"], dv=parts["dv"],
+                 dbias=dbias, dsinks=parts["dsinks"])
+
+
+def exact_attention_vjp(q: Array, k: Array, v: Array, d_out: Array, *, d_lse: Array | None = None,
+                        mask: Mask | Array | None = None, scale: float | None = None,
+                        softcap: float | None = None, bias: Array | None = None,
+                        alibi: Alibi | None = None, sinks: Array | None = None,
+                        dropout_keep: Array | None = None, dropout_rate: float | None = None,
+                        empty_rows: str = DEFAULT_EMPTY_ROWS,
+                        layout: str = DEFAULT_LAYOUT) -> Grads:
     """:func:`refmask.attention.attention_vjp` on the exact path (``path="exact"``): arguments,
     shapes and defaults as there (without ``path``); recomputes the forward pass."""
     where = "attention_vjp"
     inp = prepare(where, q, k, v, mask=mask, scale=scale, softcap=softcap, bias=bias,
                   alibi=alibi, sinks=sinks, dropout_keep=dropout_keep,
-                  dropout_rate=dropout_rate, empty_rows=empty_rows, layout=layout)
+                  dropout_rate=dropout_rate, empty_rows=empty_rows, layout=layout, defer=True)
     d_out, d_lse = check_upstream_gradients(where, inp, q, d_out, d_lse)
     if d_lse is not None:
         d_lse = inp.xp.reshape(d_lse, (inp.batch, inp.q_heads, inp.q_len, 1))
     with np.errstate(all="ignore"):  # see exact_attention(): only input specials can raise flags
-        grads = backward_pass(forward_pass(inp), d_out, d_lse)
+        grads = blocked_backward(where, inp, d_out, d_lse)
     return Grads(dq=inp.from_bhtd(grads.dq), dk=inp.from_bhtd(grads.dk),
                  dv=inp.from_bhtd(grads.dv), dbias=grads.dbias, dsinks=grads.dsinks)

@@ -14,23 +14,33 @@ When "auto" hands a call to the fast path is decided in ``refmask.fast._dispatch
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
+from .._typing import Array
 from .._validate import check_choice
 from ._inputs import DEFAULT_EMPTY_ROWS, DEFAULT_LAYOUT
 from ._results import AttentionResult, Grads
+from .alibi import Alibi
 from .backward import exact_attention_vjp
 from .forward import exact_attention
 from .temperature import scaled_queries
+
+if TYPE_CHECKING:
+    from ..masks import Mask
+
 
 #: Values of the ``path`` keyword of attention / attention_vjp.
 PATHS = ("auto", "exact", "fast")
 DEFAULT_PATH = "auto"
 
 
-def attention(q, k, v, *, mask=None, scale=None, softcap=None, bias=None, alibi=None,
-              sinks=None, dropout_keep=None, dropout_rate=None,
-              empty_rows=DEFAULT_EMPTY_ROWS, layout=DEFAULT_LAYOUT,
-              return_probs=False, path=DEFAULT_PATH, query_scale=None) -> AttentionResult:
+def attention(q: Array, k: Array, v: Array, *, mask: Mask | Array | None = None,
+              scale: float | None = None, softcap: float | None = None, bias: Array | None = None,
+              alibi: Alibi | None = None, sinks: Array | None = None,
+              dropout_keep: Array | None = None, dropout_rate: float | None = None,
+              empty_rows: str = DEFAULT_EMPTY_ROWS, layout: str = DEFAULT_LAYOUT,
+              return_probs: bool = False, path: str = DEFAULT_PATH,
+              query_scale: Array | None = None) -> AttentionResult:
     """Reference scaled dot-product attention (see the module docstring for the formulas).
 
     Letters: B batch, Hq query heads, Hkv kv heads (Hq % Hkv == 0; query head h reads kv head
@@ -98,10 +108,13 @@ def attention(q, k, v, *, mask=None, scale=None, softcap=None, bias=None, alibi=
     return exact_attention(q, k, v, return_probs=return_probs, **kwargs)
 
 
-def attention_vjp(q, k, v, d_out, *, d_lse=None, mask=None, scale=None, softcap=None,
-                  bias=None, alibi=None, sinks=None, dropout_keep=None, dropout_rate=None,
-                  empty_rows=DEFAULT_EMPTY_ROWS, layout=DEFAULT_LAYOUT,
-                  path=DEFAULT_PATH, query_scale=None) -> Grads:
+def attention_vjp(q: Array, k: Array, v: Array, d_out: Array, *, d_lse: Array | None = None,
+                  mask: Mask | Array | None = None, scale: float | None = None,
+                  softcap: float | None = None, bias: Array | None = None,
+                  alibi: Alibi | None = None, sinks: Array | None = None,
+                  dropout_keep: Array | None = None, dropout_rate: float | None = None,
+                  empty_rows: str = DEFAULT_EMPTY_ROWS, layout: str = DEFAULT_LAYOUT,
+                  path: str = DEFAULT_PATH, query_scale: Array | None = None) -> Grads:
     """Gradients of :func:`~refmask.attention.attention` (formulas in the module docstring).
 
     Args:

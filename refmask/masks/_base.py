@@ -18,6 +18,7 @@ evaluation but never a wrong answer.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import reduce
@@ -26,7 +27,7 @@ import array_api_compat
 import array_api_compat.numpy
 import numpy as np
 
-from .._validate import check_int
+from .._validate import check_index_array, check_int, check_rows
 
 
 class Block(IntEnum):
@@ -116,6 +117,10 @@ class Mask:
         """
         q_len = check_int(self.kind, "q_len", q_len, minimum=0)
         k_len = check_int(self.kind, "k_len", k_len, minimum=0)
+        b, h, i, j = (check_index_array(f"{self.kind}.keep", name, x)
+                      for name, x in (("b", b), ("h", h), ("i", i), ("j", j)))
+        if validate:
+            self.check_lengths(q_len, k_len)
         arrays = [x for x in (b, h, i, j) if not isinstance(x, (int, np.integer))]
         xp = array_api_compat.array_namespace(*arrays) if arrays else array_api_compat.numpy
         device = array_api_compat.device(arrays[0]) if arrays else None
@@ -132,27 +137,33 @@ class Mask:
         return xp.broadcast_to(result, shape)
 
     def materialize(self, batch: int, heads: int, q_len: int, k_len: int, *, xp=None,
-                    device=None):
+                    device=None, rows=None):
         """Dense keep array of shape (B, H, Tq, Tk), dtype bool, True = attend.
 
         batch, heads: B and H; must match the mask's own batch_size/num_heads when it has them.
         xp: array namespace of the result (default NumPy); device: its device (default the
-        namespace's default device).
+        namespace's default device). rows: None (every query) or ``(start, stop)`` with
+        ``0 <= start <= stop <= q_len``: only query rows [start, stop) of the (B, H, Tq, Tk)
+        array, shape (B, H, stop - start, Tk) (positions still from the full Tq, Tk: the
+        exact attention path materialises a long mask one query block at a time).
         """
         batch = check_int(self.kind, "batch", batch, minimum=1)
         heads = check_int(self.kind, "heads", heads, minimum=1)
         q_len = check_int(self.kind, "q_len", q_len, minimum=0)
         k_len = check_int(self.kind, "k_len", k_len, minimum=0)
-        self._check_sizes(batch, heads)
+        start, stop = (0, q_len) if rows is None else check_rows(self.kind, rows, q_len)
+        self.check(batch, heads, q_len, k_len)
         xp = array_api_compat.numpy if xp is None else array_api_compat.array_namespace(
             xp.asarray(0)
         )
         grid = Grid(xp, device, q_len, k_len)
         b = xp.reshape(xp.arange(batch, dtype=xp.int64, device=device), (batch, 1, 1, 1))
         h = xp.reshape(xp.arange(heads, dtype=xp.int64, device=device), (1, heads, 1, 1))
-        i = xp.reshape(xp.arange(q_len, dtype=xp.int64, device=device), (1, 1, q_len, 1))
+        i = xp.reshape(xp.arange(start, stop, dtype=xp.int64, device=device),
+                       (1, 1, stop - start, 1))
         j = xp.reshape(xp.arange(k_len, dtype=xp.int64, device=device), (1, 1, 1, k_len))
-        return xp.broadcast_to(self._keep(grid, b, h, i, j), (batch, heads, q_len, k_len))
+        return xp.broadcast_to(self._keep(grid, b, h, i, j),
+                               (batch, heads, stop - start, k_len))
 
     def classify(self, q_start, q_stop, k_start, k_stop, *, q_len: int, k_len: int,
                  batch=None, head=None):
@@ -165,8 +176,11 @@ class Mask:
         """
         q_len = check_int(self.kind, "q_len", q_len, minimum=0)
         k_len = check_int(self.kind, "k_len", k_len, minimum=0)
-        q0, q1, k0, k1 = (np.asarray(x, dtype=np.int64) for x in (q_start, q_stop, k_start,
-                                                                   k_stop))
+        q0, q1, k0, k1 = (np.asarray(check_index_array(f"{self.kind}.classify", name, x),
+                                     dtype=np.int64)
+                          for name, x in (("q_start", q_start), ("q_stop", q_stop),
+                                          ("k_start", k_start), ("k_stop", k_stop)))
+        self.check_lengths(q_len, k_len)
         scalar = all(x.ndim == 0 for x in (q0, q1, k0, k1)) and np.ndim(batch) == 0 and (
             np.ndim(head) == 0
         )
@@ -192,6 +206,34 @@ class Mask:
                                                            k1.shape))
         codes = _aggregate(codes, axis=(0, 1))
         return Block(int(codes)) if scalar else codes
+
+    def check(self, batch: int, heads: int, q_len: int, k_len: int) -> None:
+        """Raise ValueError unless the mask can be evaluated on scores of shape
+        (B, H, Tq, Tk) = (batch, heads, q_len, k_len): its own batch size and head count, and
+        every stored length, id row and array axis against Tq and Tk (docs/spec.md section 4).
+
+        ``materialize``, ``keep`` and ``classify`` run these checks; the fast path of
+        :func:`refmask.attention.attention` calls this before classifying any tile, so both
+        paths refuse the same masks.
+        """
+        self._check_sizes(batch, heads)
+        self.check_lengths(q_len, k_len)
+
+    def check_lengths(self, q_len: int, k_len: int) -> None:
+        """Raise ValueError unless the mask's stored tables fit Tq = q_len, Tk = k_len.
+
+        The base rule walks the dataclass fields: parts that are masks are checked
+        recursively and an alignment checks its valid lengths (``offset_table``); subclasses
+        holding per-position data (segment ids, keep arrays, padding lengths) add their own
+        rule and call this one.
+        """
+        for field in dataclasses.fields(self) if dataclasses.is_dataclass(self) else ():
+            value = getattr(self, field.name)
+            for part in value if isinstance(value, tuple) else (value,):
+                if isinstance(part, Mask):
+                    part.check_lengths(q_len, k_len)
+                elif hasattr(part, "offset_table"):
+                    part.offset_table(q_len, k_len)
 
     # -- algebra ----------------------------------------------------------------------------
     def __and__(self, other: Mask) -> Mask:

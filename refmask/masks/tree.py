@@ -88,11 +88,17 @@ class Tree(PositionalMask):
         sizes = {len(self.parents), self.align.batch_size or 1} - {1}
         return sizes.pop() if sizes else None
 
+    def check_lengths(self, q_len: int, k_len: int) -> None:
+        """Query i is tree node i: Tq must equal the number of nodes."""
+        nodes = len(self.parents[0])
+        if q_len != nodes:
+            raise ValueError(f"tree: query i is tree node i, so q_len must equal the {nodes} "
+                             f"nodes of parents, got q_len = {q_len}")
+        super().check_lengths(q_len, k_len)
+
     def _keep(self, grid, b, h, i, j):
         nodes = len(self.parents[0])
-        if grid.q_len != nodes:
-            raise ValueError(f"tree: query i is tree node i, so q_len must equal the {nodes} "
-                             f"nodes of parents, got q_len = {grid.q_len}")
+        self.check_lengths(grid.q_len, grid.k_len)
         xp = grid.xp
         prefix = self.align.query_positions(grid, b, i * 0)
         node = j - prefix

@@ -316,6 +316,9 @@ def paged_layout(block_table, page_size: int, seq_lens, *, num_pages: int,
 
 def layout_from_json(data: dict) -> SequenceLayout:
     """Inverse of :meth:`SequenceLayout.to_json`."""
+    if not isinstance(data, dict):
+        raise ValueError(f"layout_from_json: a layout must be a JSON object, got "
+                         f"{type(data).__name__}")
     known = {f.name for f in fields(SequenceLayout)}
     unknown = set(data) - known
     if unknown:
@@ -370,6 +373,13 @@ class Varlen(Mask):
     @property
     def num_heads(self) -> int | None:
         return self.mask.num_heads
+
+    def check_lengths(self, q_len: int, k_len: int) -> None:
+        """Tq and Tk must be the layout's; the inner mask is checked on one sequence's lengths."""
+        layout = self.layout
+        layout.check_lengths("varlen", q_len, k_len)
+        inner_q = max(layout.q_lengths, default=0) if layout.packed_queries else q_len
+        self._local.check_lengths(inner_q, max(layout.k_lengths, default=0))
 
     def _keep(self, grid, b, h, i, j):
         layout = self.layout

@@ -19,11 +19,12 @@ Each builder returns an ordinary :mod:`refmask.masks` value (combine with ``&``)
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
+from .._validate import check_choice, check_int
 from ..masks import documents, documents_from_position_ids, key_padding
 from ..masks.documents import Documents
 from ..masks.padding import KeyPadding
-from ._common import check_choice, check_int
 
 __all__ = ["documents_from_eos_ids", "documents_from_position_ids", "key_padding_from_pad_ids",
            "segment_ids_from_eos_ids"]
@@ -37,11 +38,11 @@ def _ids(where: str, input_ids) -> np.ndarray:
     return ids
 
 
-def key_padding_from_pad_ids(input_ids, pad_id: int, *, side: str) -> KeyPadding:
+def key_padding_from_pad_ids(input_ids: ArrayLike, pad_id: int, *, side: str) -> KeyPadding:
     """``key_padding(lengths, side=side)`` with ``lengths[b]`` = the non-pad tokens of row b."""
     where = "key_padding_from_pad_ids"
     ids = _ids(where, input_ids)
-    pad_id = check_int(where, "pad_id", pad_id, 0, None, "an int >= 0")
+    pad_id = check_int(where, "pad_id", pad_id, minimum=0, rule="an int >= 0")
     check_choice(where, "side", side, ("left", "right"))
     real = ids != pad_id
     lengths = real.sum(axis=1)
@@ -56,16 +57,16 @@ def key_padding_from_pad_ids(input_ids, pad_id: int, *, side: str) -> KeyPadding
     return key_padding(lengths.tolist(), side=side)
 
 
-def segment_ids_from_eos_ids(input_ids, eos_id: int) -> np.ndarray:
+def segment_ids_from_eos_ids(input_ids: ArrayLike, eos_id: int) -> np.ndarray:
     """int64 (B, T): the number of ``eos_id`` tokens strictly before each position."""
     where = "documents_from_eos_ids"
     ids = _ids(where, input_ids)
-    eos_id = check_int(where, "eos_id", eos_id, 0, None, "an int >= 0")
+    eos_id = check_int(where, "eos_id", eos_id, minimum=0, rule="an int >= 0")
     ends = (ids == eos_id).astype(np.int64)
     return np.cumsum(ends, axis=1) - ends
 
 
-def documents_from_eos_ids(input_ids, eos_id: int) -> Documents:
+def documents_from_eos_ids(input_ids: ArrayLike, eos_id: int) -> Documents:
     """Same-document mask of packed rows; an EOS token belongs to the document it ends."""
     return documents(segment_ids_from_eos_ids(input_ids, eos_id))
 

@@ -29,17 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import array_api_compat
+from numpy.typing import ArrayLike
 
-from ._common import (
-    Words,
-    arange_like,
-    check_example_ids,
-    check_ids,
-    check_int,
-    check_rate,
-    smallest_k,
-    take_rows,
-)
+from .._typing import Array, Namespace
+from .._validate import check_int, check_rate
+from ._common import Words, arange_like, check_example_ids, check_ids, smallest_k, take_rows
 
 __all__ = ["T5Batch", "corrupt_spans", "t5_counts"]
 
@@ -56,7 +50,8 @@ class T5Batch:
     target_lengths: Any
 
 
-def t5_counts(xp, lengths, noise_density: float, mean_span_length: float):
+def t5_counts(xp: Namespace, lengths: Array, noise_density: float,
+              mean_span_length: float) -> tuple[Array, Array]:
     """(N, M) per row: noise tokens and noise spans (module docstring)."""
     product = xp.round(xp.astype(lengths, xp.float64) * noise_density)
     noise = xp.clip(xp.astype(product, xp.int64), 1, None)
@@ -94,7 +89,8 @@ def _compact(xp, keep, values, fill: int, extra):
     return out, total
 
 
-def corrupt_spans(input_ids, *, seed: int, epoch: int, example_ids, vocab_size: int,
+def corrupt_spans(input_ids: Array, *, seed: int, epoch: int, example_ids: ArrayLike,
+                  vocab_size: int,
                   pad_id: int, eos_id: int | None = None, noise_density: float = 0.15,
                   mean_span_length: float = 3.0, static_copies: int | None = None) -> T5Batch:
     """T5 span corruption of (B, T) ids; each row's tokens are its non-``pad_id`` prefix.
@@ -106,10 +102,11 @@ def corrupt_spans(input_ids, *, seed: int, epoch: int, example_ids, vocab_size: 
     where = "corrupt_spans"
     xp, ids = check_ids(where, input_ids)
     rows = check_example_ids(where, example_ids, ids.shape[0])
-    vocab = check_int(where, "vocab_size", vocab_size, 1, 2**31 - 1, "an int in [1, 2**31)")
-    pad_id = check_int(where, "pad_id", pad_id, 0, None, "an int >= 0")
+    vocab = check_int(where, "vocab_size", vocab_size, minimum=1, maximum=2**31 - 1,
+                      rule="an int in [1, 2**31)")
+    pad_id = check_int(where, "pad_id", pad_id, minimum=0, rule="an int >= 0")
     if eos_id is not None:
-        eos_id = check_int(where, "eos_id", eos_id, 0, None, "None or an int >= 0")
+        eos_id = check_int(where, "eos_id", eos_id, minimum=0, rule="None or an int >= 0")
     density = check_rate(where, "noise_density", noise_density, open_low=True)
     if density >= 1.0:
         raise ValueError(f"{where}: noise_density must be in (0, 1), got {density}")

@@ -18,16 +18,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import array_api_compat
+from numpy.typing import ArrayLike
 
+from .._typing import Array
+from .._validate import check_choice, check_int, check_rate
 from ._common import (
     SELECTION_RULES,
     Words,
-    check_choice,
     check_example_ids,
     check_id_set,
     check_ids,
-    check_int,
-    check_rate,
     eligibility,
     select_units,
     spread_to_tokens,
@@ -39,7 +39,7 @@ from .replacement import MaskedBatch, ReplacementRule, apply_replacement
 __all__ = ["mask_whole_words", "word_ids_from_continuation"]
 
 
-def word_ids_from_continuation(continuation):
+def word_ids_from_continuation(continuation: Array) -> Array:
     """int64 (B, T) word ids ``cumsum(not continuation) - 1`` from a (B, T) bool array."""
     xp = array_api_compat.array_namespace(continuation)
     if continuation.ndim != 2 or continuation.dtype != xp.bool:
@@ -65,9 +65,11 @@ def _word_ids(where: str, xp, ids, word_ids, continuation):
     return xp.astype(word_ids, xp.int64)
 
 
-def mask_whole_words(input_ids, *, seed: int, epoch: int, example_ids, mask_id: int,
+def mask_whole_words(input_ids: Array, *, seed: int, epoch: int, example_ids: ArrayLike,
+                     mask_id: int,
                      vocab_size: int, special_ids: Sequence[int], pad_id: int | None,
-                     word_ids=None, continuation=None, rate: float = 0.15,
+                     word_ids: Array | None = None, continuation: Array | None = None,
+                     rate: float = 0.15,
                      selection: str = "bernoulli", mask_rate: float = 0.8,
                      random_rate: float = 0.1, random_vocabulary: str = "all",
                      labels: str = "ignore_index", ignore_index: int = -100,
@@ -82,7 +84,7 @@ def mask_whole_words(input_ids, *, seed: int, epoch: int, example_ids, mask_id: 
     xp, ids = check_ids(where, input_ids)
     specials = check_id_set(where, "special_ids", special_ids)
     if pad_id is not None:
-        pad_id = check_int(where, "pad_id", pad_id, 0, None, "None or an int >= 0")
+        pad_id = check_int(where, "pad_id", pad_id, minimum=0, rule="None or an int >= 0")
     rows = check_example_ids(where, example_ids, ids.shape[0])
     rate = check_rate(where, "rate", rate)
     check_choice(where, "selection", selection, SELECTION_RULES)
@@ -90,8 +92,8 @@ def mask_whole_words(input_ids, *, seed: int, epoch: int, example_ids, mask_id: 
     rule = ReplacementRule(mask_id, vocab_size, mask_rate, random_rate, random_vocabulary,
                            labels, ignore_index).checked(where, specials)
     words = Words(where, xp, ids, seed, epoch, static_copies, rows)
-    eligible = eligibility(xp, ids, specials, pad_id, specials_eligible=bool(specials_eligible),
-                           padding_eligible=bool(padding_eligible))
+    eligible = eligibility(where, xp, ids, specials, pad_id,
+                           specials_eligible=specials_eligible, padding_eligible=padding_eligible)
     starts = unit_starts(xp, eligible, units)
     chosen = select_units(xp, starts, words("select", ids.shape[1]), rate, selection)
     selected = spread_to_tokens(xp, chosen, unit_of_token(xp, starts, eligible))
