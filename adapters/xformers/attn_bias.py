@@ -34,10 +34,15 @@ materialised mask. No LSE; gradients by torch autograd.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
-from ..common import Adapter, Profile, Unsupported
+from ..common import Adapter, Output, Profile, Unsupported
 from ..torch import common as tc
+
+if TYPE_CHECKING:
+    from refmask.case import Case
 
 NAME = "xformers.attn_bias"
 MISSING = "xformers is not installed (pip install 'refmask[xformers]')"
@@ -89,7 +94,7 @@ def _split(mask) -> list:
     return list(mask.masks) if mask.kind == "and" else [mask]
 
 
-def translate(case):
+def translate(case: Case) -> Any:
     """The xformers bias object for the case (None without a mask); raises Unsupported."""
     import torch
     from xformers.ops.fmha import attn_bias as ab
@@ -202,7 +207,7 @@ def _unsupported(case) -> str | None:
                             dropout="a given dropout keep-mask cannot be passed to SDPA")
 
 
-def run(case, inputs, *, grads: bool):
+def run(case: Case, inputs: dict[str, np.ndarray], *, grads: bool) -> Output:
     import torch
     import torch.nn.functional as F
 

@@ -24,13 +24,15 @@ import math
 
 import array_api_compat
 
+from .._typing import Array
 from .._validate import check_choice
 from ._inputs import is_real_floating
 
 LSE_BASES = ("e", "2")
 
 
-def merge(out_a, lse_a, out_b, lse_b, *more, base: str):
+def merge(out_a: Array, lse_a: Array, out_b: Array, lse_b: Array, *more: Array,
+          base: str) -> tuple[Array, Array]:
     """Merge two or more partial attention results over disjoint key ranges.
 
     Args:

@@ -15,8 +15,11 @@ a column, so a row with a sink sums to ``1 - exp(sink_h - lse_i)``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+from .._typing import Array
 from .._validate import check_choice
 from ._inputs import DEFAULT_EMPTY_ROWS, DEFAULT_LAYOUT, prepare
 from .forward import (
@@ -30,14 +33,20 @@ from .forward import (
 )
 from .temperature import scaled_queries
 
+if TYPE_CHECKING:
+    from ..masks import Mask
+    from .alibi import Alibi
+
 SCORE_STAGES = ("raw", "softcapped", "masked", "probs")
 #: ONNX Attention ``qk_matmul_output_mode`` -> stage (ONNX opset 23/24 operator text).
 ONNX_QK_MATMUL_OUTPUT_MODES = {0: "raw", 1: "softcapped", 2: "masked", 3: "probs"}
 
 
-def attention_scores(q, k, *, stage: str, mask=None, scale=None, softcap=None, bias=None,
-                     alibi=None, sinks=None, empty_rows=DEFAULT_EMPTY_ROWS,
-                     layout=DEFAULT_LAYOUT, query_scale=None):
+def attention_scores(q: Array, k: Array, *, stage: str, mask: Mask | Array | None = None,
+                     scale: float | None = None, softcap: float | None = None,
+                     bias: Array | None = None, alibi: Alibi | None = None,
+                     sinks: Array | None = None, empty_rows: str = DEFAULT_EMPTY_ROWS,
+                     layout: str = DEFAULT_LAYOUT, query_scale: Array | None = None) -> Array:
     """One intermediate of the forward pass, shape (B, Hq, Tq, Tk), in q's namespace and dtype.
 
     stage: "raw", "softcapped", "masked" or "probs" (module docstring); required.

@@ -17,6 +17,7 @@ import array_api_compat
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .._typing import Array
 from .._validate import check_int_array, check_real
 
 
@@ -39,7 +40,8 @@ def llama4_query_scale(positions: ArrayLike, *, floor_scale: float,
     return np.log1p(steps) * slope + 1.0
 
 
-def scaled_queries(where: str, q, query_scale, layout: str):
+def scaled_queries(where: str, q: Array, query_scale: Array,
+                   layout: str) -> tuple[Array, Array]:
     """``q`` with row i of batch b multiplied by ``query_scale[b, i]`` (or ``[i]``), in q's
     namespace and dtype. query_scale: (Tq,) or (B, Tq), same namespace and dtype as q."""
     xp = array_api_compat.array_namespace(q)

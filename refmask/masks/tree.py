@@ -24,14 +24,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validate import check_int_matrix
 from ._base import classify_by_evaluation
 from ._positional import PositionalMask
-from .alignment import Alignment, as_alignment
+from .alignment import AlignLike, Alignment, as_alignment
 
 
-def ancestor_matrix(parents) -> np.ndarray:
+def ancestor_matrix(parents: ArrayLike) -> np.ndarray:
     """(B, n, n) bool: ``A[b, t, u]`` iff u is t or an ancestor of t in tree b.
 
     parents: (n,) or (B, n) ints, ``parents[t]`` in ``[-1, t)`` (-1 = root). Raises when a
@@ -54,7 +55,7 @@ def ancestor_matrix(parents) -> np.ndarray:
     return ancestors
 
 
-def parents_from_ancestors(ancestors) -> np.ndarray:
+def parents_from_ancestors(ancestors: ArrayLike) -> np.ndarray:
     """Inverse of :func:`ancestor_matrix`: (B, n, n) or (n, n) bool -> (B, n) parents.
 
     The parent of t is its deepest strict ancestor (depth = number of ancestors). Raises unless
@@ -115,7 +116,7 @@ class Tree(PositionalMask):
         return {"parents": [list(row) for row in self.parents], "align": self.align.to_json()}
 
 
-def tree(parents, *, align) -> Tree:
+def tree(parents: ArrayLike, *, align: AlignLike) -> Tree:
     """Tree mask from a parent array: (n,) or (B, n) ints, ``parents[t]`` in ``[-1, t)``.
 
     align: where the tree starts among the keys (module docstring); required."""

@@ -48,10 +48,11 @@ from dataclasses import dataclass, fields, replace
 from functools import cached_property
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validate import check_int, check_int_matrix, check_int_vector
 from ._base import Grid, Mask, classify_by_evaluation
-from .alignment import Alignment, as_alignment, bottom_right
+from .alignment import AlignLike, Alignment, as_alignment, bottom_right
 
 #: Mask kinds whose rule reads only (b, h, local i, local j) and per-sequence lengths.
 _LOCAL_KINDS = ("full", "causal", "sliding_window", "chunked", "block_causal", "prefix_lm",
@@ -225,7 +226,8 @@ def _offsets(where: str, name: str, cu_seqlens) -> np.ndarray:
     return offsets
 
 
-def varlen_layout(cu_seqlens_q, cu_seqlens_k, *, seqused_k=None) -> SequenceLayout:
+def varlen_layout(cu_seqlens_q: ArrayLike, cu_seqlens_k: ArrayLike, *,
+                  seqused_k: ArrayLike | None = None) -> SequenceLayout:
     """FlashAttention varlen: sequence n owns queries ``[cu_seqlens_q[n], cu_seqlens_q[n+1])``
     and keys ``[cu_seqlens_k[n], cu_seqlens_k[n] + used)`` with ``used = seqused_k[n]`` when
     given (``flash_attn_varlen_func(..., seqused_k=)``), else the whole span. Tq =
@@ -252,7 +254,8 @@ def varlen_layout(cu_seqlens_q, cu_seqlens_k, *, seqused_k=None) -> SequenceLayo
                           k_starts=tuple(int(x) for x in k[:-1]))
 
 
-def padded_keys_layout(q_seqlens, k_padding: int, k_seqlens) -> SequenceLayout:
+def padded_keys_layout(q_seqlens: ArrayLike, k_padding: int,
+                       k_seqlens: ArrayLike) -> SequenceLayout:
     """xformers ``BlockDiagonal*PaddedKeysMask.from_seqlens(q_seqlen, kv_padding, kv_seqlen)``:
     packed queries of lengths ``q_seqlens``; sequence n's keys are the first ``k_seqlens[n]``
     of the slots ``[n * k_padding, (n + 1) * k_padding)``; Tk = N * k_padding."""
@@ -269,7 +272,8 @@ def padded_keys_layout(q_seqlens, k_padding: int, k_seqlens) -> SequenceLayout:
                           q_total=int(starts[-1]), k_starts=tuple(pad * n for n in range(len(k))))
 
 
-def gappy_keys_layout(q_seqlens, k_starts, k_seqlens, k_total: int) -> SequenceLayout:
+def gappy_keys_layout(q_seqlens: ArrayLike, k_starts: ArrayLike, k_seqlens: ArrayLike,
+                      k_total: int) -> SequenceLayout:
     """xformers ``BlockDiagonal*GappyKeysMask.from_seqlens(q_seqlen, kv_seqstarts, kv_seqlen)``
     (with ``kv_seqstarts = list(k_starts) + [k_total]``): sequence n's keys are
     ``[k_starts[n], k_starts[n] + k_seqlens[n])`` anywhere in Tk = k_total slots."""
@@ -283,8 +287,9 @@ def gappy_keys_layout(q_seqlens, k_starts, k_seqlens, k_total: int) -> SequenceL
         k_starts=check_int_vector(where, "k_starts", k_starts, minimum=0))
 
 
-def paged_layout(block_table, page_size: int, seq_lens, *, num_pages: int,
-                 cu_seqlens_q=None, first_slots=None) -> SequenceLayout:
+def paged_layout(block_table: ArrayLike, page_size: int, seq_lens: ArrayLike, *,
+                 num_pages: int, cu_seqlens_q: ArrayLike | None = None,
+                 first_slots: ArrayLike | None = None) -> SequenceLayout:
     """Paged KV cache (vLLM ``block_tables`` + ``seq_lens``; xformers ``Paged*``): logical key
     position ``pos`` of sequence n lives in physical slot
     ``block_table[n][pos // page_size] * page_size + pos % page_size`` of a cache of
@@ -405,7 +410,8 @@ class Varlen(Mask):
         self.layout.check_lengths("varlen", q_len, k_len)
         return classify_by_evaluation(self, b, h, q0, q1, k0, k1, q_len, k_len)
 
-    def query_minus_key(self, align, batch: int, q_len: int, k_len: int) -> np.ndarray:
+    def query_minus_key(self, align: AlignLike, batch: int, q_len: int,
+                        k_len: int) -> np.ndarray:
         """(B | 1, Tq, Tk) int64 ``pq - pk`` on sequence-local positions, with the query
         position ``pq = local i + offset_n`` of the per-sequence ``align``; 0 for pairs of two
         different sequences (which the mask never keeps). Used by per-sequence ALiBi."""
