@@ -323,10 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _names_user_code(args) -> bool:
-    """The command names modules of the user's project: --impl, --trust, or fuzz's
-    module:function. Only then does the working directory go on sys.path."""
-    return bool(getattr(args, "impl", None) or getattr(args, "trust", None)
-                or ":" in (getattr(args, "backend", "") or ""))
+    """The command names modules of the user's project: --impl / --t5-impl, --trust, or
+    fuzz's module:function. Only then does the working directory go on sys.path."""
+    return bool(getattr(args, "impl", None) or getattr(args, "t5_impl", None)
+                or getattr(args, "trust", None) or ":" in (getattr(args, "backend", "") or ""))
 
 
 def _refusal(error: BaseException) -> str:
