@@ -344,7 +344,9 @@ def test_output_paths_are_checked_before_the_run(tmp_path, capsys):  # rule: cli
     _refused(["render", '{"kind": "full"}', "--q-len", "2", "--k-len", "2", "--png",
               str(missing / "x.png")], capsys, "--png")
     _refused(["render", '{"kind": "full"}', "--q-len", "2", "--k-len", "2", "--png",
-              str(tmp_path)], capsys, "is a directory")
+              str(tmp_path), "--overwrite"], capsys, "is a directory")
+    _refused(["render", '{"kind": "full"}', "--q-len", "2", "--k-len", "2", "--png",
+              str(tmp_path)], capsys, "already exists")
     _refused(["matrix", "numpy", "--update", str(missing / "m.md")], capsys, "--update")
     text = tmp_path / "plain.md"
     text.write_text("no markers here\n")
