@@ -57,7 +57,7 @@ def _render(args) -> int:
                              f"({batches} batch entries, {heads} heads), got {value}")
     if args.cell < 1:
         raise ValueError(f"render: --cell must be an int >= 1, got {args.cell}")
-    if args.png:
+    if args.png is not None:
         check_output_path(args.png, args.overwrite, where="render", name="--png")
         keep = mask.materialize(batches, heads, args.q_len, args.k_len)
         render.to_png(keep, args.png, batch=args.batch, head=args.head, cell=args.cell,
@@ -179,6 +179,7 @@ def _golden(args) -> int:
         return 0
     directory = args.directory or golden.shipped_corpus_path()
     _notes(golden.recover_leftovers(Path(directory)))
+    golden.corpus_engine(directory)  # no readable manifest: a refusal (exit 2), not a defect
     problems = golden.verify(directory, regenerate=not args.no_regenerate,
                              progress=_progress_bar("verifying"), trust=args.trust or ())
     for problem in problems:
@@ -201,6 +202,8 @@ def _fuzz(args) -> int:
     from .cases import DTYPES
     from .strategies import fuzz
 
+    if args.examples < 1:
+        raise ValueError(f"fuzz: --examples must be an int >= 1, got {args.examples}")
     found = fuzz(args.backend, max_examples=args.examples, seed=args.seed,
                  dtypes=args.dtype or DTYPES)
     if found is None:

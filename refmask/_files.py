@@ -16,6 +16,9 @@ def _temp_file(directory: str, base: str, where: str) -> tuple[int, str]:
             return os.open(name, flags, 0o666), name
         except FileExistsError:
             continue
+        except OSError as error:  # name the user's path, not the temporary file
+            raise type(error)(f"{where}: cannot write {base!r} in {directory!r}: "
+                              f"{error.strerror or error}") from None
     raise FileExistsError(f"{where}: could not create a temporary file in {directory!r}")
 
 

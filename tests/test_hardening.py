@@ -105,7 +105,7 @@ def test_cli_never_puts_the_working_directory_on_sys_path_for_data(tmp_path, mon
                                                                    capsys):  # rule: trust
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    assert main(["golden", "verify", str(tmp_path), "--no-regenerate"]) == 1
+    assert main(["golden", "verify", str(tmp_path), "--no-regenerate"]) == 2  # no manifest
     assert main(["render", '{"kind": "causal", "align": "top_left"}', "--q-len", "2",
                  "--k-len", "2"]) == 0
     assert str(tmp_path) not in sys.path and os.getcwd() not in sys.path
