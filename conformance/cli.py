@@ -362,6 +362,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("refmask: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as error:  # refmask never exits from inside a command: user code did
+        print(f"refmask: error: code under test called sys.exit({error.code!r}); the command "
+              "was stopped", file=sys.stderr)
+        return 2
     except (ValueError, TypeError, LookupError, OSError, RuntimeError, MemoryError,
             ArithmeticError) as error:
         print(f"refmask: error: {_refusal(error)}", file=sys.stderr)

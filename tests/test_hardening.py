@@ -298,6 +298,17 @@ def test_impl_module_that_exits_on_import_is_a_refusal(tmp_path, monkeypatch, ca
     assert "raised SystemExit" in capsys.readouterr().err
 
 
+def test_user_code_that_exits_outside_a_case_cannot_end_the_command(tmp_path, monkeypatch,
+                                                                   capsys):  # user-code
+    (tmp_path / "exiting_masker.py").write_text(
+        "def masker(*args, **kwargs):\n    raise SystemExit(0)\n")
+    (tmp_path / "exits_on_import_2.py").write_text("raise SystemExit(0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _refused(["check-masking", "--impl", "exits_on_import_2:masker"], capsys, "SystemExit")
+    _refused(["check-masking", "--impl", "exiting_masker:masker", "--rows", "2", "--length",
+              "8", "--epochs", "2"], capsys, "sys.exit")
+
+
 def test_impl_function_that_exits_gives_a_failing_exit_code(tmp_path, monkeypatch, capsys):
     (tmp_path / "exits_on_call.py").write_text("def f(q, k, v, call):\n    raise SystemExit(0)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
