@@ -60,7 +60,8 @@ def _dtypes(report: Report) -> list:
     return [d for d in DTYPES if d in present]
 
 
-def terminal(report: Report, *, colour: bool = False, details: bool = True) -> str:
+def terminal(report: Report, *, colour: bool = False, details: bool = True,
+             verbose: bool = False) -> str:
     dtypes = _dtypes(report)
     matrix = _matrix(report)
     width = max([len("family")] + [len(f) for f in matrix])
@@ -90,8 +91,28 @@ def terminal(report: Report, *, colour: bool = False, details: bool = True) -> s
     return "\n".join(lines)
 
 
-def to_json(report: Report) -> str:
-    return json.dumps(report.to_json(), indent=2, sort_keys=False, allow_nan=False,
+#: The version of the JSON report document; its JSON Schema ships as
+#: ``refmask/conformance/schema/report.schema.json`` (:func:`json_schema_path`).
+SCHEMA_VERSION = 2
+
+
+def json_schema_path():
+    """The published JSON Schema of :func:`to_json`'s document."""
+    from pathlib import Path
+
+    return Path(__file__).parent / "schema" / "report.schema.json"
+
+
+def document(reports) -> dict:
+    """The JSON report document of one or several reports (one per backend)."""
+    reports = [reports] if isinstance(reports, Report) else list(reports)
+    return {"schema_version": SCHEMA_VERSION, "schema": "refmask-report",
+            "reports": [r.to_json() for r in reports]}
+
+
+def to_json(reports) -> str:
+    """:func:`document` as JSON text (no NaN: non-finite numbers are written as strings)."""
+    return json.dumps(document(reports), indent=2, sort_keys=False, allow_nan=False,
                       default=str)
 
 
@@ -186,16 +207,44 @@ def html(report: Report) -> str:
     )
 
 
+_FORMATS = (".json", ".md", ".html")
+
+
+def check_suffix(path: str) -> str:
+    """The report format of ``path`` (its suffix), or ValueError naming the allowed ones."""
+    import os
+
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in _FORMATS:
+        raise ValueError(f"--report {path}: the suffix must be one of {sorted(_FORMATS)}")
+    return suffix
+
+
+def write_many(reports, path: str, *, overwrite: bool = False) -> None:
+    """Write every report into one file in the format its suffix names (.json, .md, .html),
+    atomically; an existing file is kept unless ``overwrite``."""
+    from refmask._files import write_atomic
+
+    reports = [reports] if isinstance(reports, Report) else list(reports)
+    suffix = check_suffix(path)
+    if suffix == ".json":
+        text = to_json(reports)
+    elif suffix == ".md":
+        text = "\n".join(markdown(r) for r in reports)
+    else:
+        pages = [html(r) for r in reports]
+        text = pages[0] if len(pages) == 1 else _join_pages(pages)
+    write_atomic(text.encode("utf-8"), path, overwrite, where="refmask check", name="--report")
+
+
+def _join_pages(pages: list) -> str:
+    """Several HTML reports as one page: the first page's head, every body in turn."""
+    head = pages[0].split("<body>", 1)[0]
+    bodies = [page.split("<body>", 1)[1].rsplit("</body>", 1)[0] for page in pages]
+    return head + "<body>" + "<hr>".join(bodies) + "</body></html>\n"
+
+
 def write(report: Report, path: str, *, overwrite: bool = False) -> None:
     """Write the report in the format its suffix names (.json, .md, .html), atomically; an
     existing file is kept unless ``overwrite``."""
-    import os
-
-    from refmask._files import write_atomic
-
-    formats = {".json": to_json, ".md": markdown, ".html": html}
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix not in formats:
-        raise ValueError(f"--report {path}: the suffix must be one of {sorted(formats)}")
-    write_atomic(formats[suffix](report).encode("utf-8"), path, overwrite,
-                 where="refmask check", name="--report")
+    write_many([report], path, overwrite=overwrite)

@@ -29,11 +29,11 @@ import numpy as np
 import refmask
 from refmask import render
 from refmask.adapters import Adapter, Unsupported
-from refmask.adapters import load as load_adapter
 from refmask.attention import attention, attention_vjp
 
 from .cases import Case, attention_kwargs, case_inputs, catalog, dtype_unavailable
 from .explanations import Explanation, explanations
+from .judging import Judging
 from .tolerance import TensorCheck, check_tensor, score_sensitivity
 
 VERDICTS = ("pass", "policy", "fail", "unsupported")
@@ -53,6 +53,7 @@ class CaseResult:
     checks: tuple = ()
     picture: str = ""
     seconds: float = 0.0
+    traceback: str = ""
 
     def to_json(self) -> dict:
         return {
@@ -62,6 +63,7 @@ class CaseResult:
             "convention_kind": self.convention_kind,
             "checks": [c.to_json() for c in self.checks], "picture": self.picture,
             "seconds": round(self.seconds, 4), "mask": repr(self.case.mask),
+            "traceback": self.traceback,
         }
 
 
@@ -72,6 +74,7 @@ class Report:
     backend: str
     results: list = field(default_factory=list)
     environment: dict = field(default_factory=dict)
+    judging: dict = field(default_factory=dict)
 
     def counts(self) -> dict:
         counted = Counter(r.verdict for r in self.results)
@@ -83,8 +86,43 @@ class Report:
 
     def to_json(self) -> dict:
         return {"backend": self.backend, "counts": self.counts(),
-                "environment": self.environment,
+                "environment": self.environment, "judging": self.judging,
                 "results": [r.to_json() for r in self.results]}
+
+    def to_records(self) -> list[dict]:
+        """One flat dict per case (backend, id, family, dtype, flags, verdict, convention,
+        convention_kind, reason, and the worst failing tensor's name, max_abs, max_ulps and
+        first_bad), for tables and DataFrames."""
+        records = []
+        for r in self.results:
+            bad = [c for c in r.checks if not c.ok]
+            worst = max(bad, key=lambda c: c.max_ulps) if bad else None
+            records.append({
+                "backend": r.backend, "id": r.case.id, "family": r.case.family,
+                "dtype": r.case.dtype, "flags": ",".join(r.case.flags), "verdict": r.verdict,
+                "convention": r.convention, "convention_kind": r.convention_kind,
+                "reason": r.reason, "tensor": worst.name if worst else None,
+                "max_abs": worst.max_abs if worst else None,
+                "max_ulps": worst.max_ulps if worst else None,
+                "first_bad": worst.first_bad if worst else None,
+            })
+        return records
+
+    def to_dataframe(self):
+        """:meth:`to_records` as a pandas DataFrame (needs pandas: ``pip install pandas``)."""
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError("Report.to_dataframe needs pandas (pip install pandas); "
+                              "Report.to_records() gives the same rows as dicts") from None
+        return pandas.DataFrame.from_records(self.to_records())
+
+    def assert_ok(self) -> None:
+        """Raise AssertionError with the terminal report when any case fails."""
+        if self.failed:
+            from .report import terminal
+
+            raise AssertionError(terminal(self))
 
 
 # --- references ------------------------------------------------------------------------------
@@ -241,34 +279,50 @@ def _explain(case: Case, inputs: dict, output, checks: list, golden: dict, naive
 
 def _ordered_explanations(adapter: Adapter) -> list:
     """Explanations in trial order: the conventions the backend declares come first."""
-    profile = adapter.profile
-    declared = {f"empty_rows={profile.empty_rows}", f"lse_base={profile.lse_base}",
-                f"causal={profile.causal_alignment}"}
+    declared = adapter.profile.declared()
     every = explanations()
     return [e for e in every if e.name in declared] + [e for e in every if e.name not in declared]
 
 
-def run_case(adapter: Adapter, case: Case, *, grads: bool = False,
-             golden: Callable | None = None) -> CaseResult:
-    """Judge one case; ``golden(case, inputs, grads) -> dict`` overrides the golden source."""
+def _missing_gradients(output, golden: dict) -> list:
+    """Gradients the golden values hold that the backend did not return."""
+    returned = output.grads or {}
+    return [name for name in GRAD_NAMES if name in golden and name not in returned]
+
+
+def run_case(adapter: Adapter, case: Case, *, grads: bool | None = None,
+             golden: Callable | None = None, judging: Judging | None = None) -> CaseResult:
+    """Judge one case under ``judging`` (default: ``Judging()``; ``grads`` overrides its
+    field); ``golden(case, inputs, grads) -> dict`` overrides the golden source (default:
+    ``judging.golden()``, the shipped exact corpus)."""
+    judging = judging or Judging()
+    if grads is not None:
+        judging = judging.replace(grads=bool(grads))
+    grads = judging.grads
     start = time.perf_counter()
 
     def result(verdict, reason="", **extra):
         return CaseResult(case=case, backend=adapter.name, verdict=verdict, reason=reason,
                           seconds=time.perf_counter() - start, **extra)
 
-    reason = adapter.unavailable() or dtype_unavailable(case.dtype) or adapter.unsupported(case)
+    reason = (adapter.unavailable() or dtype_unavailable(case.dtype)
+              or _dtype_undeclared(adapter, case) or judging.grads_unavailable(adapter)
+              or adapter.unsupported(case))
     if reason:
         return result("unsupported", reason)
     inputs = case_inputs(case)
-    grads = grads and adapter.profile.backward
     try:
         output = adapter.run(case, inputs, grads=grads)
     except Unsupported as why:
         return result("unsupported", str(why))
     except Exception as error:  # noqa: BLE001 - a crash is a verdict, not a runner error
-        return result("fail", f"the backend raised {type(error).__name__}: {error}")
-    gold = (golden or _golden_from_reference)(case, inputs, grads)
+        return result("fail", f"the backend raised {type(error).__name__}: {error}",
+                      traceback=_user_traceback(error))
+    gold = (golden or judging.golden())(case, inputs, grads)
+    if grads:
+        missing = _missing_gradients(output, gold)
+        if missing:
+            return result("fail", f"--grads: the backend returned no {', '.join(missing)}")
     naive = reference_outputs(case, inputs, float64=False, grads=grads)
     reference64 = naive if case.dtype == "float64" else reference_outputs(
         case, inputs, float64=True, grads=grads)
@@ -281,14 +335,35 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool = False,
     explanation = _explain(case, inputs, output, checks, gold, naive,
                            _ordered_explanations(adapter))
     if explanation is not None and explanation.kind == "policy":
-        return result("policy", f"{explanation.name}: {explanation.description}",
-                      convention=explanation.name, convention_kind="policy",
+        if judging.accepts(explanation.name, adapter.profile.declared()):
+            return result("policy", f"{explanation.name}: {explanation.description}",
+                          convention=explanation.name, convention_kind="policy",
+                          checks=tuple(checks), picture=picture)
+        return result("fail", f"matches the convention {explanation.name}, which "
+                      f"{adapter.name} does not declare: {explanation.description} (declare "
+                      f"it, or accept it with --allow-policy {explanation.name})",
+                      convention=explanation.name, convention_kind="undeclared",
                       checks=tuple(checks), picture=picture)
     if explanation is not None:
         return result("fail", f"matches the known bug {explanation.name}: "
                       f"{explanation.description}", convention=explanation.name,
                       convention_kind="bug", checks=tuple(checks), picture=picture)
     return result("fail", first.reason, checks=tuple(checks), picture=picture)
+
+
+def _dtype_undeclared(adapter: Adapter, case: Case) -> str | None:
+    dtypes = adapter.profile.dtypes
+    if dtypes is not None and case.dtype not in dtypes:
+        return f"{adapter.name} declares the dtypes {list(dtypes)} only"
+    return None
+
+
+def _user_traceback(error: BaseException, limit: int = 6) -> str:
+    """The innermost frames of a crash, so a user sees where in their code it happened."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)[-limit:]
+    return "".join(traceback.format_list(frames)) + f"{type(error).__name__}: {error}"
 
 
 # --- whole runs ------------------------------------------------------------------------------
@@ -301,55 +376,56 @@ def environment(adapter: Adapter) -> dict:
 
 def select_cases(cases: Iterable[Case] | None = None, *, dtypes: Iterable[str] | None = None,
                  filter: str | None = None) -> list[Case]:
-    """Catalog cases (or the given ones) restricted to ``dtypes`` and to ids containing
-    ``filter`` (a substring; several may be given separated by commas)."""
+    """Catalog cases (or the given ones) restricted to ``dtypes`` and to ``filter``:
+    comma-separated texts, each matching a case whose id contains it, one of whose flags or
+    whose family equals it (``"sliding_window"`` selects the family whose ids start
+    ``window/``)."""
     chosen = list(catalog() if cases is None else cases)
     if dtypes is not None:
         dtypes = set(dtypes)
         chosen = [c for c in chosen if c.dtype in dtypes]
     if filter:
         parts = [p.strip() for p in filter.split(",") if p.strip()]
-        chosen = [c for c in chosen if any(p in c.id or p in c.flags for p in parts)]
+        chosen = [c for c in chosen
+                  if any(p in c.id or p in c.flags or p == c.family for p in parts)]
     return chosen
 
 
-def resolve_backend(target) -> Adapter:
-    """An Adapter from a backend name, an Adapter, or a user function ``fn(q, k, v, call)``."""
-    from refmask.adapters.user import from_function, from_path
-
-    if isinstance(target, Adapter):
-        return target
-    if isinstance(target, str):
-        return from_path(target) if ":" in target else load_adapter(target)
-    if callable(target):
-        return from_function(target)
-    raise TypeError(f"check: target must be a backend name, 'module:function', an Adapter or "
-                    f"a function, got {type(target).__name__}")
+def resolve_backend(target, judging: Judging | None = None) -> Adapter:
+    """An Adapter from a backend name, an Adapter, or a user function ``fn(q, k, v, call)``
+    (or ``"module:function"``), called as ``judging`` says."""
+    return (judging or Judging()).adapter(target)
 
 
-def check(target, *, cases: Iterable[Case] | None = None, dtypes=None, filter=None,
-          grads: bool = False, golden: Callable | None = None,
-          progress: Callable | None = None) -> Report:
+def check(target, *, judging: Judging | None = None, cases: Iterable[Case] | None = None,
+          golden: Callable | None = None, progress: Callable | None = None,
+          **options) -> Report:
     """Run the conformance suite against ``target`` and return the :class:`Report`.
 
     target: a backend name (``"numpy"``), ``"module:function"``, an Adapter, or a function
     following the user calling convention (:mod:`refmask.adapters.user`).
-    cases/dtypes/filter: which cases (default: the whole catalog, every dtype).
-    grads: also compare gradients where the backend provides them.
-    golden: ``golden(case, inputs, grads) -> dict`` of float64 arrays (BHTD); default: the
-    exact values of the shipped corpus, the float64 reference for cases it does not hold.
+    judging: the :class:`~.judging.Judging` (which cases, golden values, grads, allowed
+    policies, framework/device of a user function); ``options`` are its fields, given
+    directly (``check(fn, dtypes="bfloat16", grads=True, framework="torch")``) and applied on
+    top of ``judging``.
+    cases: run these cases instead of the judging's (still narrowed by dtypes/filter).
+    golden: ``golden(case, inputs, grads) -> dict`` of float64 arrays (BHTD); default:
+    ``judging.golden()``, the exact values of the shipped corpus.
     progress: optional ``callable(done, total)``.
     """
-    adapter = resolve_backend(target)
-    chosen = select_cases(cases, dtypes=dtypes, filter=filter)
-    golden = golden or shipped_golden()
-    report = Report(backend=adapter.name, environment=environment(adapter))
+    judging = (judging or Judging()).replace(**options) if options else (judging or Judging())
+    adapter = judging.adapter(target)
+    chosen = judging.cases(cases)
+    golden = golden or judging.golden()
+    report = Report(backend=adapter.name, environment=environment(adapter),
+                    judging=judging.to_json())
     for n, case in enumerate(chosen):
-        report.results.append(run_case(adapter, case, grads=grads, golden=golden))
+        report.results.append(run_case(adapter, case, golden=golden, judging=judging))
         if progress is not None:
             progress(n + 1, len(chosen))
     return report
 
 
-__all__ = ["VERDICTS", "CaseResult", "GoldenDisagreement", "Report", "TensorCheck", "check",
+__all__ = ["VERDICTS", "CaseResult", "GoldenDisagreement", "Judging", "Report", "TensorCheck",
+           "check",
            "reference_outputs", "run_case", "select_cases"]

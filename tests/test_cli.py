@@ -38,7 +38,7 @@ def test_check_numpy_passes_and_exits_zero(capsys, tmp_path):
     assert main(["check", "numpy", "--filter", "causal/", "--report", str(report)]) == 0
     text = capsys.readouterr().out
     assert "0 fail" in text and "wrote" in text
-    data = json.loads(report.read_text())
+    (data,) = json.loads(report.read_text())["reports"]
     assert data["counts"]["fail"] == 0 and data["counts"]["pass"] == len(data["results"]) > 0
 
 
@@ -63,6 +63,8 @@ def test_report_is_not_overwritten_without_asking(tmp_path, capsys):
     assert main(["check", "numpy", "--filter", "full/square", "--report", str(report)]) == 2
     assert report.read_text() == "mine"
     assert "--overwrite" in capsys.readouterr().err
+    # refused before the run: no verdict table was printed
+    assert "refmask check numpy" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [
