@@ -5,8 +5,9 @@ peers' representations; ``refmask.render`` draws them. Nothing here imports a fr
 """
 
 from . import masks
+from ._version import package_version
 
-__version__ = "0.1.0"
+__version__: str = package_version()  # single source: pyproject.toml
 SPEC_VERSION = "0.1"
 
 __all__ = ["SPEC_VERSION", "__version__", "masks"]

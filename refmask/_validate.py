@@ -1,82 +1,191 @@
-"""Argument checks shared by every public function.
+"""Argument checks shared by every public function of refmask (the only copy).
 
-Each helper raises ``ValueError`` (or ``TypeError`` for a wrong kind of value) with a
-message that names the argument and the rule it broke, e.g.
+Each helper raises ``TypeError`` for a wrong kind of value and ``ValueError`` for a value that
+breaks a rule, with a message that starts with the public function (``where``), names the
+argument and states the rule, e.g.
 ``sliding_window: left must be an int >= 0 or None, got -1``.
+Helpers return the value normalised (a Python int, a float, an int64 array, ...), never a
+silently cast or clipped one.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 
-def check_int(where: str, name: str, value, *, minimum: int | None = None) -> int:
-    """Return ``value`` as a Python int, rejecting bools, floats and values below ``minimum``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{where}: {name} must be an int, got {value!r} ({type(value).__name__})")
+def _is_int(value: Any) -> bool:
+    """An integer that is not a bool (``True`` is an ``Integral`` in Python)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+# -- scalars ------------------------------------------------------------------------------------
+def check_int(where: str, name: str, value: Any, *, minimum: int | None = None,
+              maximum: int | None = None, rule: str | None = None) -> int:
+    """Return ``value`` as a Python int in ``[minimum, maximum]`` (either bound optional).
+
+    Bools and floats are refused. ``rule`` replaces the default wording of the rule in both
+    messages (e.g. ``"an int with 0 <= seed < 2**64"``).
+    """
+    if not _is_int(value):
+        raise TypeError(f"{where}: {name} must be {rule or 'an int'}, got {value!r} "
+                        f"({type(value).__name__})")
     value = int(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{where}: {name} must be an int >= {minimum}, got {value}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if rule is None:
+            rule = (f"an int >= {minimum}" if maximum is None else
+                    f"an int <= {maximum}" if minimum is None else
+                    f"an int with {minimum} <= {name} <= {maximum}")
+        raise ValueError(f"{where}: {name} must be {rule}, got {value}")
     return value
 
 
-def check_optional_int(where: str, name: str, value, *, minimum: int | None = None) -> int | None:
+def check_optional_int(where: str, name: str, value: Any, *,
+                       minimum: int | None = None) -> int | None:
     """Like :func:`check_int`, but ``None`` passes through (it means 'unbounded')."""
     if value is None:
         return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(
-            f"{where}: {name} must be an int >= {minimum} or None, got {value!r} "
-            f"({type(value).__name__})"
-        )
-    value = int(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{where}: {name} must be an int >= {minimum} or None, got {value}")
+    rule = "an int or None" if minimum is None else f"an int >= {minimum} or None"
+    return check_int(where, name, value, minimum=minimum, rule=rule)
+
+
+def check_int_pair(where: str, name: str, value: Any) -> tuple[int, int]:
+    """A ``(first, second)`` pair of ints, e.g. a window ``(left, right)``."""
+    try:
+        first, second = value
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{where}: {name} must be a (left, right) pair of ints, got {value!r}"
+                        ) from error
+    return (check_int(where, f"{name}[0]", first), check_int(where, f"{name}[1]", second))
+
+
+def check_real(where: str, name: str, value: Any, *, positive: bool = False,
+               optional: bool = False) -> float:
+    """A finite real number (``> 0`` when ``positive``) as a Python float; bools refused.
+
+    ``optional`` only changes the wording (``... or None``): the caller handles ``None``.
+    """
+    rule = ("a finite real number > 0" if positive else "a finite real number") + (
+        " or None" if optional else "")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where}: {name} must be {rule}, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise ValueError(f"{where}: {name} must be {rule}, got {value!r}")
     return value
 
 
-def check_int_vector(where: str, name: str, values, *, minimum: int | None = None) -> tuple:
-    """Return a 1-D sequence of ints as a tuple, rejecting bools, floats and short values."""
+def check_flag(where: str, name: str, value: Any) -> bool:
+    """A bool switch (Python or NumPy bool); 0/1 and None are refused, not read as False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{where}: {name} must be a bool (True or False), got {value!r}")
+    return bool(value)
+
+
+def check_str(where: str, name: str, value: Any) -> str:
+    """A ``str`` (bytes and other objects are refused, not converted)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{where}: {name} must be a str, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_choice(where: str, name: str, value: Any, choices: Any) -> Any:
+    """``value`` must be one of ``choices`` (the message lists them sorted)."""
+    if value not in choices:
+        raise ValueError(f"{where}: {name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def check_shape(where: str, name: str, shape: Any) -> tuple[int, ...]:
+    """A shape: a non-negative int or a sequence of non-negative ints, as a tuple."""
+    items = (shape,) if _is_int(shape) else shape
+    rule = "a non-negative int or a sequence of non-negative ints"
+    if isinstance(shape, (bool, np.bool_)) or not isinstance(items, (Sequence, np.ndarray)):
+        raise TypeError(f"{where}: {name} must be {rule}, got {shape!r}")
+    out = []
+    for dim in items:
+        if not _is_int(dim):
+            raise TypeError(f"{where}: {name} must be {rule}, got {shape!r}")
+        if int(dim) < 0:
+            raise ValueError(f"{where}: {name} must be {rule}, got {shape!r}")
+        out.append(int(dim))
+    return tuple(out)
+
+
+# -- arrays -------------------------------------------------------------------------------------
+def _require_integer_dtype(where: str, name: str, array: np.ndarray) -> None:
+    if array.dtype == np.bool_ or (array.size and not np.issubdtype(array.dtype, np.integer)):
+        raise TypeError(f"{where}: {name} must hold integers, got dtype {array.dtype}")
+
+
+def check_int_array(where: str, name: str, values: Any, *, ndim: int | None = None) -> np.ndarray:
+    """An integer array (bools and floats refused, also when empty of a float dtype), as int64;
+    ``ndim`` given: exactly that many dims."""
+    array = np.asarray(values)
+    _require_integer_dtype(where, name, array)
+    if ndim is not None and array.ndim != ndim:
+        raise ValueError(f"{where}: {name} must be {ndim}-D, got shape {array.shape}")
+    return array.astype(np.int64)
+
+
+def check_int_vector(where: str, name: str, values: Any, *,
+                     minimum: int | None = None) -> tuple[int, ...]:
+    """Return a 1-D sequence of ints (one per batch entry) as a tuple, each >= ``minimum``."""
     array = np.asarray(values)
     if array.ndim != 1:
         raise ValueError(f"{where}: {name} must be 1-D (one entry per batch), got shape "
                          f"{array.shape}")
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"{where}: {name} must hold integers, got dtype {array.dtype}")
+    _require_integer_dtype(where, name, array)
     if minimum is not None and array.size and array.min() < minimum:
         bad = int(np.argmin(array))
         raise ValueError(f"{where}: {name}[{bad}] must be >= {minimum}, got {int(array[bad])}")
     return tuple(int(x) for x in array)
 
 
-def check_int_matrix(where: str, name: str, values) -> tuple:
-    """Return a 2-D (B, T) integer array as a tuple of tuples."""
+def check_int_matrix(where: str, name: str, values: Any) -> tuple[tuple[int, ...], ...]:
+    """Return a 2-D (B, T) integer array (a 1-D one is read as B = 1) as a tuple of tuples."""
     array = np.asarray(values)
     if array.ndim == 1:
         array = array[None, :]
     if array.ndim != 2:
         raise ValueError(f"{where}: {name} must have shape (B, T), got shape {array.shape}")
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"{where}: {name} must hold integers, got dtype {array.dtype}")
+    _require_integer_dtype(where, name, array)
     return tuple(tuple(int(x) for x in row) for row in array)
 
 
-def check_bool_array(where: str, name: str, values) -> np.ndarray:
-    """Return a read-only NumPy bool copy; anything that is not bool is refused, not cast."""
+def check_bool_dtype(where: str, name: str, array: Any, xp: Any = None, *,
+                     meaning: str = "attend", hint: str = "") -> None:
+    """``array`` (of NumPy, or of array namespace ``xp``) must have a bool dtype.
+
+    meaning: what True stands for, named in the message; hint: a sentence appended to it
+    (how to convert what was given). 0/1 integers and float masks are refused, never cast:
+    their polarity is a convention refmask does not guess.
+    """
+    is_bool = array.dtype == (np.bool_ if xp is None else xp.bool)
+    if not is_bool:
+        raise TypeError(f"{where}: {name} must be a bool array (True = {meaning}), got dtype "
+                        f"{array.dtype}" + (f"; {hint}" if hint else ""))
+
+
+_CONVERT_HINT = "convert additive or integer masks explicitly with refmask.convert"
+
+
+def check_bool_numpy(where: str, name: str, values: Any, *, min_ndim: int = 0) -> np.ndarray:
+    """A NumPy bool array (True = attend) with at least ``min_ndim`` dims (no copy)."""
     array = np.asarray(values)
-    if array.dtype != np.bool_:
-        raise TypeError(
-            f"{where}: {name} must be a bool array (True = attend), got dtype {array.dtype}; "
-            "convert additive or integer masks explicitly with refmask.convert"
-        )
-    array = np.array(array, dtype=bool, copy=True)
-    array.setflags(write=False)
+    check_bool_dtype(where, name, array, hint=_CONVERT_HINT)
+    if array.ndim < min_ndim:
+        raise ValueError(f"{where}: {name} must have at least {min_ndim} dims, got shape "
+                         f"{array.shape}")
     return array
 
 
-def check_choice(where: str, name: str, value, choices) -> str:
-    if value not in choices:
-        raise ValueError(f"{where}: {name} must be one of {sorted(choices)}, got {value!r}")
-    return value
+def check_bool_array(where: str, name: str, values: Any) -> np.ndarray:
+    """Return a read-only NumPy bool copy; anything that is not bool is refused, not cast."""
+    array = np.array(check_bool_numpy(where, name, values), dtype=bool, copy=True)
+    array.setflags(write=False)
+    return array

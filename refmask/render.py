@@ -10,8 +10,6 @@ diagonal running top-left to bottom-right.
   over nothing) is the edge case where implementations disagree.
 * :func:`to_png` -- an 8-bit RGB PNG written by a small pure-Python encoder (``zlib`` +
   ``struct``); kept cells dark, dropped cells light, empty rows tinted light red.
-* :func:`read_png` -- a minimal, checking decoder for exactly the PNGs :func:`to_png`
-  writes (8-bit grey or RGB, no interlace, filter type 0), for round-trip tests.
 * :func:`render_mask` -- materialise a refmask ``Mask`` and draw one (batch, head) of it.
 
 Inputs must already be bool: 0/1 integers or floats are refused (``TypeError``), never
@@ -26,11 +24,14 @@ import math
 import os
 import struct
 import zlib
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._files import write_atomic
-from ._validate import check_bool_array, check_choice, check_int
+from ._validate import check_bool_array, check_choice, check_flag, check_int
+from .masks import Mask
 
 __all__ = [
     "DROP_RGB",
@@ -38,7 +39,6 @@ __all__ = [
     "GRID_RGB",
     "KEEP_RGB",
     "MAX_PIXELS",
-    "read_png",
     "render_mask",
     "to_png",
     "to_text",
@@ -56,17 +56,10 @@ MAX_PIXELS = 16 * 1024 * 1024
 """Largest picture :func:`to_png` draws (width * height), 16,777,216 pixels."""
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_CHANNELS = {0: 1, 2: 3}  # PNG colour type -> samples per pixel (grey, RGB)
 _GRID_MIN_CELL = 4
 
 
 # -- shared input handling ------------------------------------------------------------------
-def _check_flag(where: str, name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{where}: {name} must be True or False, got {value!r}")
-    return bool(value)
-
-
 def _select(where: str, keep, batch, head) -> np.ndarray:
     """Validate ``keep`` and return the 2-D (Tq, Tk) bool picture to draw."""
     array = check_bool_array(where, "keep", keep)
@@ -109,7 +102,7 @@ def _check_char(where: str, name: str, value, ascii_only: bool) -> str:
 
 
 def to_text(
-    keep,
+    keep: ArrayLike,
     *,
     keep_char: str = "█",
     drop_char: str = "·",
@@ -140,9 +133,9 @@ def to_text(
     """
     where = "to_text"
     picture = _select(where, keep, batch, head)
-    ascii = _check_flag(where, "ascii", ascii)
-    row_labels = _check_flag(where, "row_labels", row_labels)
-    col_labels = _check_flag(where, "col_labels", col_labels)
+    ascii = check_flag(where, "ascii", ascii)
+    row_labels = check_flag(where, "row_labels", row_labels)
+    col_labels = check_flag(where, "col_labels", col_labels)
     if ascii:
         keep_char = "#" if keep_char == "█" else keep_char
         drop_char = "." if drop_char == "·" else drop_char
@@ -218,8 +211,8 @@ def _draw(picture: np.ndarray, cell: int, grid: bool) -> np.ndarray:
 
 
 def to_png(
-    keep,
-    path=None,
+    keep: ArrayLike,
+    path: str | os.PathLike[str] | None = None,
     *,
     cell: int = 8,
     grid: bool = True,
@@ -252,8 +245,8 @@ def to_png(
     where = "to_png"
     picture = _select(where, keep, batch, head)
     cell = check_int(where, "cell", cell, minimum=1)
-    grid = _check_flag(where, "grid", grid)
-    overwrite = _check_flag(where, "overwrite", overwrite)
+    grid = check_flag(where, "grid", grid)
+    overwrite = check_flag(where, "overwrite", overwrite)
     q_len, k_len = picture.shape
     if q_len == 0 or k_len == 0:
         raise ValueError(
@@ -282,104 +275,6 @@ def to_png(
     return data
 
 
-# -- PNG reading ----------------------------------------------------------------------------
-def read_png(data) -> np.ndarray:
-    """Decode a PNG written by :func:`to_png` into a uint8 array of shape (H, W, C).
-
-    data: the file's bytes (bytes, bytearray or memoryview).
-
-    Returns pixels with C = 3 for RGB (colour type 2) or C = 1 for grey (colour type 0).
-    Only what this module writes is supported: bit depth 8, no interlace, filter type 0 on
-    every row, at most ``MAX_PIXELS`` pixels; ancillary chunks are checked and skipped.
-    Every chunk's CRC is verified. A bad signature, CRC, chunk order, zlib stream or size
-    raises ``ValueError``; anything else outside that subset raises ``ValueError`` too.
-    """
-    where = "read_png"
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"{where}: data must be bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if not data.startswith(_PNG_SIGNATURE):
-        raise ValueError(f"{where}: data does not start with the PNG signature")
-
-    header = None
-    idat = []
-    idat_closed = False
-    offset = len(_PNG_SIGNATURE)
-    while True:
-        if offset + 8 > len(data):
-            raise ValueError(f"{where}: truncated chunk header at byte {offset} (no IEND)")
-        length, kind = struct.unpack(">I4s", data[offset : offset + 8])
-        end = offset + 12 + length
-        if end > len(data):
-            raise ValueError(f"{where}: chunk {kind!r} at byte {offset} is truncated")
-        body = data[offset + 8 : offset + 8 + length]
-        (crc,) = struct.unpack(">I", data[end - 4 : end])
-        if zlib.crc32(kind + body) & 0xFFFFFFFF != crc:
-            raise ValueError(f"{where}: CRC mismatch in chunk {kind!r} at byte {offset}")
-        offset = end
-        if header is None and kind != b"IHDR":
-            raise ValueError(f"{where}: first chunk must be IHDR, got {kind!r}")
-        if kind == b"IHDR":
-            if header is not None:
-                raise ValueError(f"{where}: more than one IHDR chunk")
-            if length != 13:
-                raise ValueError(f"{where}: IHDR must hold 13 bytes, got {length}")
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            if idat_closed:
-                raise ValueError(f"{where}: IDAT chunks must be consecutive")
-            idat.append(body)
-        elif kind == b"IEND":
-            if length:
-                raise ValueError(f"{where}: IEND must be empty, got {length} bytes")
-            break
-        elif not kind[0:1].islower():  # unknown critical chunk (PLTE included)
-            raise ValueError(f"{where}: unsupported critical chunk {kind!r}")
-        if idat and kind != b"IDAT":
-            idat_closed = True
-    if offset != len(data):
-        raise ValueError(f"{where}: {len(data) - offset} trailing bytes after IEND")
-    if not idat:
-        raise ValueError(f"{where}: no IDAT chunk")
-
-    width, height, depth, colour, compression, filter_method, interlace = header
-    if width == 0 or height == 0 or width * height > MAX_PIXELS:
-        raise ValueError(f"{where}: image is {width} x {height}; need 1 to {MAX_PIXELS:,} pixels")
-    if depth != 8 or colour not in _CHANNELS:
-        raise ValueError(
-            f"{where}: only 8-bit grey (colour type 0) or RGB (2) is supported, got bit "
-            f"depth {depth}, colour type {colour}"
-        )
-    if compression != 0 or filter_method != 0 or interlace != 0:
-        raise ValueError(
-            f"{where}: unsupported compression/filter/interlace method "
-            f"{compression}/{filter_method}/{interlace}"
-        )
-
-    channels = _CHANNELS[colour]
-    stride = 1 + width * channels
-    expected = height * stride
-    stream = zlib.decompressobj()
-    try:
-        raw = stream.decompress(b"".join(idat), expected + 1)
-    except zlib.error as error:
-        raise ValueError(f"{where}: corrupt zlib stream in IDAT: {error}") from None
-    if len(raw) != expected or not stream.eof or stream.unconsumed_tail or stream.unused_data:
-        raise ValueError(
-            f"{where}: IDAT holds {len(raw)} bytes of image data (stream "
-            f"{'complete' if stream.eof else 'incomplete'}), expected {expected}"
-        )
-    rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, stride)
-    filters = rows[:, 0]
-    if filters.any():
-        bad = int(np.flatnonzero(filters)[0])
-        raise ValueError(
-            f"{where}: row {bad} uses filter type {int(filters[bad])}; only type 0 (None) "
-            "is supported"
-        )
-    return rows[:, 1:].reshape(height, width, channels).copy()
-
-
 # -- Mask objects ---------------------------------------------------------------------------
 def _size_attribute(mask, name: str) -> int | None:
     value = getattr(mask, name, None)
@@ -389,15 +284,15 @@ def _size_attribute(mask, name: str) -> int | None:
 
 
 def render_mask(
-    mask,
+    mask: Mask,
     q_len: int,
     k_len: int,
     *,
     batch: int = 0,
     head: int = 0,
     fmt: str = "text",
-    **kw,
-):
+    **kw: Any,
+) -> str | bytes:
     """Materialise a refmask ``Mask`` and draw one (batch, head) of it.
 
     mask: an object with ``materialize(batch, heads, q_len, k_len)`` returning a NumPy bool

@@ -77,6 +77,9 @@ import numbers
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
+
+from ._validate import check_int, check_shape, check_str
 
 __all__ = [
     "PHILOX_M4X32",
@@ -104,43 +107,14 @@ _U64 = np.uint64
 # --------------------------------------------------------------------------- validation
 
 
-def _check_int(where: str, name: str, value, lo: int, hi: int | None, rule: str) -> int:
-    """Return ``value`` as an int in ``[lo, hi)`` (``hi=None``: unbounded); bools refused."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{where}: {name} must be {rule}, got {value!r} ({type(value).__name__})")
-    value = int(value)
-    if value < lo or (hi is not None and value >= hi):
-        raise ValueError(f"{where}: {name} must be {rule}, got {value}")
-    return value
-
-
 def _check_seed(where: str, seed) -> int:
-    return _check_int(where, "seed", seed, 0, 2**64, "an int with 0 <= seed < 2**64")
-
-
-def _check_stream(where: str, stream) -> str:
-    if not isinstance(stream, str):
-        raise TypeError(f"{where}: stream must be a str, got {stream!r} ({type(stream).__name__})")
-    return stream
-
-
-def _check_shape(where: str, shape) -> tuple[int, ...]:
-    items = (shape,) if isinstance(shape, numbers.Integral) else shape
-    rule = "a non-negative int or a sequence of non-negative ints"
-    if isinstance(shape, (bool, np.bool_)) or not isinstance(items, (Sequence, np.ndarray)):
-        raise TypeError(f"{where}: shape must be {rule}, got {shape!r}")
-    out = []
-    for dim in items:
-        if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, numbers.Integral):
-            raise TypeError(f"{where}: shape must be {rule}, got {shape!r}")
-        if int(dim) < 0:
-            raise ValueError(f"{where}: shape must be {rule}, got {shape!r}")
-        out.append(int(dim))
-    return tuple(out)
+    return check_int(where, "seed", seed, minimum=0, maximum=2**64 - 1,
+                     rule="an int with 0 <= seed < 2**64")
 
 
 def _check_rounds(where: str, rounds) -> int:
-    return _check_int(where, "rounds", rounds, 0, 17, "an int with 0 <= rounds <= 16")
+    return check_int(where, "rounds", rounds, minimum=0, maximum=16,
+                     rule="an int with 0 <= rounds <= 16")
 
 
 def _as_words(where: str, name: str, value, nwords: int, bits: int) -> np.ndarray:
@@ -216,7 +190,7 @@ def _philox4(where: str, counter, key, rounds, bits: int) -> np.ndarray:
     return out.astype(np.uint32 if bits == 32 else np.uint64)
 
 
-def philox4x32(counter, key, rounds: int = 10) -> np.ndarray:
+def philox4x32(counter: ArrayLike, key: ArrayLike, rounds: int = 10) -> np.ndarray:
     """Philox4x32-``rounds`` of ``counter`` (..., 4) under ``key`` (..., 2); uint32 (..., 4).
 
     Batch dimensions broadcast. Words may be given as any integer array with values in
@@ -225,7 +199,7 @@ def philox4x32(counter, key, rounds: int = 10) -> np.ndarray:
     return _philox4("philox4x32", counter, key, rounds, 32)
 
 
-def philox4x64(counter, key, rounds: int = 10) -> np.ndarray:
+def philox4x64(counter: ArrayLike, key: ArrayLike, rounds: int = 10) -> np.ndarray:
     """Philox4x64-``rounds`` of ``counter`` (..., 4) under ``key`` (..., 2); uint64 (..., 4).
 
     Same conventions as :func:`philox4x32` with 64-bit words (values in ``[0, 2**64)``).
@@ -239,7 +213,7 @@ def philox4x64(counter, key, rounds: int = 10) -> np.ndarray:
 def stream_key(seed: int, stream: str) -> tuple[tuple[int, int], tuple[int, int]]:
     """Return ``((k0, k1), (h0, h1))``: the Philox key and the stream words of the counter."""
     seed = _check_seed("stream_key", seed)
-    stream = _check_stream("stream_key", stream)
+    stream = check_str("stream_key", "stream", stream)
     digest = hashlib.sha256(stream.encode("utf-8")).digest()
     h0 = int.from_bytes(digest[0:4], "little")
     h1 = int.from_bytes(digest[4:8], "little")
@@ -261,17 +235,18 @@ def _words(seed: int, stream: str, start_block: int, nblocks: int) -> np.ndarray
 def random_words(seed: int, stream: str, n: int) -> np.ndarray:
     """Words ``0 .. n-1`` of stream ``(seed, stream)`` as a uint32 array of shape ``(n,)``."""
     seed = _check_seed("random_words", seed)
-    stream = _check_stream("random_words", stream)
-    n = _check_int("random_words", "n", n, 0, None, "an int >= 0")
+    stream = check_str("random_words", "stream", stream)
+    n = check_int("random_words", "n", n, minimum=0, rule="an int >= 0")
     return _words(seed, stream, 0, -(-n // 4))[:n]
 
 
-def uniform(seed: int, stream: str, shape, dtype=np.float64) -> np.ndarray:
+def uniform(seed: int, stream: str, shape: int | Sequence[int],
+            dtype: DTypeLike = np.float64) -> np.ndarray:
     """Floats in ``[0, 1)`` built exactly from raw words (see module docstring)."""
     where = "uniform"
     seed = _check_seed(where, seed)
-    stream = _check_stream(where, stream)
-    shape = _check_shape(where, shape)
+    stream = check_str(where, "stream", stream)
+    shape = check_shape(where, "shape", shape)
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -289,11 +264,11 @@ def uniform(seed: int, stream: str, shape, dtype=np.float64) -> np.ndarray:
     return out.reshape(shape)
 
 
-def normal(seed: int, stream: str, shape) -> np.ndarray:
+def normal(seed: int, stream: str, shape: int | Sequence[int]) -> np.ndarray:
     """Standard normal float64 samples by Box-Muller on :func:`uniform` (see docstring)."""
     seed = _check_seed("normal", seed)
-    stream = _check_stream("normal", stream)
-    shape = _check_shape("normal", shape)
+    stream = check_str("normal", "stream", stream)
+    shape = check_shape("normal", "shape", shape)
     size = math.prod(shape)
     pairs = -(-size // 2)
     u = uniform(seed, stream, (2 * pairs,))
@@ -307,14 +282,16 @@ def normal(seed: int, stream: str, shape) -> np.ndarray:
     return z[:size].reshape(shape)
 
 
-def randint(seed: int, stream: str, shape, low: int, high: int) -> np.ndarray:
+def randint(seed: int, stream: str, shape: int | Sequence[int], low: int, high: int) -> np.ndarray:
     """Unbiased int64 integers in ``[low, high)`` by Lemire's rejection (see docstring)."""
     where = "randint"
     seed = _check_seed(where, seed)
-    stream = _check_stream(where, stream)
-    shape = _check_shape(where, shape)
-    low = _check_int(where, "low", low, -(2**63), 2**63, "an int in [-2**63, 2**63)")
-    high = _check_int(where, "high", high, -(2**63) + 1, 2**63 + 1, "an int in (-2**63, 2**63]")
+    stream = check_str(where, "stream", stream)
+    shape = check_shape(where, "shape", shape)
+    low = check_int(where, "low", low, minimum=-(2**63), maximum=2**63 - 1,
+                    rule="an int in [-2**63, 2**63)")
+    high = check_int(where, "high", high, minimum=-(2**63) + 1, maximum=2**63,
+                     rule="an int in (-2**63, 2**63]")
     if not low < high:
         raise ValueError(f"{where}: low must be < high, got low={low}, high={high}")
     r = high - low

@@ -7,7 +7,9 @@
 (c) a hypothesis fuzz of masks, shapes, tiles and score features, forward and backward;
 (d) tile skipping: EMPTY tiles are never computed, FULL tiles never evaluate the mask;
 (e) memory: T = 16384 in far less than a dense T x T float64 array;
-(f) the ``path`` switch of refmask.attention: auto / exact / fast, errors and fallbacks.
+(f) the ``path`` switch of refmask.attention: auto / exact / fast, errors and fallbacks;
+(g) no read of unwritten memory: every test here runs with REFMASK_FAST_POISON=1
+    (tests/conftest.py), which fills every scratch buffer with NaN.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from refmask.attention import Alibi, attention, attention_vjp  # noqa: E402
 from refmask.conformance.cases import attention_kwargs, case_inputs, catalog  # noqa: E402
 from refmask.conformance.runner import check  # noqa: E402
 from refmask.conformance.strategies import masks as mask_strategy  # noqa: E402
-from refmask.fast import _dispatch  # noqa: E402
+from refmask.fast import _dispatch, _kernels  # noqa: E402
 from refmask.fast._api import checked, run_forward, run_vjp  # noqa: E402
+from refmask.fast._run import POISON_ENV, poison_requested, scratch  # noqa: E402
 from refmask.fast._tiles import PARTIAL, MaskSource, TileGrid, classify_tiles  # noqa: E402
 from refmask.masks._base import Mask  # noqa: E402
 
@@ -375,3 +378,62 @@ def test_blas_thread_count_is_restored():
     q, k, v, _ = _small()
     fast.attention(q, k, v)
     assert controls[1]() == before
+
+
+# --- (g) scratch memory ------------------------------------------------------------------------
+
+def test_fast_path_tests_run_with_poisoned_scratch():
+    """tests/conftest.py switches the debug poison on for the whole suite."""
+    assert poison_requested()
+    assert np.isnan(scratch((3, 2), poison_requested())).all()
+
+
+@pytest.mark.parametrize("value, expected", [("1", True), ("0", False), ("", False)])
+def test_poison_switch_values(monkeypatch, value, expected):
+    monkeypatch.setenv(POISON_ENV, value)
+    assert poison_requested() is expected
+    monkeypatch.delenv(POISON_ENV)
+    assert poison_requested() is False
+
+
+@pytest.mark.parametrize("value", ["yes", "2", "true"])
+def test_poison_switch_rejects_other_values(monkeypatch, value):
+    monkeypatch.setenv(POISON_ENV, value)
+    with pytest.raises(ValueError, match=f"{POISON_ENV} must be '1'"):
+        poison_requested()
+
+
+def test_tile_scores_writes_every_entry_of_a_padded_tile():
+    """A key tile that runs past Tk (Bk = 8 keys, 5 of them real): ``tile_scores`` must write
+    every entry of the scores and of tanh(t / cap) it hands to the backward, padding rows
+    included (s = -inf, tanh = 0 there), whatever the buffers held before (NaN here)."""
+    block_k, block_q, cap = 8, 4, 0.5
+    raw = np.arange(block_k * block_q, dtype=np.float64).reshape(block_k, block_q) / 16.0 - 1.0
+    scores = raw.copy()
+    tanh_t = np.full((block_k, block_q), np.nan)
+    tile_max = np.full(block_q, np.nan)
+    no_bias = np.zeros((1, 1, 1, 1))
+    no_alibi = (np.zeros((1, 1)), np.zeros(1, dtype=np.int64), 0)
+    no_keep = np.zeros((1, 1, 1), dtype=bool)
+    _kernels.tile_scores(scores, tanh_t, tile_max, 0, 0, 0, 16, 4, 21, cap, no_bias, False,
+                         *no_alibi, no_keep, -1)
+    real = 21 - 16
+    expected = np.tanh(raw[:real] / cap)  # libm and Numba's tanh may differ in the last ulp
+    np.testing.assert_allclose(tanh_t[:real], expected, rtol=1e-15, atol=0)
+    np.testing.assert_allclose(scores[:real], cap * expected, rtol=1e-15, atol=0)
+    assert np.all(tanh_t[real:] == 0.0) and np.all(scores[real:] == -np.inf)
+    np.testing.assert_allclose(tile_max, (cap * expected).max(axis=0), rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("tiles", [None, {"q_tile": 16, "k_tile": 16}, {"q_tile": 7, "k_tile": 9}])
+def test_softcap_gradients_with_a_partial_last_key_tile(monkeypatch, tiles):
+    """Issue #13 (1): softcap with Tk = 62 not a multiple of the key tile gave intermittent
+    NaN in dq (the backward multiplied dS = 0 of padding keys by 1 - tanh^2 of garbage).
+    With every scratch buffer NaN-filled, a read of an unwritten entry cannot go unseen."""
+    monkeypatch.setenv(POISON_ENV, "1")
+    rng = np.random.default_rng(13)
+    batch, heads, q_len, k_len, dim = 2, 2, 131, 62, 8
+    q, d_out = (rng.standard_normal((batch, heads, q_len, dim)) for _ in range(2))
+    k, v = (rng.standard_normal((batch, heads, k_len, dim)) for _ in range(2))
+    kwargs = _kwargs(mask=~m.key_padding(50, side="right"), softcap=0.5)
+    compare(kwargs, q, k, v, d_out, tiles=tiles)

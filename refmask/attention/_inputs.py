@@ -13,7 +13,7 @@ from typing import Any
 
 import array_api_compat
 
-from .._validate import check_choice
+from .._validate import check_bool_dtype, check_choice, check_real
 from .alibi import alibi_bias
 
 EMPTY_ROW_POLICIES = ("zero", "nan", "uniform", "unmasked")
@@ -129,22 +129,9 @@ def check_broadcastable(where: str, name: str, shape: tuple, target: tuple, lett
         )
 
 
-def _check_real(where: str, name: str, value, *, positive: bool) -> float:
-    rule = "a finite real number > 0" if positive else "a finite real number"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{where}: {name} must be {rule} or None, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or (positive and value <= 0):
-        raise ValueError(f"{where}: {name} must be {rule} or None, got {value!r}")
-    return value
-
-
 def _check_bool_array(where: str, name: str, xp, x, target: tuple, meaning: str) -> None:
-    if x.dtype != xp.bool:
-        raise TypeError(
-            f"{where}: {name} must be a bool array (True = {meaning}), got dtype {x.dtype}"
-            + ("; pass additive float masks as bias" if name == "mask" else "")
-        )
+    check_bool_dtype(where, name, x, xp, meaning=meaning,
+                     hint="pass additive float masks as bias" if name == "mask" else "")
     check_broadcastable(where, name, x.shape, target, "(B, Hq, Tq, Tk)")
 
 
@@ -234,9 +221,9 @@ def prepare(where: str, q, k, v, *, mask, scale, softcap, bias, alibi, sinks, dr
     if scale is None:
         scale = 1.0 / math.sqrt(qk_dim)
     else:
-        scale = _check_real(where, "scale", scale, positive=False)
+        scale = check_real(where, "scale", scale, optional=True)
     if softcap is not None:
-        softcap = _check_real(where, "softcap", softcap, positive=True)
+        softcap = check_real(where, "softcap", softcap, positive=True, optional=True)
     keep = _keep_array(where, xp, device, q, mask, scores_shape)
     bias = _optional_float_array(where, "bias", xp, q, bias, dtype)
     if bias is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._typing import Array, Device, DType, Namespace
 from .._validate import check_choice, check_int
 from ..masks.alignment import Alignment, as_alignment
 
@@ -120,8 +121,9 @@ class Alibi:
             return len(self.slopes)
         return self.align.batch_size
 
-    def bias(self, batch: int, heads: int, q_len: int, k_len: int, *, xp=None, dtype=None,
-             device=None):
+    def bias(self, batch: int, heads: int, q_len: int, k_len: int, *, xp: Namespace | None = None,
+             dtype: DType | None = None,
+             device: Device | None = None) -> Array:
         """The additive bias array of shape (B, H, Tq, Tk) = (batch, heads, q_len, k_len).
 
         xp: array namespace of the result (default NumPy); dtype: its floating dtype (default
@@ -137,7 +139,7 @@ class Alibi:
 
 
 def alibi_bias(where: str, name: str, alibi: Alibi, batch: int, heads: int, q_len: int,
-               k_len: int, *, xp, dtype, device):
+               k_len: int, *, xp: Namespace, dtype: DType, device: Device) -> Array:
     """``bias[b, h, i, j] = m[b, h] * dist(b, i, j)`` with ``dist = -|pq - pk|`` ("abs") or
     ``dist = pk - pq`` ("signed"), ``pq = i + offset(b)``, ``pk = j``; shape (B, H, Tq, Tk).
 

@@ -30,6 +30,7 @@ from ._run import (
     bias_array,
     default_threads,
     from_tiles,
+    poison_requested,
     run_chunks,
     split_work,
     to_tiles,
@@ -71,6 +72,7 @@ def backward(fast: FastInputs, d_out: np.ndarray, d_lse, *, q_tile=None, k_tile=
     bias, has_bias = bias_array(inp.bias)
     dbias = np.zeros(bias.shape) if has_bias else np.zeros((1, 1, 1, 1))
     softcap = 0.0 if inp.softcap is None else float(inp.softcap)
+    poison = poison_requested()
 
     # Per-column cost of each (b, g): tiles of column c summed over the group's heads.
     per_column = np.diff(plan.col_ptr, axis=1)[plan.map_of]          # (B, Hq, nk)
@@ -103,7 +105,7 @@ def backward(fast: FastInputs, d_out: np.ndarray, d_lse, *, q_tile=None, k_tile=
                 kT_t, v_t, do_t, doT_t, max_t, log_sum_t, delta_t, float(inp.scale), softcap,
                 bias, has_bias, fast.alibi_slopes, fast.alibi_offsets, fast.alibi_kind,
                 inp.q_len, inp.k_len, inp.group_size, thread_accumulator(), dk_t, dv_t, dbias,
-                has_bias, counts)
+                has_bias, counts, poison)
             return counts
 
         counts = run_chunks(run, split_work(items, cost, threads), threads)

@@ -21,7 +21,9 @@ from ._run import (
     bias_array,
     default_threads,
     from_tiles,
+    poison_requested,
     run_chunks,
+    scratch,
     split_work,
     tile_sizes,
     to_tiles,
@@ -72,10 +74,10 @@ def forward(fast: FastInputs, *, q_tile=None, k_tile=None, threads=None,
     qT_t = transposed_tiles(to_tiles(np.asarray(inp.q), block_q, n_q), float(inp.scale))
     k_t = to_tiles(np.asarray(inp.k), block_k, n_k)
     vT_t = transposed_tiles(to_tiles(np.asarray(inp.v), block_k, n_k))
-    out_t = np.empty((inp.batch, inp.q_heads, n_q, block_q, inp.v_dim))
-    lse_t = np.empty((inp.batch, inp.q_heads, n_q, block_q))
-    max_t = np.empty((inp.batch, inp.q_heads, n_q, block_q))
-    log_sum_t = np.empty((inp.batch, inp.q_heads, n_q, block_q))
+    poison = poison_requested()
+    out_t = scratch((inp.batch, inp.q_heads, n_q, block_q, inp.v_dim), poison)
+    lse_t, max_t, log_sum_t = (scratch((inp.batch, inp.q_heads, n_q, block_q), poison)
+                               for _ in range(3))
     bias, has_bias = bias_array(inp.bias)
     has_sinks = inp.sinks is not None
     sinks = np.ascontiguousarray(inp.sinks if has_sinks else np.zeros(inp.q_heads),
@@ -103,7 +105,7 @@ def forward(fast: FastInputs, *, q_tile=None, k_tile=None, threads=None,
                 chunk, plan.tile_col, tile_keep, blocks, qT_t, k_t, vT_t, softcap, bias,
                 has_bias, fast.alibi_slopes, fast.alibi_offsets, fast.alibi_kind, sinks,
                 has_sinks, inp.q_len, inp.k_len, inp.group_size, out_t, lse_t, max_t, log_sum_t,
-                counts)
+                counts, poison)
             return counts
 
         counts = run_chunks(run, split_work(items, cost, threads), threads)

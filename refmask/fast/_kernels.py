@@ -65,6 +65,20 @@ def _int64_bits_as_float64(typingctx, bits):
 
 
 @njit(**_OPTIONS)
+def scratch(shape, poison):
+    """An uninitialised float64 scratch array of ``shape``, filled with NaN when ``poison``.
+
+    Every kernel takes its scratch from here: with ``poison`` (REFMASK_FAST_POISON=1, see
+    ``_run.poison_requested``) a read of an entry the kernel did not write first turns into
+    NaN in the result instead of an intermittent wrong number.
+    """
+    out = np.empty(shape)
+    if poison:
+        out.fill(np.nan)
+    return out
+
+
+@njit(**_OPTIONS)
 def exp_shifted(scores, shift, log_scale, out, row_sums):
     """``out[jj, ii] = exp(x)``, ``x = (scores[jj, ii] - shift[ii]) - log_scale[ii]``, and
     ``row_sums[ii] += sum_jj out``; requires x <= 709 (here x <= 0: shift is the row
@@ -101,6 +115,9 @@ def tile_scores(scores, tanh_t, tile_max, b, h, i0, j0, q_len, k_len, softcap, b
     """Turn ``scores = t^T = K_c (scale Q_r)^T`` (Bk, Bq) into the masked scores ``s^T`` in
     place, and ``tile_max[ii] = max_jj s^T[jj, ii]`` (NaN if any is NaN).
 
+    Every entry of ``scores`` and (with softcap) of ``tanh_t`` is written, padding rows
+    included (padding: s = -inf, tanh = 0), so no later step reads a stale value.
+
     The scale is folded into the query tiles (exact when scale is a power of two, as
     1/sqrt(64); otherwise within an ulp of ``scale * (q . k)``). tanh_t receives
     tanh(t / cap) when softcap > 0 (its gradient needs it). Rows beyond Tk are set to -inf;
@@ -115,6 +132,9 @@ def tile_scores(scores, tanh_t, tile_max, b, h, i0, j0, q_len, k_len, softcap, b
         if jj >= n_cols:
             for ii in range(block_q):
                 scores[jj, ii] = -np.inf
+            if softcap > 0.0:
+                for ii in range(block_q):
+                    tanh_t[jj, ii] = 0.0
             continue
         if softcap > 0.0:
             for ii in range(block_q):
@@ -162,7 +182,7 @@ def tile_scores(scores, tanh_t, tile_max, b, h, i0, j0, q_len, k_len, softcap, b
 @njit(**_OPTIONS)
 def forward_items(items, tile_col, tile_keep, keep_blocks, qT_t, k_t, vT_t, softcap,
                   bias, has_bias, alibi_slopes, alibi_offsets, alibi_kind, sinks, has_sinks,
-                  q_len, k_len, group_size, out_t, lse_t, max_t, log_sum_t, counts):
+                  q_len, k_len, group_size, out_t, lse_t, max_t, log_sum_t, counts, poison):
     """Blocked online softmax for work items ``(b, h, r, start, stop)``: query tile r of
     batch b, head h, over the non-empty key tiles ``tile_col[start:stop]`` (ascending).
 
@@ -182,21 +202,21 @@ def forward_items(items, tile_col, tile_keep, keep_blocks, qT_t, k_t, vT_t, soft
     S^T = K_c Q_r^T and acc^T += V_c^T P^T. Writes out_t (B, Hq, nq, Bq, Dv), lse_t,
     max_t (M) and log_sum_t (log L), each (B, Hq, nq, Bq) (the backward recomputes
     p = exp((s - M) - log L)); counts[0] += FULL tiles computed, counts[1] += PARTIAL tiles
-    computed.
+    computed. ``poison``: NaN-filled scratch (:func:`scratch`).
     """
     block_q = qT_t.shape[4]
     block_k = k_t.shape[3]
     v_dim = vT_t.shape[3]
-    scores = np.empty((block_k, block_q))
-    probs = np.empty((block_k, block_q))
-    tanh_t = np.empty((block_k, block_q) if softcap > 0.0 else (1, 1))
-    pv_t = np.empty((v_dim, block_q))
-    acc_t = np.empty((v_dim, block_q))
-    row_max = np.empty(block_q)
-    row_sum = np.empty(block_q)
-    tile_max = np.empty(block_q)
-    shift = np.empty(block_q)
-    rescale = np.empty(block_q)
+    scores = scratch((block_k, block_q), poison)
+    probs = scratch((block_k, block_q), poison)
+    tanh_t = scratch((block_k, block_q) if softcap > 0.0 else (1, 1), poison)
+    pv_t = scratch((v_dim, block_q), poison)
+    acc_t = scratch((v_dim, block_q), poison)
+    row_max = scratch(block_q, poison)
+    row_sum = scratch(block_q, poison)
+    tile_max = scratch(block_q, poison)
+    shift = scratch(block_q, poison)
+    rescale = scratch(block_q, poison)
     no_log_scale = np.zeros(block_q)
     for item in range(items.shape[0]):
         b, h, r, start, stop = items[item, 0], items[item, 1], items[item, 2], items[item, 3], \
@@ -260,7 +280,7 @@ def forward_items(items, tile_col, tile_keep, keep_blocks, qT_t, k_t, vT_t, soft
 def backward_items(items, map_of, col_ptr, tile_row, tile_keep, keep_blocks, q_t, qT_t, k_t,
                    kT_t, v_t, do_t, doT_t, max_t, log_sum_t, delta_t, scale, softcap, bias,
                    has_bias, alibi_slopes, alibi_offsets, alibi_kind, q_len, k_len, group_size,
-                   dqT_acc, dk_t, dv_t, dbias, has_dbias, counts):
+                   dqT_acc, dk_t, dv_t, dbias, has_dbias, counts, poison):
     """FlashAttention-2 backward for work items ``(b, g, c)``: key tile c of kv head g, over
     every query head h of the group and every non-empty tile (r, c) of h's tile map.
 
@@ -279,23 +299,24 @@ def backward_items(items, map_of, col_ptr, tile_row, tile_keep, keep_blocks, q_t
     dK of a key tile are owned by one work item; dQ^T goes to this thread's own
     accumulator ``dqT_acc`` (B, Hq, nq, Dqk, Bq), summed over threads by the caller.
     dbias (B, Hq, Tq, Tk), when ``has_dbias``, receives dS of every computed tile.
+    ``poison``: NaN-filled scratch (:func:`scratch`).
     """
     block_q = q_t.shape[3]
     block_k = k_t.shape[3]
     qk_dim = q_t.shape[4]
     v_dim = v_t.shape[4]
-    scores = np.empty((block_k, block_q))
-    probs = np.empty((block_k, block_q))
-    d_probs = np.empty((block_k, block_q))
-    tanh_t = np.empty((block_k, block_q) if softcap > 0.0 else (1, 1))
-    dk_part = np.empty((block_k, qk_dim))
-    dv_part = np.empty((block_k, v_dim))
-    dq_part_t = np.empty((qk_dim, block_q))
-    dk_sum = np.empty((block_k, qk_dim))
-    dv_sum = np.empty((block_k, v_dim))
-    shift = np.empty(block_q)
-    unused_sums = np.empty(block_q)
-    tile_max = np.empty(block_q)
+    scores = scratch((block_k, block_q), poison)
+    probs = scratch((block_k, block_q), poison)
+    d_probs = scratch((block_k, block_q), poison)
+    tanh_t = scratch((block_k, block_q) if softcap > 0.0 else (1, 1), poison)
+    dk_part = scratch((block_k, qk_dim), poison)
+    dv_part = scratch((block_k, v_dim), poison)
+    dq_part_t = scratch((qk_dim, block_q), poison)
+    dk_sum = scratch((block_k, qk_dim), poison)
+    dv_sum = scratch((block_k, v_dim), poison)
+    shift = scratch(block_q, poison)
+    unused_sums = np.zeros(block_q)  # exp_shifted's row sums, not needed here
+    tile_max = scratch(block_q, poison)
     for item in range(items.shape[0]):
         b, g, c = items[item, 0], items[item, 1], items[item, 2]
         j0 = c * block_k

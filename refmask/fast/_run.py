@@ -22,6 +22,9 @@ DEFAULT_K_TILE = 128
 #: Chunks handed out per thread (dynamic load balancing under outside load).
 _CHUNKS_PER_THREAD = 8
 
+#: Environment variable of the debug switch that fills every scratch buffer with NaN.
+POISON_ENV = "REFMASK_FAST_POISON"
+
 
 @dataclass(frozen=True)
 class TileStats:
@@ -51,6 +54,29 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def poison_requested() -> bool:
+    """Whether REFMASK_FAST_POISON asks for NaN-filled scratch buffers ("1"; unset, "" or "0":
+    no). Read at every fast-path call, so a test can switch it on for its own calls.
+
+    With it, every buffer a kernel or the driver allocates without initialising (tiles,
+    row statistics, per-tile outputs) starts as NaN: a kernel that reads an entry it has not
+    written gives NaN in its result, deterministically, instead of whatever the allocator
+    returned (debugging and CI; it costs one fill per buffer).
+    """
+    value = os.environ.get(POISON_ENV, "")
+    if value in ("", "0"):
+        return False
+    if value == "1":
+        return True
+    raise ValueError(f"fast path: environment variable {POISON_ENV} must be '1' (NaN-filled "
+                     f"scratch buffers) or '0'/unset, got {value!r}")
+
+
+def scratch(shape: tuple, poison: bool) -> np.ndarray:
+    """An uninitialised float64 array (NaN-filled when ``poison``)."""
+    return np.full(shape, np.nan) if poison else np.empty(shape)
 
 
 def tile_sizes(q_len: int, k_len: int, q_tile: int | None, k_tile: int | None):

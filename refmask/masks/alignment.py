@@ -17,12 +17,16 @@ as a required keyword.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 import numpy as np
+from numpy.typing import ArrayLike
 
+from .._typing import Array
 from .._validate import check_int, check_int_vector
-from ._base import table_at
+from ._base import Grid, table_at
 
 _KINDS = ("top_left", "bottom_right", "offset")
 
@@ -64,16 +68,17 @@ class Alignment:
         k_valid = _valid_lengths(self.k_lengths, k_len, "k_lengths")
         return np.asarray(k_valid - q_valid, dtype=np.int64)
 
-    def query_positions(self, grid, b, i):
+    def query_positions(self, grid: Grid, b: Array, i: Array) -> Array:
         """``pq = i + offset(b)`` as an array of the grid's namespace."""
         return i + grid.gather(self.offset_table(grid.q_len, grid.k_len), b)
 
-    def query_position_bounds(self, b, q_start, q_stop, q_len: int, k_len: int):
+    def query_position_bounds(self, b: Array, q_start: Array, q_stop: Array, q_len: int,
+                              k_len: int) -> tuple[Array, Array]:
         """Smallest and largest query position of the index range ``[q_start, q_stop)``."""
         offset = table_at(self.offset_table(q_len, k_len), b)
         return q_start + offset, q_stop - 1 + offset
 
-    def to_json(self):
+    def to_json(self) -> str | dict[str, Any]:
         if self.kind in ("top_left", "bottom_right") and self.q_lengths is None and (
             self.k_lengths is None
         ):
@@ -98,6 +103,11 @@ class Alignment:
         return repr(self.kind)
 
 
+AlignLike: TypeAlias = "str | int | Sequence[int] | Alignment | dict[str, Any]"
+"""What ``align=`` accepts: ``"top_left"``, ``"bottom_right"``, an int offset, one int per
+batch entry, an :class:`Alignment`, or its JSON form (see :func:`as_alignment`)."""
+
+
 def _valid_lengths(table, full: int, name: str) -> np.ndarray:
     if table is None:
         return np.asarray([full], dtype=np.int64)
@@ -110,7 +120,8 @@ def _valid_lengths(table, full: int, name: str) -> np.ndarray:
     return lengths
 
 
-def bottom_right(q_lengths=None, k_lengths=None) -> Alignment:
+def bottom_right(q_lengths: ArrayLike | None = None,
+                 k_lengths: ArrayLike | None = None) -> Alignment:
     """Bottom-right alignment with per-batch valid lengths: ``offset(b) = k_len[b] - q_len[b]``.
 
     Use it for right-padded batches, where the last *valid* query must line up with the last
@@ -128,7 +139,7 @@ def bottom_right(q_lengths=None, k_lengths=None) -> Alignment:
     return Alignment("bottom_right", (), q, k)
 
 
-def as_alignment(align, where: str = "mask") -> Alignment:
+def as_alignment(align: AlignLike, where: str = "mask") -> Alignment:
     """Parse ``align``: ``"top_left"``, ``"bottom_right"``, an int, a per-batch int sequence,
     an :class:`Alignment`, or its JSON form. Anything else is an error naming ``align``."""
     if isinstance(align, Alignment):

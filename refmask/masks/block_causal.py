@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from .._validate import check_int
 from ._positional import PositionalMask, classify_interval_relation
-from .alignment import Alignment, as_alignment
+from .alignment import AlignLike, Alignment, as_alignment
 
 
 @dataclass(frozen=True, repr=False)
@@ -46,7 +46,7 @@ class BlockCausal(PositionalMask):
         return {"block": self.block, "align": self.align.to_json()}
 
 
-def block_causal(block: int, *, align) -> BlockCausal:
+def block_causal(block: int, *, align: AlignLike) -> BlockCausal:
     """Blocks of ``block`` >= 1 positions; a query sees its own block and every earlier one."""
     return BlockCausal(check_int("block_causal", "block", block, minimum=1),
                        as_alignment(align, "block_causal"))

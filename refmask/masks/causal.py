@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ._positional import PositionalMask, classify_distance_band
-from .alignment import Alignment, as_alignment
+from .alignment import AlignLike, Alignment, as_alignment
 
 
 @dataclass(frozen=True, repr=False)
@@ -48,6 +48,6 @@ class Causal(PositionalMask):
         return {"align": self.align.to_json()}
 
 
-def causal(*, align) -> Causal:
+def causal(*, align: AlignLike) -> Causal:
     """Causal mask ``pk <= pq``; ``align`` ('top_left', 'bottom_right' or an offset) is required."""
     return Causal(as_alignment(align, "causal"))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from .._validate import check_int
 from ._positional import PositionalMask, classify_interval_relation
-from .alignment import Alignment, as_alignment
+from .alignment import AlignLike, Alignment, as_alignment
 
 
 @dataclass(frozen=True, repr=False)
@@ -46,6 +46,6 @@ class Chunked(PositionalMask):
         return {"size": self.size, "align": self.align.to_json()}
 
 
-def chunked(size: int, *, align) -> Chunked:
+def chunked(size: int, *, align: AlignLike) -> Chunked:
     """Same-chunk mask with chunks of ``size`` >= 1 positions (not causal by itself)."""
     return Chunked(check_int("chunked", "size", size, minimum=1), as_alignment(align, "chunked"))

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validate import check_int_matrix, check_int_vector
 from ._base import Block, Mask, classify_by_evaluation, common_batch_size
@@ -98,7 +99,7 @@ def _steps_of_zero_or_one(ids: np.ndarray) -> bool:
     return bool(np.all((steps == 0) | (steps == 1)))
 
 
-def documents(q_segment_ids, k_segment_ids=None) -> Documents:
+def documents(q_segment_ids: ArrayLike, k_segment_ids: ArrayLike | None = None) -> Documents:
     """Same-document mask from segment ids.
 
     q_segment_ids: ints of shape (B, Tq) or (Tq,) (one row shared by every batch).
@@ -112,7 +113,7 @@ def documents(q_segment_ids, k_segment_ids=None) -> Documents:
     return Documents(q, k)
 
 
-def segment_ids_from_cu_seqlens(cu_seqlens, name: str = "cu_seqlens") -> np.ndarray:
+def segment_ids_from_cu_seqlens(cu_seqlens: ArrayLike, name: str = "cu_seqlens") -> np.ndarray:
     """Segment id of each packed token: ``n`` for ``cu_seqlens[n] <= t < cu_seqlens[n+1]``."""
     offsets = np.asarray(check_int_vector("documents_from_cu_seqlens", name, cu_seqlens))
     if offsets.size < 2 or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
@@ -123,7 +124,8 @@ def segment_ids_from_cu_seqlens(cu_seqlens, name: str = "cu_seqlens") -> np.ndar
     return np.repeat(np.arange(offsets.size - 1), np.diff(offsets))
 
 
-def documents_from_cu_seqlens(cu_seqlens_q, cu_seqlens_k=None) -> Documents:
+def documents_from_cu_seqlens(cu_seqlens_q: ArrayLike,
+                              cu_seqlens_k: ArrayLike | None = None) -> Documents:
     """Documents of a varlen packed row: sequence n spans ``[cu_seqlens[n], cu_seqlens[n+1])``.
 
     cu_seqlens_q: (N+1,) non-decreasing offsets starting at 0; cu_seqlens_k: the same for keys
@@ -141,7 +143,7 @@ def documents_from_cu_seqlens(cu_seqlens_q, cu_seqlens_k=None) -> Documents:
     return documents(q[None, :], k[None, :])
 
 
-def segment_ids_from_position_ids(position_ids) -> np.ndarray:
+def segment_ids_from_position_ids(position_ids: ArrayLike) -> np.ndarray:
     """``cumsum(position_ids[b, t] != position_ids[b, t-1] + 1) - 1`` along t (t = 0 starts 0)."""
     ids = np.asarray(check_int_matrix("documents_from_position_ids", "position_ids",
                                       position_ids))
@@ -152,6 +154,6 @@ def segment_ids_from_position_ids(position_ids) -> np.ndarray:
     return np.cumsum(starts, axis=1) - 1
 
 
-def documents_from_position_ids(position_ids) -> Documents:
+def documents_from_position_ids(position_ids: ArrayLike) -> Documents:
     """Documents detected from position-id restarts, as HF does for packed batches."""
     return documents(segment_ids_from_position_ids(position_ids))

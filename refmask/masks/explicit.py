@@ -18,9 +18,11 @@ a per-batch key mask, and so on.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validate import check_bool_array
 from ._base import Mask, classify_by_evaluation
@@ -72,7 +74,7 @@ class Explicit(Mask):
         return f"explicit(<bool array of shape {tuple(self.array.shape)}>)"
 
 
-def explicit(keep) -> Explicit:
+def explicit(keep: ArrayLike) -> Explicit:
     """Mask from a bool array broadcastable to (B, H, Tq, Tk), True = attend (2 to 4 dims)."""
     array = check_bool_array("explicit", "keep", keep)
     if not 2 <= array.ndim <= 4:
@@ -83,7 +85,7 @@ def explicit(keep) -> Explicit:
     return Explicit(array)
 
 
-def explicit_from_json(shape, bits: str) -> Explicit:
+def explicit_from_json(shape: Sequence[int], bits: str) -> Explicit:
     """Inverse of ``Explicit._params``: unpack little-endian bits into a bool array."""
     count = int(np.prod(shape))
     try:

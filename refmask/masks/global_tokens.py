@@ -20,11 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validate import check_int_vector
 from ._base import Block
 from ._positional import PositionalMask
-from .alignment import Alignment, as_alignment
+from .alignment import AlignLike, Alignment, as_alignment
 
 
 @dataclass(frozen=True, repr=False)
@@ -68,7 +69,7 @@ class GlobalTokens(PositionalMask):
         return {"positions": list(self.positions), "align": self.align.to_json()}
 
 
-def global_tokens(positions, *, align) -> GlobalTokens:
+def global_tokens(positions: int | ArrayLike, *, align: AlignLike) -> GlobalTokens:
     """Global-token mask; ``positions`` are distinct ints >= 0 (token positions)."""
     values = check_int_vector("global_tokens", "positions", np.atleast_1d(np.asarray(positions)),
                               minimum=0)

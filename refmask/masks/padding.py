@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validate import check_choice, check_int_vector
 from ._base import Block, Mask
@@ -94,7 +95,7 @@ def _lengths(where: str, lengths) -> tuple:
     return values
 
 
-def key_padding(lengths, *, side: str) -> KeyPadding:
+def key_padding(lengths: int | ArrayLike, *, side: str) -> KeyPadding:
     """Keys beyond each batch's valid length are dropped.
 
     lengths: int or (B,) ints >= 0, the number of valid keys per batch.
@@ -104,7 +105,7 @@ def key_padding(lengths, *, side: str) -> KeyPadding:
                       check_choice("key_padding", "side", side, {"left", "right"}))
 
 
-def query_padding(lengths, *, side: str) -> QueryPadding:
+def query_padding(lengths: int | ArrayLike, *, side: str) -> QueryPadding:
     """Query rows beyond each batch's valid length keep nothing (they become empty rows).
 
     lengths: int or (B,) ints >= 0; side: ``"right"`` or ``"left"`` as in :func:`key_padding`.

@@ -15,7 +15,9 @@ on each rectangle. A module-level function serialises to JSON as ``"module:qualn
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ._base import Mask, classify_by_evaluation
 
@@ -46,7 +48,7 @@ class Predicate(Mask):
         return f"predicate({getattr(self.fn, '__module__', '?')}:{name})"
 
 
-def function_path(fn) -> str:
+def function_path(fn: Callable[..., Any]) -> str:
     """``"module:qualname"`` of an importable module-level function, else a clear error."""
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", "")
@@ -56,7 +58,7 @@ def function_path(fn) -> str:
     return f"{module}:{qualname}"
 
 
-def import_function(path: str):
+def import_function(path: str) -> Callable[..., Any]:
     """Inverse of :func:`function_path`."""
     module, _, qualname = path.partition(":")
     if not module or not qualname:
@@ -72,7 +74,7 @@ def import_function(path: str):
     return target
 
 
-def predicate(fn) -> Predicate:
+def predicate(fn: Callable[..., Any]) -> Predicate:
     """Mask from ``fn(b, h, q_idx, kv_idx) -> bool array``; fn must be callable and pure."""
     if not callable(fn):
         raise TypeError(f"predicate: fn must be callable, got {type(fn).__name__}")

@@ -18,11 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validate import check_int_vector
 from ._base import Block, common_batch_size, table_at
 from ._positional import PositionalMask
-from .alignment import Alignment, as_alignment
+from .alignment import AlignLike, Alignment, as_alignment
 
 
 @dataclass(frozen=True, repr=False)
@@ -63,7 +64,7 @@ def _table_size(table: tuple) -> int | None:
     return len(table) if len(table) > 1 else None
 
 
-def prefix_lm(prefix, *, align) -> PrefixLM:
+def prefix_lm(prefix: int | ArrayLike, *, align: AlignLike) -> PrefixLM:
     """Prefix-LM mask; ``prefix`` is an int >= 0 or one int >= 0 per batch."""
     values = check_int_vector("prefix_lm", "prefix", np.atleast_1d(np.asarray(prefix)),
                               minimum=0)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import array_api_compat
 import numpy as np
 
+from .._typing import Array
 from ._base import Mask, common_batch_size
 
 
@@ -38,7 +39,7 @@ class _Select(Mask):
         return f"{self.kind}(" + ", ".join(repr(m) for m in self.masks) + ")"
 
 
-def np_or_xp_where(condition, a, b):
+def np_or_xp_where(condition: Array, a: Array, b: Array) -> Array:
     """``where`` in whichever namespace ``condition`` lives in."""
     return array_api_compat.array_namespace(condition).where(condition, a, b)
 

@@ -7,6 +7,7 @@ The JSON form is ``{"kind": <constructor name>, **constructor arguments}``; alig
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from ._base import Mask
 
@@ -50,7 +51,7 @@ def _constructors() -> dict:
     }
 
 
-def from_json(data) -> Mask:
+def from_json(data: str | dict[str, Any]) -> Mask:
     """Rebuild a mask from its JSON form (a dict, or a JSON string)."""
     if isinstance(data, str):
         data = json.loads(data)

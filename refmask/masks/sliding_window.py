@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from .._validate import check_optional_int
 from ._positional import PositionalMask, classify_distance_band
-from .alignment import Alignment, as_alignment
+from .alignment import AlignLike, Alignment, as_alignment
 
 
 @dataclass(frozen=True, repr=False)
@@ -57,7 +57,7 @@ class SlidingWindow(PositionalMask):
         return {"left": self.left, "right": self.right, "align": self.align.to_json()}
 
 
-def sliding_window(left: int | None, right: int | None, *, align) -> SlidingWindow:
+def sliding_window(left: int | None, right: int | None, *, align: AlignLike) -> SlidingWindow:
     """Keys in ``[pq - left, pq + right]``, inclusive; ``None`` leaves that side unbounded.
 
     left, right: ints >= 0 or None. A causal window of W keys including self is

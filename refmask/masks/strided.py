@@ -26,7 +26,7 @@ import numpy as np
 from .._validate import check_int
 from ._base import Block
 from ._positional import PositionalMask
-from .alignment import Alignment, as_alignment
+from .alignment import AlignLike, Alignment, as_alignment
 
 
 @dataclass(frozen=True, repr=False)
@@ -54,7 +54,7 @@ class Strided(PositionalMask):
         return {"stride": self.stride, "align": self.align.to_json()}
 
 
-def strided(stride: int, *, align) -> Strided:
+def strided(stride: int, *, align: AlignLike) -> Strided:
     """Keys whose distance to the query is a multiple of ``stride`` >= 1."""
     return Strided(check_int("strided", "stride", stride, minimum=1),
                    as_alignment(align, "strided"))
