@@ -84,16 +84,18 @@ class Judging:
     backward: object = None
 
     def __post_init__(self):
-        object.__setattr__(self, "dtypes", _names("dtypes", self.dtypes, allowed=DTYPES))
+        object.__setattr__(self, "dtypes", _names("dtypes (--dtype)", self.dtypes,
+                                                  allowed=DTYPES))
         if self.dtypes == ():
-            raise ValueError("dtypes: name at least one dtype")
+            raise ValueError("dtypes (--dtype): name at least one dtype")
         if self.filter is not None and not isinstance(self.filter, str):
             object.__setattr__(self, "filter", ",".join(_names("filter", self.filter)))
         allowed = _names("allow_policy", self.allow_policy or ()) or ()
         known = policy_names()
         unknown = [a for a in allowed if a not in known]
         if unknown:
-            raise ValueError(f"allow_policy: unknown convention {unknown}; known: {list(known)}")
+            raise ValueError(f"allow_policy (--allow-policy): unknown convention {unknown}; "
+                             f"known: {list(known)}")
         object.__setattr__(self, "allow_policy", frozenset(allowed))
         if not isinstance(self.grads, bool):
             raise TypeError(f"grads must be True or False, got {self.grads!r}")
