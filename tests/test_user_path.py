@@ -16,7 +16,7 @@ import pytest
 
 from refmask import masks as m
 from refmask.adapters import Unsupported, native
-from refmask.adapters.user import Call, from_function
+from refmask.adapters.user import Call
 from refmask.conformance import expect
 from refmask.conformance.cases import Case, catalog
 from refmask.conformance.cli import main
