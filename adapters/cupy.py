@@ -8,10 +8,17 @@ reference with the exact golden values, case by case.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import numpy as np
+
 from refmask.attention import attention, attention_vjp
 
 from .common import Adapter, Output, Profile
 from .common.translate import float64_inputs, to_output
+
+if TYPE_CHECKING:
+    from refmask.case import Case
 
 
 def _unavailable() -> str | None:
@@ -26,10 +33,10 @@ def _unavailable() -> str | None:
     return None if count > 0 else "no CUDA device is present"
 
 
-def run_cupy(case, inputs, *, grads: bool) -> Output:
+def run_cupy(case: Case, inputs: dict[str, np.ndarray], *, grads: bool) -> Output:
     import cupy
 
-    from refmask.conformance.cases import attention_kwargs
+    from refmask.case import attention_kwargs
 
     values = {name: cupy.asarray(x) for name, x in float64_inputs(inputs).items()}
     kwargs = attention_kwargs(case, values)

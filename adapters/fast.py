@@ -28,7 +28,7 @@ def _unsupported(case) -> str | None:
 def _runner(q_tile=None, k_tile=None):
     def run_fast(case, inputs, *, grads: bool) -> Output:
         from refmask import fast
-        from refmask.conformance.cases import attention_kwargs
+        from refmask.case import attention_kwargs
 
         values = float64_inputs(inputs)
         kwargs = attention_kwargs(case, values)

@@ -7,14 +7,21 @@ exact (mpmath, correctly rounded) golden values.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import numpy as np
+
 from refmask.attention import attention, attention_vjp
 
 from .common import Adapter, Output, Profile
 from .common.translate import float64_inputs, to_output
 
+if TYPE_CHECKING:
+    from refmask.case import Case
 
-def run_reference(case, inputs, *, grads: bool) -> Output:
-    from refmask.conformance.cases import attention_kwargs
+
+def run_reference(case: Case, inputs: dict[str, np.ndarray], *, grads: bool) -> Output:
+    from refmask.case import attention_kwargs
 
     values = float64_inputs(inputs)
     kwargs = attention_kwargs(case, values)

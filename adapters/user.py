@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from refmask.case import to_bhtd
+
 from . import native
 from .common import Adapter, Output, Profile, Unsupported
 from .common.translate import additive_bias
@@ -103,8 +105,14 @@ def _features(case) -> set:
     return used
 
 
-def _bhtd(case, x):
-    return np.swapaxes(x, 1, 2) if case.layout == "BTHD" else x
+def _read_only(x: Any) -> Any:
+    """A read-only copy of an array argument (None and non-arrays pass through): the user's
+    function can neither change the runner's arrays nor be handed arrays it may write."""
+    if x is None or not hasattr(x, "dtype"):
+        return x
+    copy = np.array(x, copy=True, order="C")
+    copy.flags.writeable = False
+    return copy
 
 
 def _declared(fn, attribute: str, given):
@@ -179,7 +187,7 @@ class UserFunction:
         self.backward = backward
 
     def _call(self, case, inputs: dict, tensors: dict) -> Call:
-        return Call(keep=native.to_native(case.keep(), self.framework, self.device),
+        return Call(keep=self._native(case.keep()),
                     scale=case.scale if case.scale is not None else 1.0 / math.sqrt(case.qk_dim),
                     softcap=case.softcap, bias=tensors.get("bias"), sinks=tensors.get("sinks"),
                     dropout_keep=tensors.get("dropout_keep"), dropout_rate=case.dropout_rate,
@@ -187,15 +195,21 @@ class UserFunction:
                     dtype=native.native_dtype(self.framework, case.dtype))
 
     def _tensors(self, case, inputs: dict) -> dict:
-        arrays = {name: _bhtd(case, inputs[name]) for name in ("q", "k", "v")}
+        arrays = {name: to_bhtd(case, inputs[name]) for name in ("q", "k", "v")}
         bias = additive_bias(case, inputs)
         if bias is not None:
             arrays["bias"] = bias
         for name in ("sinks", "dropout_keep"):
             if name in inputs:
                 arrays[name] = inputs[name]
-        return {name: native.to_native(value, self.framework, self.device)
-                for name, value in arrays.items()}
+        return {name: self._native(value) for name, value in arrays.items()}
+
+    def _native(self, x):
+        """``x`` in the function's framework; NumPy arrays as read-only copies, so the
+        function can neither change the runner's arrays nor be handed arrays it may write."""
+        if self.framework == "numpy":
+            return _read_only(x)
+        return native.to_native(x, self.framework, self.device)
 
     def __call__(self, case, inputs: dict, *, grads: bool) -> Output:
         with native.framework_context(self.framework, case.dtype):
@@ -205,8 +219,7 @@ class UserFunction:
                                                  self._call(case, inputs, tensors)))
                 return Output(out=native.to_float64(out),
                               lse=None if lse is None else native.to_float64(lse))
-            d_out = native.to_native(_bhtd(case, inputs["d_out"]), self.framework,
-                                     self.device)
+            d_out = self._native(to_bhtd(case, inputs["d_out"]))
             if self.backward is not None:
                 call = self._call(case, inputs, tensors)
                 saved = self.fn(tensors["q"], tensors["k"], tensors["v"], call)
@@ -267,7 +280,7 @@ class UserFunction:
         return out, lse, {"d" + name: value for name, value in zip(names, found, strict=True)}
 
 
-def from_function(fn, name: str | None = None, *, framework: str | None = None,
+def from_function(fn: Callable[..., Any], name: str | None = None, *, framework: str | None = None,
                   device: str | None = None, backward: Callable | None = None,
                   conventions=None, dtypes: Iterable[str] | None = None,
                   unsupported: Iterable[str] | None = None) -> Adapter:
@@ -337,6 +350,9 @@ def resolve(path: str, *, what: str = "--impl"):
         target = importlib.import_module(module_name)
     except ImportError as error:
         raise ValueError(f"{what} {path}: cannot import module {module_name!r}: {error}") from None
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - the user's module failed
+        raise ValueError(f"{what} {path}: importing module {module_name!r} raised "
+                         f"{type(error).__name__}: {error}") from None
     for part in qualname.split("."):
         if not hasattr(target, part):
             raise ValueError(f"{what} {path}: {module_name} has no attribute {qualname!r}")

@@ -22,15 +22,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+from collections.abc import Sequence
 from contextlib import contextmanager
 
 from refmask import SPEC_VERSION, __version__, render
+from refmask._files import check_output_path
 from refmask.masks import from_json
 
 from .gallery import gallery
+from .runner import DEFAULT_CASE_TIMEOUT
 
 
 def _picture(mask, q_len: int, k_len: int, batch: int, head: int, ascii_only: bool) -> str:
@@ -51,12 +53,18 @@ def _gallery(args) -> int:
 
 
 def _render(args) -> int:
-    mask = from_json(json.loads(args.mask))
+    mask = from_json(args.mask, trust=args.trust or ())
+    batches, heads = mask.batch_size or 1, mask.num_heads or 1
+    for option, value, size in (("--batch", args.batch, batches), ("--head", args.head, heads)):
+        if not 0 <= value < size:
+            raise ValueError(f"render: {option} must lie in [0, {size}) for this mask "
+                             f"({batches} batch entries, {heads} heads), got {value}")
+    if args.cell < 1:
+        raise ValueError(f"render: --cell must be an int >= 1, got {args.cell}")
     if args.png:
-        batches = mask.batch_size or 1
-        heads = mask.num_heads or 1
+        check_output_path(args.png, args.overwrite, where="render", name="--png")
         keep = mask.materialize(batches, heads, args.q_len, args.k_len)
-        render.to_png(keep[args.batch, args.head], args.png, cell=args.cell,
+        render.to_png(keep, args.png, batch=args.batch, head=args.head, cell=args.cell,
                       overwrite=args.overwrite)
         print(f"wrote {args.png}")
         return 0
@@ -74,7 +82,9 @@ def _judging(args, *, corpus: bool = True):
     return Judging(dtypes=_joined(get("dtype")), filter=get("filter"),
                    grads=bool(get("grads")), allow_policy=_joined(get("allow_policy")) or (),
                    corpus=get("corpus") if corpus else None, framework=get("framework"),
-                   device=get("device"), backward=get("backward"))
+                   device=get("device"), backward=get("backward"),
+                   timeout=get("timeout") if get("timeout") is not None else
+                   DEFAULT_CASE_TIMEOUT, trust=tuple(get("trust") or ()))
 
 
 def _joined(values):
@@ -86,20 +96,15 @@ def _joined(values):
 
 def _check_output_paths(args) -> None:
     """Refuse before the run (not after it) an output path that exists without --overwrite,
-    whose folder does not exist, or whose suffix names no format."""
+    whose folder does not exist or cannot be written, or whose suffix names no format."""
     from . import report as reports
 
-    for option, path in (("--report", args.report), ("--write-expect", args.write_expect)):
-        if path is None:
-            continue
-        if option == "--report":
-            reports.check_suffix(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise ValueError(f"{option} {path}: the folder {folder} does not exist")
-        if os.path.exists(path) and not args.overwrite:
-            raise FileExistsError(f"refmask check: {option} {path} exists; pass --overwrite "
-                                  "to replace it")
+    if args.report is not None:
+        reports.check_suffix(args.report)
+        check_output_path(args.report, args.overwrite, where="check", name="--report")
+    if args.write_expect is not None:
+        check_output_path(args.write_expect, args.overwrite, where="check",
+                          name="--write-expect")
     if args.expect is not None and not os.path.isfile(args.expect):
         raise ValueError(f"--expect {args.expect}: no such file (record one with "
                          "--write-expect)")
@@ -134,6 +139,8 @@ def _check(args) -> int:
         print(reports.terminal(result, colour=colour, details=not args.quiet,
                                verbose=args.verbose))
         results.append(result)
+        if result.interrupted:
+            break
     if args.report:
         reports.write_many(results, args.report, overwrite=args.overwrite)
         print(f"wrote {args.report}")
@@ -144,7 +151,7 @@ def _check(args) -> int:
         changes, warnings = expect.compare(results, expected)
         print(expect.summary(changes, warnings))
         return 1 if changes else 0
-    return 1 if any(r.failed for r in results) else 0
+    return 1 if any(r.failed or r.interrupted for r in results) else 0
 
 
 def _cases(args) -> int:
@@ -205,7 +212,7 @@ def _golden(args) -> int:
                                  f"{list(sweep_names())}, got {args.sweep!r}")
             source = sweep(args.sweep)
         engine = args.engine or ("exact" if source is None else "reference")
-        cases = select_cases(source, dtypes=args.dtype, filter=args.filter)
+        cases = select_cases(source, dtypes=_joined(args.dtype), filter=args.filter)
         if not cases:
             raise ValueError(f"golden generate: no case matches --filter {args.filter!r} and "
                              f"--dtype {args.dtype}")
@@ -217,7 +224,7 @@ def _golden(args) -> int:
     directory = args.directory or golden.shipped_corpus_path()
     with progress_bar("verifying") as progress:
         problems = golden.verify(directory, regenerate=not args.no_regenerate,
-                                 progress=progress)
+                                 progress=progress, trust=args.trust or ())
     for problem in problems:
         print(f"problem: {problem}")
     what = "hashes"
@@ -258,6 +265,8 @@ def _matrix(args) -> int:
 
     from . import matrix
 
+    if args.update:
+        matrix.read_block_file(args.update)  # refuse a bad --update FILE before measuring
     with progress_bar("measuring") as progress:
         reports = matrix.measure(expand(args.backends), dtypes=_joined(args.dtype),
                                  progress=progress)
@@ -291,6 +300,9 @@ def _add_judging(parser, *, filters: bool = True) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"],
                         help="--impl: the device of those arrays (default: its refmask_device "
                              "attribute, else cpu)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_CASE_TIMEOUT,
+                        metavar="SECONDS", help="per-case time limit of the backend's call; a "
+                        f"case over it fails (default {DEFAULT_CASE_TIMEOUT:g})")
     parser.add_argument("--backward", metavar="MODULE:FUNCTION",
                         help="--impl: a hand-written backward(q, k, v, d_out, call, saved) "
                              "for --grads (default: refmask_backward, else the framework's "
@@ -322,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="only the summary table")
     run.add_argument("-v", "--verbose", action="store_true",
                      help="one line per non-passing case, besides the groups")
+    run.add_argument("--trust", action="append", metavar="MODULE",
+                     help="--corpus: let its predicate masks import functions of MODULE "
+                     "(repeatable; nothing named in a corpus is imported otherwise)")
     run.set_defaults(run=_check)
 
     listing = commands.add_parser("cases", help="list the catalog's case ids, families, flags")
@@ -329,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="only these dtypes (repeatable or comma-separated)")
     listing.add_argument("--filter", help=FILTER_HELP)
     listing.add_argument("--corpus", metavar="DIR", help="list this golden corpus's cases")
+    listing.add_argument("--trust", action="append", metavar="MODULE",
+                         help="--corpus: modules its predicate masks may import")
     listing.set_defaults(run=_cases)
 
     gold = commands.add_parser("golden", help="generate or verify a golden corpus")
@@ -348,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     gold.add_argument("--overwrite", action="store_true", help="generate: replace DIR")
     gold.add_argument("--no-regenerate", action="store_true",
                       help="verify: check hashes only, do not recompute")
+    gold.add_argument("--trust", action="append", metavar="MODULE",
+                      help="verify: let predicate masks import functions of MODULE "
+                      "(repeatable; nothing named in a corpus is imported otherwise)")
     gold.set_defaults(run=_golden)
 
     fz = commands.add_parser("fuzz", help="judge a backend on random cases (hypothesis)")
@@ -379,22 +399,58 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--cell", type=int, default=8, help="PNG pixels per cell (default 8)")
     one.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
     one.add_argument("--ascii", action="store_true", help="use '#' and '.' only")
+    one.add_argument("--trust", action="append", metavar="MODULE",
+                     help="let a predicate mask import functions of MODULE (repeatable)")
     one.set_defaults(run=_render)
     return parser
 
 
-def main(argv=None) -> int:
+def _names_user_code(args) -> bool:
+    """The command names modules of the user's project: --impl, --trust, or fuzz's
+    module:function. Only then does the working directory go on sys.path."""
+    return bool(getattr(args, "impl", None) or getattr(args, "trust", None)
+                or ":" in (getattr(args, "backend", "") or ""))
+
+
+def _refusal(error: BaseException) -> str:
+    """One line for an error that refuses the command (no traceback)."""
+    if isinstance(error, OSError) and not str(error).startswith("refmask") and (
+            error.filename is not None or error.strerror):
+        where = f"{error.filename}: " if error.filename is not None else ""
+        return f"{where}{error.strerror or error}"
+    if isinstance(error, MemoryError):
+        return "out of memory (MemoryError); the input is larger than this machine can hold"
+    if isinstance(error, RecursionError):
+        return f"input nested too deeply ({error})"
+    return str(error) or type(error).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code: 0 success, 1 a conformance failure or a
+    corpus problem, 2 a refusal (bad argument, unreadable or unwritable file, any error: one
+    line on stderr naming the argument or file and the rule), 130 interrupted."""
     args = build_parser().parse_args(argv)
-    # --impl module:function names a module of the user's project, as pytest would find it.
-    if os.getcwd() not in sys.path:
+    # --impl module:function names a module of the user's project, as pytest would find it;
+    # golden corpora and --corpus never put the working directory on sys.path.
+    if _names_user_code(args) and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         return args.run(args)
     except BrokenPipeError:  # the reader (e.g. `| head`) went away: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (ValueError, TypeError, FileExistsError, RuntimeError) as error:
-        print(f"refmask: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("refmask: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, LookupError, OSError, RuntimeError, MemoryError,
+            ArithmeticError) as error:
+        print(f"refmask: error: {_refusal(error)}", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - never a traceback; say it is refmask's fault
+        if os.environ.get("REFMASK_TRACEBACK"):
+            raise
+        print(f"refmask: internal error: {type(error).__name__}: {error} (a refmask bug; "
+              "set REFMASK_TRACEBACK=1 for the traceback)", file=sys.stderr)
         return 2
 
 

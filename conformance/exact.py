@@ -7,7 +7,7 @@ engine are two independent readings of one text, and each is tested against the 
 Inputs
 ------
 ``exact_attention(case, inputs)`` takes a :class:`~refmask.conformance.cases.Case` and its
-inputs as produced by :func:`~refmask.conformance.cases.case_inputs` (the default). Every
+inputs as produced by :func:`~refmask.case.case_inputs` (the default). Every
 floating input (of any dtype: float64, float32, float16, bfloat16) is converted exactly to a
 float64 and then exactly to an mpmath number: the golden is the exact answer *for the rounded
 inputs of the case's dtype*. q, k, v and d_out must be finite; bias may hold -inf (a key with
@@ -99,7 +99,7 @@ LAYOUTS = ("BHTD", "BTHD")
 
 # --- rounding ----------------------------------------------------------------------------------
 
-def to_float64(x) -> float:
+def to_float64(x: mpmath.mpf) -> float:
     """The float64 nearest to the mpmath number ``x`` (ties to even; subnormals and overflow to
     +-inf rounded correctly), computed with Python integers only.
 

@@ -26,8 +26,7 @@ import numpy as np
 from refmask import masks as m
 from refmask.adapters.common.translate import float64_inputs
 from refmask.attention import Alibi, attention
-
-from .cases import Case, attention_kwargs
+from refmask.case import Case, attention_kwargs, to_bhtd
 
 
 @dataclass(frozen=True)
@@ -67,17 +66,13 @@ def compose(first: Explanation, second: Explanation) -> Explanation:
 
 # --- helpers ------------------------------------------------------------------------------------
 
-def _bhtd(case: Case, x):
-    return np.swapaxes(x, 1, 2) if case.layout == "BTHD" else x
-
-
 def _run(case: Case, inputs: dict, **changes) -> tuple:
     """(out BHTD, lse) of the reference with some attention keyword arguments changed."""
     values = float64_inputs(inputs)
     kwargs = {**attention_kwargs(case, values), **changes}
     q, k, v = (values[n] for n in "qkv")
     result = attention(q, k, v, **kwargs)
-    return _bhtd(case, result.out), result.lse
+    return to_bhtd(case, result.out), result.lse
 
 
 def _map_mask_json(mask: m.Mask | None, edit: Callable[[dict], dict]) -> m.Mask | None:
@@ -85,14 +80,19 @@ def _map_mask_json(mask: m.Mask | None, edit: Callable[[dict], dict]) -> m.Mask 
     if mask is None:
         return None
 
+    modules = set()  # predicates of the live mask: their modules are already imported
+
     def walk(node):
         if isinstance(node, dict):
+            if node.get("kind") == "predicate":
+                modules.add(str(node.get("fn")).partition(":")[0])
             return edit({key: walk(value) for key, value in node.items()})
         if isinstance(node, list):
             return [walk(value) for value in node]
         return node
 
-    return m.from_json(json.loads(json.dumps(walk(mask.to_json()))))
+    edited = json.loads(json.dumps(walk(mask.to_json())))
+    return m.from_json(edited, trust=sorted(modules))
 
 
 def _json_kinds(mask: m.Mask | None) -> set:
@@ -141,7 +141,7 @@ def _has_empty_rows(case: Case) -> bool:
 
 def _expanded_kv(case: Case, values: dict, head_of: Callable[[int], int]) -> tuple:
     """k and v (BHTD) with one kv head per query head, query head h reading ``head_of(h)``."""
-    k, v = _bhtd(case, values["k"]), _bhtd(case, values["v"])
+    k, v = to_bhtd(case, values["k"]), to_bhtd(case, values["v"])
     index = [head_of(h) for h in range(case.q_heads)]
     return k[:, index], v[:, index]
 
@@ -150,7 +150,7 @@ def _scores(case: Case, values: dict) -> np.ndarray:
     """scale * q @ k^T per query head (B, Hq, Tq, Tk), GQA by ``h // (Hq // Hkv)``."""
     group = case.q_heads // case.kv_heads
     k, _ = _expanded_kv(case, values, lambda h: h // group)
-    q = _bhtd(case, values["q"])
+    q = to_bhtd(case, values["q"])
     scale = case.scale if case.scale is not None else 1.0 / math.sqrt(case.qk_dim)
     return scale * (q @ np.swapaxes(k, -1, -2))
 
@@ -209,7 +209,7 @@ def _gqa_modulo(case: Case, inputs: dict) -> tuple:
         k, v = np.swapaxes(k, 1, 2), np.swapaxes(v, 1, 2)
     kwargs = attention_kwargs(case, values)
     result = attention(values["q"], k, v, **kwargs)
-    return _bhtd(case, result.out), result.lse
+    return to_bhtd(case, result.out), result.lse
 
 
 def _softcap_after_mask(case: Case, inputs: dict) -> tuple:

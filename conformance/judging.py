@@ -23,6 +23,21 @@ from dataclasses import dataclass, field, replace
 
 from .cases import DTYPES, Case
 
+#: Per-case time limit (seconds) of the backend's call (``Judging.timeout``, ``refmask check
+#: --timeout``): far above what any catalog or sweep case takes on a naive NumPy implementation
+#: (well under a second for the catalog), short enough that a hung kernel cannot stall a run.
+DEFAULT_CASE_TIMEOUT = 300.0
+
+
+def _check_timeout(timeout) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
+            0 < timeout < float("inf")):
+        raise ValueError(f"check: timeout (--timeout) must be a finite number of seconds > 0 "
+                         f"or None, got {timeout!r}")
+    return float(timeout)
+
 
 def _names(where: str, value, *, allowed: Iterable[str] | None = None) -> tuple | None:
     """A comma-separated string or an iterable of strings -> a tuple (None stays None)."""
@@ -72,6 +87,9 @@ class Judging:
     framework, device, backward: how a user function is called (None: what the function
       declares, else "numpy" on "cpu" through autograd where there is one); backward is a
       callable or "module:function".
+    timeout: seconds the backend's call may take per case (None: no limit, run in the
+      caller's thread); over it the case fails.
+    trust: modules whose functions the predicate masks of :attr:`corpus` may import.
     """
 
     dtypes: tuple | None = None
@@ -82,8 +100,14 @@ class Judging:
     framework: str | None = None
     device: str | None = None
     backward: object = None
+    timeout: float | None = DEFAULT_CASE_TIMEOUT
+    trust: tuple = ()
 
     def __post_init__(self):
+        if isinstance(self.trust, str):
+            raise TypeError(f"trust must be a list of module names, got {self.trust!r}")
+        object.__setattr__(self, "trust", tuple(self.trust))
+        object.__setattr__(self, "timeout", _check_timeout(self.timeout))
         object.__setattr__(self, "dtypes", _names("dtypes (--dtype)", self.dtypes,
                                                   allowed=DTYPES))
         if self.dtypes == ():
@@ -122,7 +146,8 @@ class Judging:
         from .golden import case_from_json, load
 
         loaded = load(self.corpus)
-        return [case_from_json(loaded.manifest_entry(i)["case"]) for i in loaded]
+        return [case_from_json(loaded.manifest_entry(i)["case"], trust=self.trust)
+                for i in loaded]
 
     # --- against what -----------------------------------------------------------------------
 
@@ -200,8 +225,9 @@ class Judging:
         return {"dtypes": list(self.dtypes) if self.dtypes else None, "filter": self.filter,
                 "grads": self.grads, "allow_policy": sorted(self.allow_policy),
                 "corpus": self.corpus, "framework": self.framework, "device": self.device,
+                "timeout": self.timeout, "trust": list(self.trust),
                 "backward": self.backward if isinstance(self.backward, str | None) else
                 getattr(self.backward, "__qualname__", repr(self.backward))}
 
 
-__all__ = ["Judging", "policy_names"]
+__all__ = ["DEFAULT_CASE_TIMEOUT", "Judging", "policy_names"]

@@ -17,8 +17,11 @@ atomically.
 
 from __future__ import annotations
 
+import os
 import platform
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -124,19 +127,36 @@ def render(reports: list[Report]) -> str:
     return "\n".join(lines)
 
 
-def update_file(path, block: str) -> None:
+def read_block_file(path: str | os.PathLike[str]) -> str:
+    """The text of ``path``, checked to be a writable UTF-8 file holding the BEGIN ... END
+    markers (``refmask matrix --update`` checks this before measuring)."""
+    from refmask._files import check_output_path
+
+    check_output_path(path, True, where="matrix", name="--update")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"matrix --update {path}: not UTF-8 text ({error})") from None
+    if not os.access(path, os.W_OK):
+        raise PermissionError(f"matrix --update {path}: the file is not writable")
+    if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
+        raise ValueError(f"matrix --update {path}: the file has no {BEGIN} ... {END} block")
+    return text
+
+
+def update_file(path: str | os.PathLike[str], block: str) -> None:
     """Replace the text between the markers of ``path`` with ``block``, atomically."""
     from refmask._files import write_atomic
 
-    text = open(path, encoding="utf-8").read()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"matrix --update {path}: the file has no {BEGIN} ... {END} block")
+    text = read_block_file(path)
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     write_atomic(f"{head}{BEGIN}\n{block}\n{END}{tail}".encode(), path, True,
                  where="refmask matrix", name="--update")
 
 
-def measure(backends, *, dtypes=None, progress=None) -> list[Report]:
+def measure(backends: Iterable[str], *, dtypes: Sequence[str] | None = None,
+            progress: Callable[..., Any] | None = None) -> list[Report]:
     """One report per backend over the whole catalog (or the given dtypes)."""
     return [check(backend, dtypes=dtypes, progress=progress) for backend in backends]

@@ -22,14 +22,20 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from .runner import Report
 
 _OPTIONS = ("dtype", "filter", "grads", "allow_policy", "framework", "device", "backward",
             "corpus")
 
 
-def pytest_addoption(parser):
+
+def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("refmask", "refmask conformance suite")
     group.addoption("--refmask-impl", action="append", default=[], metavar="MODULE:FUNCTION",
                     help="check this attention function against every refmask case")
@@ -74,7 +80,7 @@ def judging_from_config(config):
 
 
 @pytest.fixture
-def refmask_check(request):
+def refmask_check(request: pytest.FixtureRequest) -> Callable[..., Report]:
     """``refmask_check(fn_or_backend, **judging_fields) -> Report`` under the session's
     --refmask-* options (fields given here win); ``report.assert_ok()`` raises on a fail."""
     from .runner import check
@@ -133,7 +139,7 @@ class RefmaskCase(pytest.Item):
         self.case = case
         self.judging = judging
 
-    def runtest(self):
+    def runtest(self) -> None:
         from .runner import run_case
 
         adapter = self.config.stash[_ADAPTERS][self.target]

@@ -207,16 +207,16 @@ def html(report: Report) -> str:
     )
 
 
-_FORMATS = (".json", ".md", ".html")
+REPORT_SUFFIXES = (".html", ".json", ".md")
 
 
 def check_suffix(path: str) -> str:
-    """The report format of ``path`` (its suffix), or ValueError naming the allowed ones."""
+    """The report format of ``path`` from its suffix; ValueError naming --report otherwise."""
     import os
 
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix not in _FORMATS:
-        raise ValueError(f"--report {path}: the suffix must be one of {sorted(_FORMATS)}")
+    suffix = os.path.splitext(str(path))[1].lower()
+    if suffix not in REPORT_SUFFIXES:
+        raise ValueError(f"--report {path}: the suffix must be one of {list(REPORT_SUFFIXES)}")
     return suffix
 
 

@@ -19,25 +19,39 @@ naive computation of the same case in the case dtype (:mod:`.tolerance`).
 from __future__ import annotations
 
 import platform
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 import refmask
 from refmask import render
-from refmask.adapters import Adapter, Unsupported
-from refmask.attention import attention, attention_vjp
+from refmask.adapters import Adapter, Output, Unsupported
+from refmask.case import (
+    GRAD_NAMES,
+    Case,
+    case_inputs,
+    dtype_unavailable,
+    reference_outputs,
+    to_bhtd,
+)
 
-from .cases import Case, attention_kwargs, case_inputs, catalog, dtype_unavailable
+from .cases import catalog
 from .explanations import Explanation, explanations
 from .judging import Judging
 from .tolerance import TensorCheck, check_tensor, score_sensitivity
 
+if TYPE_CHECKING:
+    from .golden import Corpus
+
+
 VERDICTS = ("pass", "policy", "fail", "unsupported")
-GRAD_NAMES = ("dq", "dk", "dv", "dbias", "dsinks")
+#: "not given" for run_case's keyword overrides (None is a meaningful timeout).
+_UNSET = object()
 
 
 @dataclass(frozen=True)
@@ -69,12 +83,14 @@ class CaseResult:
 
 @dataclass
 class Report:
-    """All verdicts of one run."""
+    """All verdicts of one run. ``interrupted``: the run stopped early (KeyboardInterrupt);
+    ``results`` holds the cases judged until then."""
 
     backend: str
     results: list = field(default_factory=list)
     environment: dict = field(default_factory=dict)
     judging: dict = field(default_factory=dict)
+    interrupted: bool = False
 
     def counts(self) -> dict:
         counted = Counter(r.verdict for r in self.results)
@@ -127,39 +143,11 @@ class Report:
 
 # --- references ------------------------------------------------------------------------------
 
-def _bhtd(case: Case, x):
-    return np.swapaxes(x, 1, 2) if case.layout == "BTHD" else x
-
-
-def reference_outputs(case: Case, inputs: dict, *, float64: bool, grads: bool) -> dict:
-    """refmask's result for the case: in float64 (``float64=True``) or naively in the case
-    dtype (inputs and arithmetic in that dtype), as float64 NumPy arrays in BHTD layout."""
-    def cast(x):
-        if x.dtype == np.bool_:
-            return x
-        return np.asarray(x, np.float64) if float64 else x
-
-    values = {name: cast(x) for name, x in inputs.items()}
-    kwargs = attention_kwargs(case, values)
-    with np.errstate(all="ignore"):
-        result = attention(values["q"], values["k"], values["v"], **kwargs)
-        arrays = {"out": _bhtd(case, np.asarray(result.out, np.float64)),
-                  "lse": np.asarray(result.lse, np.float64)}
-        if grads:
-            g = attention_vjp(values["q"], values["k"], values["v"], values["d_out"], **kwargs)
-            for name in GRAD_NAMES:
-                value = getattr(g, name)
-                if value is not None:
-                    value = np.asarray(value, np.float64)
-                    arrays[name] = _bhtd(case, value) if name in ("dq", "dk", "dv") else value
-    return arrays
-
-
 def _golden_from_reference(case: Case, inputs: dict, grads: bool) -> dict:
     return reference_outputs(case, inputs, float64=True, grads=grads)
 
 
-def corpus_golden(corpus) -> Callable:
+def corpus_golden(corpus: Corpus) -> Callable:
     """A golden source reading the exact values of a loaded corpus (``golden.load``).
 
     A case is taken from the corpus only when its stored JSON equals the case's own JSON (so
@@ -170,7 +158,7 @@ def corpus_golden(corpus) -> Callable:
         if entry is None or entry["case"] != case.to_json():
             return _golden_from_reference(case, inputs, grads)
         expected = corpus[case.id].expected
-        return {name: _bhtd(case, value) if name in ("out", "dq", "dk", "dv") else value
+        return {name: to_bhtd(case, value) if name in ("out", "dq", "dk", "dv") else value
                 for name, value in expected.items()}
 
     return golden
@@ -284,6 +272,42 @@ def _ordered_explanations(adapter: Adapter) -> list:
     return [e for e in every if e.name in declared] + [e for e in every if e.name not in declared]
 
 
+def _private_copy(value):
+    """A fresh copy of one input for the backend, so nothing it does to its arguments can
+    reach the arrays the golden and naive values are computed from."""
+    return np.array(value, copy=True) if isinstance(value, np.ndarray) else value
+
+
+def _run_backend(adapter: Adapter, case: Case, inputs: dict, grads: bool,
+                 timeout: float | None) -> tuple:
+    """``("ok", output)``, ``("raised", exception)`` or ``("timeout", None)``.
+
+    The backend runs on private copies of the inputs; with a ``timeout`` it runs in a daemon
+    thread that is abandoned (not killed: Python cannot stop a thread) when it overruns.
+    Every exception counts, SystemExit and KeyboardInterrupt raised by the backend included.
+    """
+    copies = {name: _private_copy(value) for name, value in inputs.items()}
+    box = {}
+
+    def target():
+        try:
+            box["output"] = adapter.run(case, copies, grads=grads)
+        except BaseException as error:  # noqa: BLE001 - a crash is the backend's verdict
+            box["error"] = error
+
+    if timeout is None:
+        target()
+    else:
+        thread = threading.Thread(target=target, name=f"refmask-case-{case.id}", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            return "timeout", None
+    if "error" in box:
+        return "raised", box["error"]
+    return "ok", box.get("output")
+
+
 def _missing_gradients(output, golden: dict) -> list:
     """Gradients the golden values hold that the backend did not return."""
     returned = output.grads or {}
@@ -291,14 +315,24 @@ def _missing_gradients(output, golden: dict) -> list:
 
 
 def run_case(adapter: Adapter, case: Case, *, grads: bool | None = None,
-             golden: Callable | None = None, judging: Judging | None = None) -> CaseResult:
-    """Judge one case under ``judging`` (default: ``Judging()``; ``grads`` overrides its
-    field); ``golden(case, inputs, grads) -> dict`` overrides the golden source (default:
-    ``judging.golden()``, the shipped exact corpus)."""
+             golden: Callable | None = None, judging: Judging | None = None,
+             timeout: float | None | object = _UNSET) -> CaseResult:
+    """Judge one case under ``judging`` (default: ``Judging()``; ``grads`` and ``timeout``
+    override its fields); ``golden(case, inputs, grads) -> dict`` overrides the golden source
+    (default: ``judging.golden()``, the shipped exact corpus).
+
+    The backend's call may take ``judging.timeout`` seconds (None: no limit, run in this
+    thread); over it the case fails. The backend gets private copies of the inputs; whatever
+    it raises (SystemExit and KeyboardInterrupt included) or returns that is not an Output
+    makes the case fail.
+    """
     judging = judging or Judging()
     if grads is not None:
         judging = judging.replace(grads=bool(grads))
+    if timeout is not _UNSET:
+        judging = judging.replace(timeout=timeout)
     grads = judging.grads
+    timeout = judging.timeout
     start = time.perf_counter()
 
     def result(verdict, reason="", **extra):
@@ -311,13 +345,17 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool | None = None,
     if reason:
         return result("unsupported", reason)
     inputs = case_inputs(case)
-    try:
-        output = adapter.run(case, inputs, grads=grads)
-    except Unsupported as why:
-        return result("unsupported", str(why))
-    except Exception as error:  # noqa: BLE001 - a crash is a verdict, not a runner error
-        return result("fail", f"the backend raised {type(error).__name__}: {error}",
-                      traceback=_user_traceback(error))
+    status, output = _run_backend(adapter, case, inputs, grads, timeout)
+    if status == "timeout":
+        return result("fail", f"the backend did not return within the timeout of {timeout:g} s "
+                      "(--timeout)")
+    if status == "raised":
+        if isinstance(output, Unsupported):
+            return result("unsupported", str(output))
+        return result("fail", f"the backend raised {type(output).__name__}: {output}",
+                      traceback=_user_traceback(output))
+    if not isinstance(output, Output):
+        return result("fail", f"the backend returned {type(output).__name__}, not an Output")
     gold = (golden or judging.golden())(case, inputs, grads)
     if grads:
         missing = _missing_gradients(output, gold)
@@ -412,6 +450,8 @@ def check(target, *, judging: Judging | None = None, cases: Iterable[Case] | Non
     golden: ``golden(case, inputs, grads) -> dict`` of float64 arrays (BHTD); default:
     ``judging.golden()``, the exact values of the shipped corpus.
     progress: optional ``callable(done, total)``.
+    A KeyboardInterrupt (Ctrl-C) stops the run: the report holds the cases judged so far and
+    ``interrupted`` is True.
     """
     judging = (judging or Judging()).replace(**options) if options else (judging or Judging())
     adapter = judging.adapter(target)
@@ -420,7 +460,11 @@ def check(target, *, judging: Judging | None = None, cases: Iterable[Case] | Non
     report = Report(backend=adapter.name, environment=environment(adapter),
                     judging=judging.to_json())
     for n, case in enumerate(chosen):
-        report.results.append(run_case(adapter, case, golden=golden, judging=judging))
+        try:
+            report.results.append(run_case(adapter, case, golden=golden, judging=judging))
+        except KeyboardInterrupt:
+            report.interrupted = True
+            break
         if progress is not None:
             progress(n + 1, len(chosen))
     return report

@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from hypothesis import strategies as st
 
@@ -24,11 +26,15 @@ from refmask import masks as m
 
 from .cases import DTYPES, Case
 
+if TYPE_CHECKING:
+    pass
+
+
 _ALIGNS = st.one_of(st.sampled_from(["top_left", "bottom_right"]), st.integers(0, 4))
 
 
 @st.composite
-def primitive_masks(draw, q_len: int, k_len: int):
+def primitive_masks(draw: st.DrawFn, q_len: int, k_len: int) -> m.Mask:
     """One primitive mask valid for (Tq, Tk) = (q_len, k_len)."""
     align = draw(_ALIGNS)
     kind = draw(st.sampled_from(["causal", "sliding_window", "chunked", "block_causal",
@@ -62,7 +68,7 @@ def primitive_masks(draw, q_len: int, k_len: int):
 
 
 @st.composite
-def masks(draw, q_len: int, k_len: int, depth: int = 2):
+def masks(draw: st.DrawFn, q_len: int, k_len: int, depth: int = 2) -> m.Mask:
     """A primitive or a combination of up to ``depth`` levels."""
     if depth == 0 or draw(st.booleans()):
         return draw(primitive_masks(q_len, k_len))
@@ -74,7 +80,7 @@ def masks(draw, q_len: int, k_len: int, depth: int = 2):
 
 
 @st.composite
-def cases(draw, dtypes=DTYPES, max_len: int = 8):
+def cases(draw: st.DrawFn, dtypes: Sequence[str] = DTYPES, max_len: int = 8) -> Case:
     """A whole conformance case with random shapes, mask and score features."""
     q_len, k_len = draw(st.integers(1, max_len)), draw(st.integers(1, max_len))
     kv_heads = draw(st.sampled_from([1, 2]))
@@ -136,8 +142,8 @@ class FuzzOutcome:
         return f"{self.tried} random cases tried, {judged} judged ({counts})"
 
 
-def fuzz(target, *, max_examples: int = 200, dtypes=None, seed: int | None = None,
-         judging=None, progress=None) -> FuzzOutcome:
+def fuzz(target: Any, *, max_examples: int = 200, dtypes: Sequence[str] | None = None,
+         seed: int | None = None, judging=None, progress=None) -> FuzzOutcome:
     """Judge ``target`` on random cases under ``judging`` (a :class:`~.judging.Judging`:
     dtypes, grads, allowed policies, framework of a user function); the first case that
     fails is shrunk and returned with a reproducer. ``dtypes`` overrides the judging's.

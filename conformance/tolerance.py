@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 FUDGE_FORWARD = 4.0
 FUDGE_BACKWARD = 8.0
@@ -114,11 +115,31 @@ def ulp_distance(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
     return np.abs(ordered(a) - ordered(b)).astype(np.float64)
 
 
-def check_tensor(name: str, actual, golden: np.ndarray, naive: np.ndarray, dtype: str, *,
+def _real_array(name: str, actual) -> tuple:
+    """``(float64 array, "")`` for a real floating array, else ``(None, why it is refused)``."""
+    try:
+        array = np.asarray(actual)
+    except Exception as error:  # noqa: BLE001 - whatever the backend returned is its verdict
+        return None, f"{name} is not convertible to an array ({type(error).__name__}: {error})"
+    dtype = array.dtype
+    real = dtype.kind == "f" or (dtype.kind == "V" and dtype.name == "bfloat16")
+    if not real:
+        return None, (f"{name} has dtype {dtype} ({type(actual).__name__}); an attention output "
+                      "must be a real floating array (complex, integer, bool and object outputs "
+                      "are refused, never cast)")
+    return np.asarray(array, dtype=np.float64), ""
+
+
+def check_tensor(name: str, actual: ArrayLike, golden: np.ndarray, naive: np.ndarray, dtype: str, *,
                  backward: bool = False, kappa: float = 1.0,
                  tol: float | None = None) -> TensorCheck:
-    """Compare ``actual`` with ``golden`` under the model; ``tol`` overrides the tolerance."""
-    actual = np.asarray(actual, dtype=np.float64)
+    """Compare ``actual`` with ``golden`` under the model; ``tol`` overrides the tolerance.
+
+    ``actual`` must be an array of a real floating dtype (float16/32/64, bfloat16): anything
+    else (complex, integer, bool, object, not an array) fails the check, never cast."""
+    actual, why = _real_array(name, actual)
+    if why:
+        return TensorCheck(name, False, np.inf, np.inf, np.inf, 0.0, 0.0, None, 0, why)
     if actual.shape != golden.shape:
         return TensorCheck(name, False, np.inf, np.inf, np.inf, 0.0, 0.0, None, 0,
                            f"{name} has shape {actual.shape}, expected {golden.shape}")

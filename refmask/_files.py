@@ -56,3 +56,32 @@ def write_atomic(data: bytes, path, overwrite: bool, *, where: str = "to_png",
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+
+
+def check_output_path(path, overwrite: bool, *, where: str, name: str) -> str:
+    """Refuse an output path that :func:`write_atomic` would fail on, before any work is done.
+
+    Rules: ``path`` is a non-empty path that is not an existing directory; it does not exist
+    unless ``overwrite``; its parent directory exists, is a directory, and can be written.
+    Raises FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError or
+    PermissionError, naming ``where`` and the argument ``name``.
+    """
+    target = os.fspath(path)
+    if not isinstance(target, str) or not target:
+        raise ValueError(f"{where}: {name} must be a non-empty file path, got {path!r}")
+    if os.path.isdir(target):
+        raise IsADirectoryError(f"{where}: {name} {target!r} is a directory, expected a file "
+                                "path")
+    if os.path.lexists(target) and not overwrite:
+        raise FileExistsError(f"{where}: {name} {target!r} already exists; pass overwrite=True "
+                              "(--overwrite) to replace it")
+    parent = os.path.dirname(os.path.abspath(target))
+    if not os.path.exists(parent):
+        raise FileNotFoundError(f"{where}: {name} {target!r}: the directory {parent!r} does not "
+                                "exist")
+    if not os.path.isdir(parent):
+        raise NotADirectoryError(f"{where}: {name} {target!r}: {parent!r} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{where}: {name} {target!r}: the directory {parent!r} is not "
+                              "writable")
+    return target

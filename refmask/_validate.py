@@ -6,6 +6,13 @@ argument and states the rule, e.g.
 ``sliding_window: left must be an int >= 0 or None, got -1``.
 Helpers return the value normalised (a Python int, a float, an int64 array, ...), never a
 silently cast or clipped one.
+
+Integer bounds (docs/spec.md section 4): an integer that enters position arithmetic (lengths,
+offsets, window bounds, sizes, strides, prefixes, positions, indices) must lie in
+``[-INDEX_LIMIT, INDEX_LIMIT]`` with ``INDEX_LIMIT = 2**60`` unless the caller states its own
+bound (e.g. a seed < 2**64), so that sums and differences of a few of them never leave int64;
+integer arrays (segment ids, which are only compared) must fit int64. Floats, bools, strings
+and other non-integers are never cast to integers.
 """
 
 from __future__ import annotations
@@ -16,6 +23,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+#: Largest magnitude of an integer that enters position arithmetic (see the module docstring).
+INDEX_LIMIT = 2**60
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _is_int(value: Any) -> bool:
@@ -29,10 +40,11 @@ def check_int(where: str, name: str, value: Any, *, minimum: int | None = None,
     """Return ``value`` as a Python int in ``[minimum, maximum]`` (either bound optional).
 
     Bools and floats are refused. ``rule`` replaces the default wording of the rule in both
-    messages (e.g. ``"an int with 0 <= seed < 2**64"``).
+    messages (e.g. ``"an int with 0 <= seed < 2**64"``). A bound left as None is
+    ``+-INDEX_LIMIT`` (module docstring).
     """
     if not _is_int(value):
-        raise TypeError(f"{where}: {name} must be {rule or 'an int'}, got {value!r} "
+        raise TypeError(f"{where}: {name} must be {rule or 'an int'}, got {value!r:.80} "
                         f"({type(value).__name__})")
     value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
@@ -41,6 +53,9 @@ def check_int(where: str, name: str, value: Any, *, minimum: int | None = None,
                     f"an int <= {maximum}" if minimum is None else
                     f"an int with {minimum} <= {name} <= {maximum}")
         raise ValueError(f"{where}: {name} must be {rule}, got {value}")
+    if (maximum is None and value > INDEX_LIMIT) or (minimum is None and value < -INDEX_LIMIT):
+        raise ValueError(f"{where}: {name} must lie in [-2**60, 2**60] (refmask's integer "
+                         f"bound, so that positions never overflow int64), got {value}")
     return value
 
 
@@ -94,9 +109,15 @@ def check_str(where: str, name: str, value: Any) -> str:
 
 
 def check_choice(where: str, name: str, value: Any, choices: Any) -> Any:
-    """``value`` must be one of ``choices`` (the message lists them sorted)."""
-    if value not in choices:
-        raise ValueError(f"{where}: {name} must be one of {sorted(choices)}, got {value!r}")
+    """``value`` must be one of ``choices`` (the message lists them sorted); an unhashable or
+    array value is refused by the same message, not by a TypeError of ``in``."""
+    try:
+        known = any(isinstance(value, type(choice)) and bool(value == choice)
+                    for choice in choices)
+    except (TypeError, ValueError):  # e.g. an array compared elementwise
+        known = False
+    if not known:
+        raise ValueError(f"{where}: {name} must be one of {sorted(choices)}, got {value!r:.80}")
     return value
 
 
@@ -116,17 +137,100 @@ def check_shape(where: str, name: str, shape: Any) -> tuple[int, ...]:
     return tuple(out)
 
 
+# -- dtypes ----------------------------------------------------------------------------------
+#: The floating dtypes refmask computes in (docs/spec.md section 3.5); float8 formats, float128
+#: and complex dtypes are refused, never cast.
+SUPPORTED_FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
+
+
+def dtype_name(dtype: Any) -> str:
+    """"float16" for numpy.float16, torch.float16, jax's and array-api-strict's float16."""
+    name = getattr(dtype, "name", None)
+    return name if isinstance(name, str) else str(dtype).rsplit(".", 1)[-1]
+
+
+def is_real_floating(xp: Any, dtype: Any) -> bool:
+    """True for a floating dtype refmask supports: SUPPORTED_FLOAT_DTYPES.
+
+    ml_dtypes' bfloat16 is not an array-API dtype (``xp.isdtype`` refuses it); it is a NumPy
+    void-kind dtype named "bfloat16". Other extension floats (float8_*) are not supported.
+    ``xp`` None: ``dtype`` is a NumPy dtype.
+    """
+    if dtype_name(dtype) not in SUPPORTED_FLOAT_DTYPES:
+        return False
+    kind = getattr(dtype, "kind", None)
+    if kind == "V":
+        return dtype_name(dtype) == "bfloat16"
+    if xp is None:
+        return kind == "f"
+    try:
+        return bool(xp.isdtype(dtype, "real floating"))
+    except (TypeError, ValueError):
+        return False
+
+
+def float_dtype_rule(where: str, name: str, dtype: Any) -> str:
+    """The message for an unsupported dtype of ``name``."""
+    return (f"{where}: {name} must have a real floating dtype "
+            f"(supported: {', '.join(SUPPORTED_FLOAT_DTYPES)}), got {dtype}")
+
+
 # -- arrays -------------------------------------------------------------------------------------
 def _require_integer_dtype(where: str, name: str, array: np.ndarray) -> None:
     if array.dtype == np.bool_ or (array.size and not np.issubdtype(array.dtype, np.integer)):
         raise TypeError(f"{where}: {name} must hold integers, got dtype {array.dtype}")
 
 
-def check_int_array(where: str, name: str, values: Any, *, ndim: int | None = None) -> np.ndarray:
-    """An integer array (bools and floats refused, also when empty of a float dtype), as int64;
-    ``ndim`` given: exactly that many dims."""
-    array = np.asarray(values)
+def _integer_array(where: str, name: str, values: Any) -> np.ndarray:
+    """``values`` as a NumPy integer array whose entries fit int64; bools, floats, strings,
+    ragged input and Python ints beyond int64 are refused (never cast or wrapped)."""
+    if values is None or isinstance(values, (str, bytes, dict, set)):
+        raise TypeError(f"{where}: {name} must be a sequence of ints, got "
+                        f"{type(values).__name__}")
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError, OverflowError) as error:
+        raise ValueError(f"{where}: {name} must be a rectangular array of ints ({error})"
+                         ) from None
+    if array.dtype == object:  # Python ints beyond int64, or a mix of kinds
+        flat = array.reshape(-1)
+        if not all(_is_int(x) for x in flat):
+            raise TypeError(f"{where}: {name} must hold integers, got {values!r:.80}")
+        if not all(INT64_MIN <= int(x) <= INT64_MAX for x in flat):
+            raise ValueError(f"{where}: {name} holds an integer outside int64, got "
+                             f"{values!r:.80}")
+        array = array.astype(np.int64)
     _require_integer_dtype(where, name, array)
+    if array.dtype == np.uint64 and array.size and int(array.max()) > INT64_MAX:
+        raise ValueError(f"{where}: {name} holds an integer outside int64, got "
+                         f"{int(array.max())}")
+    return array
+
+
+def check_index_array(where: str, name: str, value: Any) -> Any:
+    """An index argument: an int (within INDEX_LIMIT) or an integer array of any array-API
+    namespace, returned as given; bools, floats and other kinds are refused, never cast."""
+    if _is_int(value):
+        return check_int(where, name, value)
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        return _integer_array(where, name, value)
+    kind = getattr(dtype, "kind", None)
+    if kind is None:  # torch and other non-NumPy dtypes: ask the array API
+        import array_api_compat
+
+        ok = array_api_compat.array_namespace(value).isdtype(dtype, "integral")
+    else:
+        ok = kind in "iu"
+    if not ok:
+        raise TypeError(f"{where}: {name} must be an int or an integer array, got dtype {dtype}")
+    return value
+
+
+def check_int_array(where: str, name: str, values: Any, *, ndim: int | None = None) -> np.ndarray:
+    """An integer array (bools and floats refused, also when empty of a float dtype; entries
+    within int64), as int64; ``ndim`` given: exactly that many dims."""
+    array = _integer_array(where, name, values)
     if ndim is not None and array.ndim != ndim:
         raise ValueError(f"{where}: {name} must be {ndim}-D, got shape {array.shape}")
     return array.astype(np.int64)
@@ -134,26 +238,40 @@ def check_int_array(where: str, name: str, values: Any, *, ndim: int | None = No
 
 def check_int_vector(where: str, name: str, values: Any, *,
                      minimum: int | None = None) -> tuple[int, ...]:
-    """Return a 1-D sequence of ints (one per batch entry) as a tuple, each >= ``minimum``."""
-    array = np.asarray(values)
+    """Return a 1-D sequence of ints (one per batch entry) as a tuple, each >= ``minimum``
+    (default -INDEX_LIMIT) and <= INDEX_LIMIT."""
+    array = _integer_array(where, name, values)
     if array.ndim != 1:
         raise ValueError(f"{where}: {name} must be 1-D (one entry per batch), got shape "
                          f"{array.shape}")
-    _require_integer_dtype(where, name, array)
     if minimum is not None and array.size and array.min() < minimum:
         bad = int(np.argmin(array))
         raise ValueError(f"{where}: {name}[{bad}] must be >= {minimum}, got {int(array[bad])}")
+    if array.size and (int(array.max()) > INDEX_LIMIT or int(array.min()) < -INDEX_LIMIT):
+        bad = int(np.argmax(np.abs(array.astype(object))))
+        raise ValueError(f"{where}: {name}[{bad}] must lie in [-2**60, 2**60] (refmask's "
+                         f"integer bound, so that positions never overflow int64), got "
+                         f"{int(array[bad])}")
     return tuple(int(x) for x in array)
 
 
+def check_int_table(where: str, name: str, values: Any, *,
+                    minimum: int | None = None) -> tuple[int, ...]:
+    """An int (one value shared by every batch entry) or a 1-D sequence of ints (one per
+    batch entry), as a tuple; each within ``[minimum, INDEX_LIMIT]``."""
+    if _is_int(values) or (isinstance(values, np.ndarray) and values.ndim == 0):
+        values = [values.item() if isinstance(values, np.ndarray) else values]
+    return check_int_vector(where, name, values, minimum=minimum)
+
+
 def check_int_matrix(where: str, name: str, values: Any) -> tuple[tuple[int, ...], ...]:
-    """Return a 2-D (B, T) integer array (a 1-D one is read as B = 1) as a tuple of tuples."""
-    array = np.asarray(values)
+    """Return a 2-D (B, T) integer array (a 1-D one is read as B = 1; entries within int64) as
+    a tuple of tuples."""
+    array = _integer_array(where, name, values)
     if array.ndim == 1:
         array = array[None, :]
     if array.ndim != 2:
         raise ValueError(f"{where}: {name} must have shape (B, T), got shape {array.shape}")
-    _require_integer_dtype(where, name, array)
     return tuple(tuple(int(x) for x in row) for row in array)
 
 

@@ -390,7 +390,7 @@ def module_level_checkerboard(b, h, i, j):
 def test_predicate_explicit_and_json():
     mask = predicate(module_level_checkerboard)
     np.testing.assert_array_equal(dense(mask, 3, 3)[0, 0], grid("101 010 101"))
-    assert from_json(mask.to_json()).fn is module_level_checkerboard
+    assert from_json(mask.to_json(), trust=[__name__]).fn is module_level_checkerboard
     assert mask.classify(0, 1, 0, 1, q_len=3, k_len=3) == Block.FULL
     with pytest.raises(ValueError, match="fn"):
         predicate(lambda b, h, i, j: i >= j).to_json()
@@ -538,9 +538,10 @@ def test_from_json_errors_name_the_field():
     with pytest.raises(ValueError, match="bits holds"):
         from_json({"kind": "explicit", "shape": [1, 1, 4, 4], "bits": "AA=="})
     with pytest.raises(ValueError, match="fn 'numpy:nonexistent_fn' cannot be imported"):
-        from_json({"kind": "predicate", "fn": "numpy:nonexistent_fn"})
+        from_json({"kind": "predicate", "fn": "numpy:nonexistent_fn"}, trust=["numpy"])
     with pytest.raises(ValueError, match="cannot be imported"):
-        from_json({"kind": "predicate", "fn": "no_such_module_xyz:f"})
+        from_json({"kind": "predicate", "fn": "no_such_module_xyz:f"},
+                  trust=["no_such_module_xyz"])
 
 
 def test_repr_of_offsets_is_the_constructor_argument():

@@ -44,3 +44,44 @@ def test_minimal_reader_agrees_with_tomllib_on_the_tables_refmask_reads():
 def test_package_is_marked_typed():
     assert (ROOT / "refmask" / "py.typed").is_file()
     assert "py.typed" in PYPROJECT["tool"]["setuptools"]["package-data"]["refmask"]
+
+
+def _unannotated(root: Path) -> list[str]:
+    """Public functions (and methods of public classes) of public modules under ``root`` with
+    a parameter or the return left unannotated (``self``/``cls`` and ``__init__``'s return
+    excepted)."""
+    import ast
+
+    missing = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).parts
+        if any(part.startswith("_") and part != "__init__.py" for part in parts):
+            continue
+
+        def visit(body, prefix: str, in_class: bool, path: Path = path) -> None:
+            for node in body:
+                if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                    visit(node.body, f"{prefix}{node.name}.", True)
+                elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+                        not node.name.startswith("_")):
+                    args = node.args
+                    params = [*args.posonlyargs, *args.args, *args.kwonlyargs,
+                              *(a for a in (args.vararg, args.kwarg) if a)]
+                    if in_class and params and params[0].arg in ("self", "cls"):
+                        params = params[1:]
+                    bad = [p.arg for p in params if p.annotation is None]
+                    if node.returns is None and node.name != "__init__":
+                        bad.append("return")
+                    if bad:
+                        missing.append(f"{path.relative_to(ROOT)}:{node.lineno} "
+                                       f"{prefix}{node.name}: {', '.join(bad)}")
+
+        visit(ast.parse(path.read_text(encoding="utf-8")).body, "", False)
+    return missing
+
+
+def test_every_public_function_is_annotated():
+    """Parameters and return of every public function of refmask/, adapters/, conformance/."""
+    missing = [line for part in ("refmask", "adapters", "conformance")
+               for line in _unannotated(ROOT / part)]
+    assert not missing, "unannotated public functions:\n" + "\n".join(missing)

@@ -3,7 +3,7 @@
     Adapter(name, profile, run, unsupported=..., unavailable=...)
 
 * ``run(case, inputs, *, grads) -> Output`` computes the case with the backend; ``inputs`` are
-  the case's NumPy inputs (``refmask.conformance.cases.case_inputs``) in the case dtype.
+  the case's NumPy inputs (``refmask.case.case_inputs``) in the case dtype.
 * ``unsupported(case) -> str | None`` says *why* the backend cannot express a case natively
   (or None). ``run`` may also raise :class:`Unsupported` when it finds out late.
 * ``unavailable() -> str | None`` says why the backend cannot run here (e.g. not installed).

@@ -9,12 +9,24 @@ the dense and additive arrays.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+from numpy.typing import DTypeLike
 
 from refmask import masks as m
+from refmask.case import to_bhtd
+from refmask.masks import Mask
+
+if TYPE_CHECKING:
+    from refmask.attention import AttentionResult, Grads
+    from refmask.case import Case
+
+    from .adapter import Output
 
 
-def and_parts(mask) -> list:
+def and_parts(mask: Mask | None) -> list:
     """The conjuncts of a mask (``a & b & c`` -> [a, b, c]); [] for no mask; ``full()`` parts
     are dropped (they keep everything)."""
     if mask is None:
@@ -23,7 +35,7 @@ def and_parts(mask) -> list:
     return [p for p in parts if p.kind != "full"]
 
 
-def positional(part) -> bool:
+def positional(part: Mask) -> bool:
     """True for a conjunct defined on positions: it, or any mask inside it, has an alignment."""
     stack = [part]
     while stack:
@@ -36,7 +48,7 @@ def positional(part) -> bool:
     return False
 
 
-def plain_alignment(part) -> bool:
+def plain_alignment(part: Mask) -> bool:
     """True when the part is aligned ``"top_left"`` or plain ``"bottom_right"`` (no per-batch
     valid-length tables): what a backend's causal switch can stand for, its own alignment
     being reported by the runner (policy ``causal=top_left``)."""
@@ -47,7 +59,7 @@ def plain_alignment(part) -> bool:
         align.kind == "bottom_right" and align.q_lengths is None and align.k_lengths is None)
 
 
-def dense_keep(case, parts: list):
+def dense_keep(case: Case, parts: list) -> np.ndarray | None:
     """The dense keep array (B, Hq, Tq, Tk) of the AND of ``parts``, or None for no parts."""
     if not parts:
         return None
@@ -55,7 +67,7 @@ def dense_keep(case, parts: list):
                                                    case.k_len))
 
 
-def additive_bias(case, inputs: dict, *, dtype=None):
+def additive_bias(case: Case, inputs: dict, *, dtype: DTypeLike | None = None) -> np.ndarray | None:
     """The case's bias array plus its ALiBi bias, (B, Hq, Tq, Tk), or None when it has neither.
 
     The sum is formed in float64 and rounded once to ``dtype`` (default: the dtype of
@@ -76,15 +88,15 @@ def float64_inputs(inputs: dict) -> dict:
             for name, value in inputs.items()}
 
 
-def to_output(case, result, grads=None, *, to_numpy=np.asarray):
+def to_output(case: Case, result: AttentionResult, grads: Grads | None = None, *,
+              to_numpy: Callable[[Any], np.ndarray] = np.asarray) -> Output:
     """An :class:`~refmask.adapters.common.Output` from refmask's own AttentionResult and
     Grads (reference, fast path, CuPy): arrays moved to NumPy with ``to_numpy``, out and the
     q/k/v gradients in BHTD layout, dbias/dsinks only when present."""
     from .adapter import Output
 
     def bhtd(x):
-        x = to_numpy(x)
-        return np.swapaxes(x, 1, 2) if case.layout == "BTHD" else x
+        return to_bhtd(case, to_numpy(x))
 
     gradients = None
     if grads is not None:

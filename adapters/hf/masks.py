@@ -40,12 +40,18 @@ reflects only whether HF's mask is the case's mask. Read from transformers 5.23.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from refmask.attention import attention
 
 from ..common import Adapter, Output, Profile, Unsupported
 from .common import mask_config, unavailable
+
+if TYPE_CHECKING:
+    from refmask.case import Case
+
 
 NAME = "hf.masks"
 _SPATIAL = ("causal", "sliding_window", "chunked", "block_causal", "prefix_lm")
@@ -88,7 +94,7 @@ def _segments_to_positions(ids: np.ndarray) -> np.ndarray:
     return positions
 
 
-def plan(case) -> dict:
+def plan(case: Case) -> dict:
     """HF's inputs for the case: builder name, config fields, cached token count, 2-D
     attention_mask (bool (B, Tk) or None), position_ids, block_sequence_ids."""
     parts = _and_parts(case.mask)
@@ -177,7 +183,7 @@ def plan(case) -> dict:
     return result
 
 
-def unsupported(case) -> str | None:
+def unsupported(case: Case) -> str | None:
     try:
         plan(case)
     except Unsupported as why:
@@ -185,7 +191,7 @@ def unsupported(case) -> str | None:
     return None
 
 
-def hf_mask(case, inputs: dict | None = None) -> np.ndarray:
+def hf_mask(case: Case, inputs: dict | None = None) -> np.ndarray:
     """The bool (B, 1, Tq, Tk) mask HF builds for the case (from ``inputs``, default
     ``plan(case)``)."""
     import torch
@@ -229,9 +235,9 @@ def hf_mask(case, inputs: dict | None = None) -> np.ndarray:
     return mask
 
 
-def attend(case, inputs: dict, keep: np.ndarray) -> Output:
+def attend(case: Case, inputs: dict, keep: np.ndarray) -> Output:
     """refmask's float64 attention for the case with its mask replaced by ``keep``."""
-    from refmask.conformance.cases import attention_kwargs
+    from refmask.case import attention_kwargs
 
     values = {name: x if x.dtype == np.bool_ else np.asarray(x, np.float64)
               for name, x in inputs.items()}
@@ -244,7 +250,7 @@ def attend(case, inputs: dict, keep: np.ndarray) -> Output:
     return Output(out=out, lse=result.lse)
 
 
-def run(case, inputs, *, grads: bool) -> Output:
+def run(case: Case, inputs: dict[str, np.ndarray], *, grads: bool) -> Output:
     return attend(case, inputs, hf_mask(case))
 
 

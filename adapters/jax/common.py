@@ -6,7 +6,17 @@ Nothing here imports jax at module level; :func:`unavailable` does, when asked.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+from refmask.masks import Mask
+
+if TYPE_CHECKING:
+    import jax
+
+    from refmask.case import Case
+
 
 INSTALL_HINT = "pip install 'refmask[jax]'"
 
@@ -32,31 +42,23 @@ def flax_unavailable() -> str | None:
     return None
 
 
-def to_btnh(case, x: np.ndarray) -> np.ndarray:
+def to_btnh(case: Case, x: np.ndarray) -> np.ndarray:
     """A case tensor in JAX's (B, T, N, H) order."""
     return x if case.layout == "BTHD" else np.swapaxes(x, 1, 2)
 
 
-def btnh_to_bhtd(x) -> np.ndarray:
+def btnh_to_bhtd(x: jax.Array) -> np.ndarray:
     """A JAX (B, T, N, H) result as float64 (B, N, T, H)."""
     return np.swapaxes(np.asarray(x, dtype=np.float64), 1, 2)
 
 
-
-
-
-
-
-
-def per_batch_lengths(part, batch: int) -> np.ndarray:
+def per_batch_lengths(part: Mask, batch: int) -> np.ndarray:
     """A padding part's valid lengths as an int32 array of one entry per batch."""
     lengths = np.asarray(part.lengths, dtype=np.int32)
     return np.broadcast_to(lengths, (batch,)).copy() if lengths.size == 1 else lengths
 
 
-
-
-def unsupported_scores(case, backend: str) -> str | None:
+def unsupported_scores(case: Case, backend: str) -> str | None:
     """The score features jax.nn.dot_product_attention lacks (checked against jax 0.10.2's
     signature: bias, mask, scale, is_causal, query_seq_lengths, key_value_seq_lengths,
     local_window_size, implementation, return_residual)."""

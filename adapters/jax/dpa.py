@@ -41,6 +41,8 @@ jax/_src/nn/functions.py):
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,10 +50,16 @@ from ..common import Adapter, Output, Profile, Unsupported
 from ..common.translate import additive_bias, and_parts, dense_keep, plain_alignment, positional
 from .common import btnh_to_bhtd, per_batch_lengths, to_btnh, unavailable, unsupported_scores
 
+if TYPE_CHECKING:
+    import jax
+
+    from refmask.case import Case
+
+
 NAME = "jax.dpa"
 
 
-def translate(case) -> dict:
+def translate(case: Case) -> dict:
     """The mask-related keyword arguments of ``jax.nn.dot_product_attention`` for the case
     (``mask`` as a NumPy bool array or None).
 
@@ -86,7 +94,7 @@ def translate(case) -> dict:
     return kwargs
 
 
-def unsupported(case) -> str | None:
+def unsupported(case: Case) -> str | None:
     return unsupported_scores(case, "jax.nn.dot_product_attention")
 
 
@@ -117,7 +125,7 @@ def _compiled(implementation: str | None = None):
             "eager": (attend, attend_vjp)}
 
 
-def run(case, inputs, *, grads: bool) -> Output:
+def run(case: Case, inputs: dict[str, np.ndarray], *, grads: bool) -> Output:
     reason = unsupported(case)
     if reason:
         raise Unsupported(reason)
@@ -128,7 +136,9 @@ def run(case, inputs, *, grads: bool) -> Output:
     return call(case, inputs, grads=grads, functions=functions)
 
 
-def call(case, inputs, *, grads: bool, functions, put=None, kwargs: dict | None = None
+def call(case: Case, inputs: dict[str, np.ndarray], *, grads: bool, functions: tuple[Callable[...,
+         Any], Callable[..., Any]], put: Callable[[np.ndarray], jax.Array] | None = None,
+         kwargs: dict | None = None
          ) -> Output:
     """The case through ``functions`` = (forward, forward_and_grads) of :func:`_compiled`,
     every array placed by ``put`` (default ``jnp.asarray``: JAX's default device), with the

@@ -19,11 +19,19 @@ empty rows are the mean of V, as in ``jax.dpa``); score features as in ``jax.dpa
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..common import Adapter, Output, Profile, Unsupported
 from ..common.translate import additive_bias, and_parts, plain_alignment
 from .common import btnh_to_bhtd, flax_unavailable, to_btnh, unsupported_scores
+
+if TYPE_CHECKING:
+    import jax
+
+    from refmask.case import Case
+
 
 NAME = "flax.mask"
 
@@ -49,7 +57,7 @@ def _unsupported_part(case, part) -> str | None:
     return f"Flax has no mask builder for {part.kind}"
 
 
-def unsupported(case) -> str | None:
+def unsupported(case: Case) -> str | None:
     reason = unsupported_scores(case, "jax.nn.dot_product_attention")
     if reason:
         return reason
@@ -60,7 +68,7 @@ def unsupported(case) -> str | None:
     return None
 
 
-def flax_mask(case):
+def flax_mask(case: Case) -> jax.Array | None:
     """The case's mask built with flax.linen's helpers: a bool (B, 1, Tq, Tk) jax array, or
     None for no mask."""
     import jax.numpy as jnp
@@ -89,7 +97,7 @@ def flax_mask(case):
     return combine_masks(*built, dtype=jnp.bool_)
 
 
-def run(case, inputs, *, grads: bool) -> Output:
+def run(case: Case, inputs: dict[str, np.ndarray], *, grads: bool) -> Output:
     import jax
     import jax.numpy as jnp
 

@@ -50,10 +50,15 @@ failed: ...)".
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 from ..common import Adapter, Profile, Unsupported
 from . import dpa
 from .common import unavailable, unsupported_scores
+
+if TYPE_CHECKING:
+    from refmask.case import Case
+
 
 IMPLEMENTATIONS = ("cudnn", "xla")
 #: messages of the errors jax's cuDNN path raises for a case it cannot run (-> unsupported).
@@ -74,7 +79,7 @@ def gpu_unavailable() -> str | None:
     return None if devices else "jax has no GPU backend (jax.devices('gpu') is empty)"
 
 
-def unsupported(case, implementation: str) -> str | None:
+def unsupported(case: Case, implementation: str) -> str | None:
     name = f"jax.dpa.{implementation}"
     reason = unsupported_scores(case, f"{name}: jax.nn.dot_product_attention")
     if reason or implementation != "cudnn":

@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import os
 import sys
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from refmask.case import Case
+
 
 INSTALL_HINT = "pip install 'refmask[tf]'"
 BACKEND = "tensorflow"
 
 
-def load_keras():
+def load_keras() -> ModuleType:
     """The keras module, on the TensorFlow backend (raises ImportError when missing)."""
     if "keras" not in sys.modules:
         os.environ.setdefault("KERAS_BACKEND", BACKEND)
@@ -46,25 +52,17 @@ def unavailable() -> str | None:
     return None
 
 
-def to_bthd(case, x: np.ndarray) -> np.ndarray:
+def to_bthd(case: Case, x: np.ndarray) -> np.ndarray:
     """A case tensor in Keras' (B, T, H, D) order."""
     return x if case.layout == "BTHD" else np.swapaxes(x, 1, 2)
 
 
-def bthd_to_bhtd(x) -> np.ndarray:
+def bthd_to_bhtd(x: Any) -> np.ndarray:
     """A (B, T, H, D) result as float64 (B, H, T, D)."""
     return np.swapaxes(np.asarray(x, dtype=np.float64), 1, 2)
 
 
-
-
-
-
-
-
-
-
-def unsupported_common(case, backend: str) -> str | None:
+def unsupported_common(case: Case, backend: str) -> str | None:
     """Score features no Keras attention here has (checked against keras 3.15.1)."""
     if case.softcap is not None:
         return (f"{backend}: attn_logits_soft_cap is only supported by Keras on JAX/TPU "

@@ -18,16 +18,22 @@ Translation (checked against keras 3.15.1, keras/src/backend/tensorflow/nn.py):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..common import Adapter, Output, Profile, Unsupported
 from ..common.translate import additive_bias, and_parts, dense_keep, plain_alignment, positional
 from .common import bthd_to_bhtd, load_keras, to_bthd, unavailable, unsupported_common
 
+if TYPE_CHECKING:
+    from refmask.case import Case
+
+
 NAME = "keras.dpa"
 
 
-def translate(case) -> dict:
+def translate(case: Case) -> dict:
     """``{"is_causal": bool, "mask": bool (B, Hq, Tq, Tk) array or None}`` for the case."""
     parts = and_parts(case.mask)
     spatial = [p for p in parts if positional(p)]
@@ -36,11 +42,11 @@ def translate(case) -> dict:
     return {"is_causal": switch, "mask": dense_keep(case, rest)}
 
 
-def unsupported(case) -> str | None:
+def unsupported(case: Case) -> str | None:
     return unsupported_common(case, "keras.ops.dot_product_attention")
 
 
-def run(case, inputs, *, grads: bool) -> Output:
+def run(case: Case, inputs: dict[str, np.ndarray], *, grads: bool) -> Output:
     reason = unsupported(case)
     if reason:
         raise Unsupported(reason)

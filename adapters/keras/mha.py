@@ -31,11 +31,17 @@ softcap, sinks, dropout masks.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..common import Adapter, Output, Profile, Unsupported
 from ..common.translate import and_parts, dense_keep, plain_alignment, positional
 from .common import bthd_to_bhtd, load_keras, to_bthd, unavailable, unsupported_common
+
+if TYPE_CHECKING:
+    from refmask.case import Case
+
 
 NAME = "keras.mha"
 
@@ -56,7 +62,7 @@ def _switch(part):
     return None
 
 
-def translate(case) -> dict:
+def translate(case: Case) -> dict:
     """Layer and call arguments: ``use_causal_mask``, ``sliding_window``, ``value_mask``
     (B, Tk) bool or None, ``attention_mask`` (B, Hq, Tq, Tk) bool or None."""
     parts = and_parts(case.mask)
@@ -78,7 +84,7 @@ def translate(case) -> dict:
     return kwargs
 
 
-def unsupported(case) -> str | None:
+def unsupported(case: Case) -> str | None:
     if case.softcap is not None:
         return "keras.layers.MultiHeadAttention has no softcap"
     reason = unsupported_common(case, "keras.layers.MultiHeadAttention")
@@ -102,7 +108,7 @@ def _identity_in(heads: int, dim: int) -> np.ndarray:
     return np.eye(heads * dim).reshape(heads * dim, heads, dim)
 
 
-def run(case, inputs, *, grads: bool) -> Output:
+def run(case: Case, inputs: dict[str, np.ndarray], *, grads: bool) -> Output:
     reason = unsupported(case)
     if reason:
         raise Unsupported(reason)

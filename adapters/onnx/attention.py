@@ -33,14 +33,20 @@ onnx/reference/ops/op_attention.py; behaviour measured on onnxruntime 1.31.1):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..common import Adapter, Output, Profile, Unsupported
 from ..common.translate import additive_bias, and_parts, dense_keep, positional
 from .common import ELEMENT_TYPES, dtype_unsupported, session, unavailable_for
 
+if TYPE_CHECKING:
+    from refmask.case import Case
 
-def translate(case, opset: int) -> dict:
+
+def translate(case: Case, opset: int) -> dict:
     """The plan for one case: ``is_causal`` (0/1), ``past`` (cached key count),
     ``nonpad`` (int64 (B,) or None) and ``keep`` (bool (B, Hq, Tq, Tk) or None)."""
     plan = {"is_causal": 0, "past": 0, "nonpad": None}
@@ -79,7 +85,7 @@ def translate(case, opset: int) -> dict:
     return plan
 
 
-def make_unsupported(opset: int):
+def make_unsupported(opset: int) -> Callable[[Case], str | None]:
     def unsupported(case) -> str | None:
         if case.sinks:
             return f"the ONNX Attention operator (opset {opset}) has no attention sinks"
@@ -99,7 +105,7 @@ def _three_d(x: np.ndarray) -> np.ndarray:
     return x.reshape(x.shape[0], x.shape[1], -1)
 
 
-def make_run(opset: int):
+def make_run(opset: int) -> Callable[..., Output]:
     unsupported = make_unsupported(opset)
 
     def run(case, inputs, *, grads: bool) -> Output:

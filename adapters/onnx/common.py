@@ -7,8 +7,13 @@ onnx and onnxruntime are imported only inside these functions.
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnxruntime
+
 
 INSTALL_HINT = "pip install 'refmask[onnx]'"
 IR_VERSION = 10  # the IR version of opsets 23/24 (onnx 1.18+)
@@ -54,7 +59,7 @@ def dtype_unsupported(opset: int, dtype: str) -> str | None:
     NOT_IMPLEMENTED message for a plain Q/K/V model), or None."""
     import ml_dtypes  # noqa: F401 - bfloat16 numpy arrays
 
-    from refmask.conformance.cases import numpy_dtype
+    from refmask.case import numpy_dtype
 
     element = ELEMENT_TYPES[dtype]
     x = np.zeros((1, 1, 1, 1), numpy_dtype(dtype))
@@ -71,7 +76,8 @@ def dtype_unsupported(opset: int, dtype: str) -> str | None:
     return None
 
 
-def session(opset: int, inputs: list, attributes: dict, element: str, outputs: tuple):
+def session(opset: int, inputs: list, attributes: dict, element: str,
+            outputs: tuple) -> onnxruntime.InferenceSession:
     """An onnxruntime CPU session for a one-node ``Attention`` model.
 
     inputs: the node's inputs in order as ``(name, TensorProto type name)``, with ``("", None)``
@@ -95,8 +101,5 @@ def session(opset: int, inputs: list, attributes: dict, element: str, outputs: t
     options.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), options,
                                 providers=["CPUExecutionProvider"])
-
-
-
 
 

@@ -16,12 +16,22 @@ backward pass inside a ``context`` (cuda.py: ``sdpa_kernel(SDPBackend.X)``).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from refmask.case import to_bhtd
+from refmask.masks import Mask
+
 from ..common import Output
+
+if TYPE_CHECKING:
+    import torch
+
+    from refmask.case import Case
+
 
 MISSING = "torch is not installed (pip install 'refmask[torch]')"
 NO_CUDA = "torch has no CUDA device (torch.cuda.is_available() is False)"
@@ -55,7 +65,7 @@ def cuda_unavailable() -> str | None:
 
 
 @contextmanager
-def quiet():
+def quiet() -> Iterator[None]:
     """Silence the torch warnings in :data:`QUIET` (and only those)."""
     with warnings.catch_warnings():
         for message in QUIET:
@@ -63,14 +73,14 @@ def quiet():
         yield
 
 
-def torch_dtype(name: str):
+def torch_dtype(name: str) -> torch.dtype:
     import torch
 
     return {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
             "bfloat16": torch.bfloat16}[name]
 
 
-def to_torch(x: np.ndarray, dtype_name: str | None = None, device: str = "cpu"):
+def to_torch(x: np.ndarray, dtype_name: str | None = None, device: str = "cpu") -> torch.Tensor:
     """A tensor on ``device`` holding exactly the values of ``x`` (bool stays bool)."""
     import torch
 
@@ -84,21 +94,16 @@ def to_torch(x: np.ndarray, dtype_name: str | None = None, device: str = "cpu"):
     return torch.from_numpy(np.array(x)).to(device)
 
 
-def to_numpy(t) -> np.ndarray:
+def to_numpy(t: torch.Tensor) -> np.ndarray:
     """float64 NumPy copy of a floating tensor (exact for every torch float dtype here)."""
     import torch
 
     return t.detach().to(torch.float64).cpu().numpy()
 
 
-def bhtd(case, t):
-    """A (B, T, H, D) tensor of a BTHD case seen as (B, H, T, D) (a view, not a copy)."""
-    return t.transpose(1, 2) if case.layout == "BTHD" else t
-
-
 # --- what a case uses --------------------------------------------------------------------
 
-def score_reasons(case, backend: str, *, softcap: str | None, sinks: str | None,
+def score_reasons(case: Case, backend: str, *, softcap: str | None, sinks: str | None,
                   dropout: str | None) -> str | None:
     """The first reason among the score features the case uses and the backend lacks.
 
@@ -111,11 +116,11 @@ def score_reasons(case, backend: str, *, softcap: str | None, sinks: str | None,
     return None
 
 
-def has_additive(case) -> bool:
+def has_additive(case: Case) -> bool:
     return bool(case.bias) or case.alibi is not None
 
 
-def plain_causal(mask) -> str | None:
+def plain_causal(mask: Mask | None) -> str | None:
     """``"top_left"`` / ``"bottom_right"`` when ``mask`` is exactly ``causal(align=...)`` with
     one of those alignments (no valid-length tables); None for anything else."""
     if mask is None or mask.kind != "causal":
@@ -128,7 +133,7 @@ def plain_causal(mask) -> str | None:
     return None
 
 
-def conjuncts(mask) -> tuple:
+def conjuncts(mask: Mask | None) -> tuple:
     """The parts of a top-level ``&`` (the mask itself when it is not one)."""
     if mask is None:
         return ()
@@ -145,7 +150,7 @@ def reduced_keep(keep: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(keep)
 
 
-def alibi_tensor(case, dtype_name: str, device: str = "cpu"):
+def alibi_tensor(case: Case, dtype_name: str, device: str = "cpu") -> torch.Tensor:
     """The case's ALiBi bias (B, Hq, Tq, Tk) as a torch tensor in the case dtype on ``device``,
     computed by refmask's :meth:`Alibi.bias` on the torch namespace (slope times distance
     rounded once, on the CPU; the move to the device is exact)."""
@@ -157,7 +162,7 @@ def alibi_tensor(case, dtype_name: str, device: str = "cpu"):
 
 # --- running with autograd ---------------------------------------------------------------
 
-def run_autograd(case, inputs: dict, grads: bool, forward: Callable, *, device: str = "cpu",
+def run_autograd(case: Case, inputs: dict, grads: bool, forward: Callable, *, device: str = "cpu",
                  context: Callable = nullcontext) -> Output:
     """Convert the inputs (onto ``device``), call ``forward(q, k, v, bias)`` and (with
     ``grads``) backpropagate the case's ``d_out`` with torch autograd, both inside
@@ -179,11 +184,11 @@ def run_autograd(case, inputs: dict, grads: bool, forward: Callable, *, device: 
         for tensor in leaves.values():
             tensor.requires_grad_(True)
     with quiet(), context(), torch.set_grad_enabled(grads):
-        out, lse = forward(bhtd(case, leaves["q"]), bhtd(case, leaves["k"]),
-                           bhtd(case, leaves["v"]), leaves.get("bias"))
+        out, lse = forward(to_bhtd(case, leaves["q"]), to_bhtd(case, leaves["k"]),
+                           to_bhtd(case, leaves["v"]), leaves.get("bias"))
     gradients = None
     if grads:
-        d_out = bhtd(case, to_torch(inputs["d_out"], dtype, device))
+        d_out = to_bhtd(case, to_torch(inputs["d_out"], dtype, device))
         names = list(leaves)
         with quiet(), context():
             values = torch.autograd.grad(out, [leaves[n] for n in names], grad_outputs=d_out,
@@ -193,7 +198,7 @@ def run_autograd(case, inputs: dict, grads: bool, forward: Callable, *, device: 
             if value is None:
                 value = torch.zeros_like(leaves[name])
             key = "d" + name
-            gradients[key] = to_numpy(bhtd(case, value) if name in ("q", "k", "v") else value)
+            gradients[key] = to_numpy(to_bhtd(case, value) if name in ("q", "k", "v") else value)
     lse_out = None if lse is None else to_numpy(lse)
     return Output(out=to_numpy(out), lse=lse_out, grads=gradients)
 

@@ -78,10 +78,18 @@ import functools
 import math
 import re
 import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..common import Adapter, Profile, Unsupported
 from . import common as tc
 from . import flex, sdpa
+
+if TYPE_CHECKING:
+    import torch
+
+    from refmask.case import Case
+
 
 DEVICE = "cuda"
 
@@ -198,7 +206,7 @@ def sdpa_adapter(backend: str, *, device: str = DEVICE, name: str | None = None)
 # --- compiled FlexAttention ---------------------------------------------------------------------
 
 @functools.cache
-def compiled_flex():
+def compiled_flex() -> Callable[..., Any]:
     """``torch.compile(flex_attention, dynamic=False)``, built once per process."""
     import torch
     from torch.nn.attention.flex_attention import flex_attention
@@ -214,7 +222,9 @@ def _padded(x, width: int):
     return F.pad(x, (0, extra)) if extra > 0 else x
 
 
-def flex_forward(case, q, k, v, bias, *, device: str, attend):
+def flex_forward(case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 bias: torch.Tensor | None, *, device: str, attend: Callable[...,
+                 Any]) -> torch.Tensor:
     """torch.flex's call with head dims zero-padded to FLEX_MIN_HEAD_DIM (see the docstring)."""
     qk_width = max(case.qk_dim, FLEX_MIN_HEAD_DIM)
     v_width = max(case.v_dim, FLEX_MIN_HEAD_DIM)

@@ -40,8 +40,16 @@ translation compiled on CUDA (``torch.flex.cuda``).
 
 from __future__ import annotations
 
-from ..common import Adapter, Profile, Unsupported
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..common import Adapter, Output, Profile, Unsupported
 from . import common as tc
+
+if TYPE_CHECKING:
+    from refmask.case import Case
+
 
 SOFTCAP = None  # supported through score_mod
 SINKS = ("flex_attention has no sink argument in torch 2.13, and a sink (an extra softmax "
@@ -129,7 +137,7 @@ def _call(case, q, k, v, bias, *, device: str = "cpu", attend=None, scale=None):
     return out, aux.lse
 
 
-def run(case, inputs, *, grads: bool):
+def run(case: Case, inputs: dict[str, np.ndarray], *, grads: bool) -> Output:
     if grads:
         raise Unsupported("torch.flex: FlexAttention does not support backward on CPU")
     return tc.run_autograd(case, inputs, False, lambda q, k, v, bias: _call(case, q, k, v,

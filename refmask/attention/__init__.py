@@ -14,9 +14,9 @@ arrays give the same float64 results. The normative text is docs/spec.md, sectio
 """
 
 from ._inputs import DEFAULT_EMPTY_ROWS, DEFAULT_LAYOUT, EMPTY_ROW_POLICIES, LAYOUTS
+from ._results import AttentionResult, Grads
 from .alibi import ALIBI_CONVENTIONS, Alibi, alibi_slopes
-from .backward import Grads, attention_vjp
-from .forward import AttentionResult, attention
+from .dispatch import attention, attention_vjp
 
 __all__ = [
     "ALIBI_CONVENTIONS",

@@ -13,7 +13,13 @@ from typing import Any
 
 import array_api_compat
 
-from .._validate import check_bool_dtype, check_choice, check_real
+from .._validate import (
+    check_bool_dtype,
+    check_choice,
+    check_real,
+    float_dtype_rule,
+    is_real_floating,
+)
 from .alibi import alibi_bias
 
 EMPTY_ROW_POLICIES = ("zero", "nan", "uniform", "unmasked")
@@ -76,18 +82,6 @@ class Inputs:
         return self.xp.asarray(value, dtype=self.dtype, device=self.device)
 
 
-def is_real_floating(xp, dtype) -> bool:
-    """True for a real floating dtype, including ml_dtypes extension floats on NumPy.
-
-    ml_dtypes (bfloat16, float8_*) are not array-API dtypes, so ``xp.isdtype`` refuses them;
-    they are NumPy void-kind dtypes whose name contains "float".
-    """
-    try:
-        return bool(xp.isdtype(dtype, "real floating"))
-    except (TypeError, ValueError):
-        return getattr(dtype, "kind", None) == "V" and "float" in getattr(dtype, "name", "")
-
-
 def _check_array(where: str, name: str, x) -> None:
     if not array_api_compat.is_array_api_obj(x):
         raise TypeError(f"{where}: {name} must be an array, got {type(x).__name__}")
@@ -107,7 +101,7 @@ def check_same_namespace(where: str, name: str, reference, x) -> None:
 def check_float_array(where: str, name: str, xp, x, dtype) -> None:
     """``x`` must have exactly the compute dtype (refmask refuses to cast silently)."""
     if not is_real_floating(xp, x.dtype):
-        raise TypeError(f"{where}: {name} must have a real floating dtype, got {x.dtype}")
+        raise TypeError(float_dtype_rule(where, name, x.dtype))
     if x.dtype != dtype:
         raise TypeError(
             f"{where}: {name} has dtype {x.dtype} but q has {dtype}; all floating inputs must "
@@ -202,7 +196,7 @@ def prepare(where: str, q, k, v, *, mask, scale, softcap, bias, alibi, sinks, dr
                 f"{tuple(x.shape)}"
             )
         if not is_real_floating(xp, x.dtype):
-            raise TypeError(f"{where}: {name} must have a real floating dtype, got {x.dtype}")
+            raise TypeError(float_dtype_rule(where, name, x.dtype))
     dtype = q.dtype
     for name, x in (("k", k), ("v", v)):
         if x.dtype != dtype:

@@ -20,12 +20,11 @@ ignored); "nan" -> the NaN weights reach dV (and dS of kept keys), masked keys s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._validate import check_choice
+from .._typing import Array
 from ._inputs import (
     DEFAULT_EMPTY_ROWS,
     DEFAULT_LAYOUT,
@@ -33,27 +32,15 @@ from ._inputs import (
     check_upstream_gradients,
     prepare,
 )
-from .forward import DEFAULT_PATH, PATHS, ForwardState, forward_pass, matmul
+from ._results import Grads
+from .alibi import Alibi
+from .forward import ForwardState, forward_pass, matmul
+
+if TYPE_CHECKING:
+    from ..masks import Mask
 
 
-@dataclass(frozen=True, eq=False)
-class Grads:
-    """What :func:`attention_vjp` returns: gradients of ``sum(dO * out) + sum(dlse * lse)``.
-
-    dq, dk, dv: shaped like q, k, v (in their layout); GQA gradients of a kv head are summed
-      over the query heads of its group.
-    dbias: shaped like bias (reduced over the axes it was broadcast along), or None.
-    dsinks: (Hq,), or None without sinks.
-    """
-
-    dq: Any
-    dk: Any
-    dv: Any
-    dbias: Any = None
-    dsinks: Any = None
-
-
-def sum_over_groups(inp: Inputs, x):
+def sum_over_groups(inp: Inputs, x: Array) -> Array:
     """(B, Hq, T, D) -> (B, Hkv, T, D): ``out[:, g] = sum_{h : h // G == g} x[:, h]``, the
     adjoint of repeating kv head g for query heads gG .. gG + G - 1."""
     if inp.group_size == 1:
@@ -64,7 +51,7 @@ def sum_over_groups(inp: Inputs, x):
     return xp.sum(grouped, axis=2)
 
 
-def reduce_to_shape(inp: Inputs, x, shape: tuple):
+def reduce_to_shape(inp: Inputs, x: Array, shape: tuple) -> Array:
     """Sum a (B, Hq, Tq, Tk) gradient over the axes along which an array of ``shape`` was
     broadcast (leading missing axes and size-1 axes), then give it exactly ``shape``."""
     xp = inp.xp
@@ -76,7 +63,8 @@ def reduce_to_shape(inp: Inputs, x, shape: tuple):
     return xp.reshape(x, shape)
 
 
-def score_gradient(state: ForwardState, d_out, d_lse):
+def score_gradient(state: ForwardState, d_out: Array, d_lse: Array | None) -> tuple[Array, Array,
+                   Array]:
     """``dS`` (B, Hq, Tq, Tk), ``D`` (B, Hq, Tq, 1) and ``dV`` expanded to Hq heads.
 
         dA = dO v^T,  dP = dA * f,  D_i = <dO_i, o_i>,  dS = p * (dP - D + dlse)
@@ -106,7 +94,7 @@ def score_gradient(state: ForwardState, d_out, d_lse):
     return d_scores, row_dot, dv
 
 
-def sink_gradient(state: ForwardState, row_dot, d_lse):
+def sink_gradient(state: ForwardState, row_dot: Array, d_lse: Array | None) -> Array:
     """``dsink_h = sum_{b, i} p_sink_i * (dlse_i - D_i)`` over non-empty rows, shape (Hq,)."""
     inp = state.inputs
     xp = inp.xp
@@ -115,7 +103,7 @@ def sink_gradient(state: ForwardState, row_dot, d_lse):
     return xp.sum(terms, axis=(0, 2, 3))
 
 
-def backward_pass(state: ForwardState, d_out, d_lse) -> Grads:
+def backward_pass(state: ForwardState, d_out: Array, d_lse: Array | None) -> Grads:
     """All gradients in (B, H, T, D) order; d_out (B, Hq, Tq, Dv), d_lse (B, Hq, Tq, 1)."""
     inp = state.inputs
     xp = inp.xp
@@ -132,48 +120,23 @@ def backward_pass(state: ForwardState, d_out, d_lse) -> Grads:
                  dsinks=dsinks)
 
 
-def attention_vjp(q, k, v, d_out, *, d_lse=None, mask=None, scale=None, softcap=None,
-                  bias=None, alibi=None, sinks=None, dropout_keep=None, dropout_rate=None,
-                  empty_rows=DEFAULT_EMPTY_ROWS, layout=DEFAULT_LAYOUT,
-                  path=DEFAULT_PATH) -> Grads:
-    """Gradients of :func:`~refmask.attention.attention` (formulas in the module docstring).
-
-    Args:
-      q, k, v and every keyword shared with :func:`~refmask.attention.attention`: the same
-        meaning, shapes and defaults (empty_rows "zero", layout "BHTD").
-      d_out: the upstream gradient of ``out``: same shape (in the same layout), namespace and
-        dtype as ``out``.
-      d_lse: optional upstream gradient of ``lse``, shape (B, Hq, Tq); default None = 0.
-      path: "auto" (default), "exact" or "fast", as in :func:`~refmask.attention.attention`;
-        the fast path (FlashAttention-2 recomputation on the forward's tiles) also leaves
-        gradients under empty_rows="nan" and dbias of a broadcast bias to the exact path.
-
-    Returns:
-      Grads(dq, dk, dv, dbias, dsinks): dq/dk/dv shaped like q/k/v; dbias like bias (None
-      without bias); dsinks (Hq,) (None without sinks). ALiBi slopes, masks and the dropout
-      pattern are constants and get no gradient.
-
-    Computed in q's dtype by recomputing the forward pass; NaN/inf propagate, never raise.
-    """
+def exact_attention_vjp(q: Array, k: Array, v: Array, d_out: Array, *, d_lse: Array | None = None,
+                        mask: Mask | Array | None = None, scale: float | None = None,
+                        softcap: float | None = None, bias: Array | None = None,
+                        alibi: Alibi | None = None, sinks: Array | None = None,
+                        dropout_keep: Array | None = None, dropout_rate: float | None = None,
+                        empty_rows: str = DEFAULT_EMPTY_ROWS,
+                        layout: str = DEFAULT_LAYOUT) -> Grads:
+    """:func:`refmask.attention.attention_vjp` on the exact path (``path="exact"``): arguments,
+    shapes and defaults as there (without ``path``); recomputes the forward pass."""
     where = "attention_vjp"
-    path = check_choice(where, "path", path, PATHS)
-    if path != "exact":
-        from ..fast._dispatch import vjp_or_none
-
-        grads = vjp_or_none(
-            where, path, q, k, v, d_out, d_lse,
-            dict(mask=mask, scale=scale, softcap=softcap, bias=bias, alibi=alibi, sinks=sinks,
-                 dropout_keep=dropout_keep, dropout_rate=dropout_rate, empty_rows=empty_rows,
-                 layout=layout))
-        if grads is not None:
-            return grads
     inp = prepare(where, q, k, v, mask=mask, scale=scale, softcap=softcap, bias=bias,
                   alibi=alibi, sinks=sinks, dropout_keep=dropout_keep,
                   dropout_rate=dropout_rate, empty_rows=empty_rows, layout=layout)
     d_out, d_lse = check_upstream_gradients(where, inp, q, d_out, d_lse)
     if d_lse is not None:
         d_lse = inp.xp.reshape(d_lse, (inp.batch, inp.q_heads, inp.q_len, 1))
-    with np.errstate(all="ignore"):  # see attention(): only input specials can raise flags
+    with np.errstate(all="ignore"):  # see exact_attention(): only input specials can raise flags
         grads = backward_pass(forward_pass(inp), d_out, d_lse)
     return Grads(dq=inp.from_bhtd(grads.dq), dk=inp.from_bhtd(grads.dk),
                  dv=inp.from_bhtd(grads.dv), dbias=grads.dbias, dsinks=grads.dsinks)

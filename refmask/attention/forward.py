@@ -21,33 +21,17 @@ where-guards so that empty rows never evaluate ``-inf - (-inf)`` or ``log(0)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._validate import check_choice
+from .._typing import Array, Device, Namespace
 from ._inputs import DEFAULT_EMPTY_ROWS, DEFAULT_LAYOUT, Inputs, prepare
+from ._results import AttentionResult
+from .alibi import Alibi
 
-#: Values of the ``path`` keyword of attention / attention_vjp (see refmask.fast._dispatch).
-PATHS = ("auto", "exact", "fast")
-DEFAULT_PATH = "auto"
-
-
-@dataclass(frozen=True, eq=False)
-class AttentionResult:
-    """What :func:`attention` returns.
-
-    out: (B, Hq, Tq, Dv) for layout "BHTD", (B, Tq, Hq, Dv) for "BTHD".
-    lse: (B, Hq, Tq) in either layout (like FlashAttention's softmax_lse): the natural-log
-      softmax denominator ``log(sum_kept exp(s_ij) + exp(sink_h))``; -inf for an empty row
-      under every policy; not affected by dropout.
-    probs: (B, Hq, Tq, Tk), the weights ``a_ij`` multiplied into V (after the empty-row policy
-      and dropout), or None unless ``return_probs=True``.
-    """
-
-    out: Any
-    lse: Any
-    probs: Any = None
+if TYPE_CHECKING:
+    from ..masks import Mask
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,7 +57,7 @@ class ForwardState:
     out: Any
 
 
-def kv_head_index(xp, q_heads: int, kv_heads: int, device):
+def kv_head_index(xp: Namespace, q_heads: int, kv_heads: int, device: Device) -> Array:
     """``g(h) = h // (Hq // Hkv)`` for h in [0, Hq): query heads 0..G-1 share kv head 0, and so
     on (repeat_interleave order, as SDPA ``enable_gqa``, FlexAttention, JAX and ONNX >= 1.23;
     ``h % Hkv`` is the classic bug)."""
@@ -81,7 +65,7 @@ def kv_head_index(xp, q_heads: int, kv_heads: int, device):
     return xp.arange(q_heads, device=device) // group_size
 
 
-def expand_kv_heads(inp: Inputs, x):
+def expand_kv_heads(inp: Inputs, x: Array) -> Array:
     """(B, Hkv, Tk, D) -> (B, Hq, Tk, D) with ``out[:, h] = x[:, g(h)]``."""
     if inp.kv_heads == inp.q_heads:
         return x
@@ -89,7 +73,7 @@ def expand_kv_heads(inp: Inputs, x):
     return xp.take(x, kv_head_index(xp, inp.q_heads, inp.kv_heads, inp.device), axis=1)
 
 
-def matmul(inp: Inputs, a, b):
+def matmul(inp: Inputs, a: Array, b: Array) -> Array:
     """``a @ b`` rounded to the compute dtype.
 
     NumPy returns float32 for ml_dtypes bfloat16 operands (it accumulates in float32); the
@@ -99,13 +83,13 @@ def matmul(inp: Inputs, a, b):
     return product if product.dtype == inp.dtype else inp.xp.astype(product, inp.dtype)
 
 
-def raw_scores(inp: Inputs, k):
+def raw_scores(inp: Inputs, k: Array) -> Array:
     """``t_ij = scale * <q_i, k_gj>``: the matrix product first, then one multiplication by
     scale (not sqrt(scale) on each side, as torch math and ONNX do)."""
     return inp.constant(inp.scale) * matmul(inp, inp.q, inp.xp.matrix_transpose(k))
 
 
-def softcapped(inp: Inputs, t):
+def softcapped(inp: Inputs, t: Array) -> Array:
     """``c = cap * tanh(t / cap)``; returns ``(c, tanh(t / cap))``, or ``(t, None)``."""
     if inp.softcap is None:
         return t, None
@@ -114,7 +98,7 @@ def softcapped(inp: Inputs, t):
     return cap * tanh_t, tanh_t
 
 
-def biased(inp: Inputs, c):
+def biased(inp: Inputs, c: Array) -> Array:
     """``s = c + bias + alibi`` (each term only when given; bias before ALiBi)."""
     if inp.bias is not None:
         c = c + inp.bias
@@ -123,21 +107,21 @@ def biased(inp: Inputs, c):
     return c
 
 
-def masked(inp: Inputs, s):
+def masked(inp: Inputs, s: Array) -> Array:
     """``s_ij = -inf where not keep_ij`` (a replacement, not an addition)."""
     if inp.keep is None:
         return s
     return inp.xp.where(inp.keep, s, inp.constant(-np.inf))
 
 
-def sink_column(inp: Inputs):
+def sink_column(inp: Inputs) -> Array | None:
     """The per-head sink logit as a (1, Hq, 1, 1) array, or None."""
     if inp.sinks is None:
         return None
     return inp.xp.reshape(inp.sinks, (1, inp.q_heads, 1, 1))
 
 
-def row_maximum(inp: Inputs, s):
+def row_maximum(inp: Inputs, s: Array) -> Array:
     """``max_j s_ij`` with keepdims; -inf for Tk = 0 (the maximum of nothing), where the
     array-API max of an empty axis would raise."""
     if inp.k_len == 0:
@@ -146,7 +130,7 @@ def row_maximum(inp: Inputs, s):
     return inp.xp.max(s, axis=-1, keepdims=True)
 
 
-def guarded_softmax(inp: Inputs, s):
+def guarded_softmax(inp: Inputs, s: Array) -> tuple[Array, Array, Array]:
     """Max-subtracted softmax of the masked scores with the sink as an extra, valueless term.
 
         m_i = max(max_j s_ij, sink_h);  empty_i = (m_i == -inf);  m'_i = 0 if empty_i else m_i
@@ -177,7 +161,7 @@ def guarded_softmax(inp: Inputs, s):
     return probs, sink_probs, lse, empty
 
 
-def unmasked_softmax(inp: Inputs, s):
+def unmasked_softmax(inp: Inputs, s: Array) -> Array:
     """Plain softmax of the scores before masking: ``softmax_j(s_ij)`` over all Tk keys; a row
     whose scores are all -inf gives NaN (0/0), computed without evaluating 0/0."""
     xp = inp.xp
@@ -189,7 +173,8 @@ def unmasked_softmax(inp: Inputs, s):
     return xp.where(all_minus_inf, inp.constant(np.nan), probs)
 
 
-def apply_empty_row_policy(inp: Inputs, probs, empty, unmasked_scores):
+def apply_empty_row_policy(inp: Inputs, probs: Array, empty: Array,
+                           unmasked_scores: Array | None) -> Array:
     """The weights of an empty row (no kept key above -inf and no sink), by policy:
 
         "zero":     p_ij = 0            -> o_i = 0
@@ -211,7 +196,7 @@ def apply_empty_row_policy(inp: Inputs, probs, empty, unmasked_scores):
     return xp.where(empty, unmasked_softmax(inp, unmasked_scores), probs)
 
 
-def output_without_keys(inp: Inputs, out, empty):
+def output_without_keys(inp: Inputs, out: Array, empty: Array) -> Array:
     """Tk = 0: every row without a sink is empty and its weighted sum has no terms. "zero"
     keeps the empty sum o = 0; "nan", "uniform" (the mean of no values) and "unmasked" (the
     softmax of no scores) are 0/0 = NaN. Rows with a sink are not empty: o = 0."""
@@ -220,7 +205,7 @@ def output_without_keys(inp: Inputs, out, empty):
     return inp.xp.where(empty, inp.constant(np.nan), out)
 
 
-def dropout_factor(inp: Inputs):
+def dropout_factor(inp: Inputs) -> Array | None:
     """``keep'_ij / (1 - rate)`` as a floating array broadcastable to (B, Hq, Tq, Tk), or None."""
     if inp.dropout_keep is None:
         return None
@@ -245,71 +230,14 @@ def forward_pass(inp: Inputs) -> ForwardState:
                         empty=empty, lse=lse, out=out)
 
 
-def attention(q, k, v, *, mask=None, scale=None, softcap=None, bias=None, alibi=None,
-              sinks=None, dropout_keep=None, dropout_rate=None,
-              empty_rows=DEFAULT_EMPTY_ROWS, layout=DEFAULT_LAYOUT,
-              return_probs=False, path=DEFAULT_PATH) -> AttentionResult:
-    """Reference scaled dot-product attention (see the module docstring for the formulas).
-
-    Letters: B batch, Hq query heads, Hkv kv heads (Hq % Hkv == 0; query head h reads kv head
-    ``h // (Hq // Hkv)``), Tq queries, Tk keys, Dqk query/key head dim, Dv value head dim.
-
-    Args:
-      q: (B, Hq, Tq, Dqk) for layout "BHTD", (B, Tq, Hq, Dqk) for "BTHD"; a real floating
-        array of any array-API namespace (NumPy incl. ml_dtypes bfloat16, torch, JAX, ...).
-      k: (B, Hkv, Tk, Dqk) / (B, Tk, Hkv, Dqk), same namespace and dtype as q.
-      v: (B, Hkv, Tk, Dv) / (B, Tk, Hkv, Dv), same namespace and dtype as q.
-      mask: None (every key kept); a bool array broadcastable to (B, Hq, Tq, Tk), True = attend
-        (indexed by *query* head, in either layout); or a refmask Mask (anything with
-        ``materialize(B, Hq, Tq, Tk, *, xp, device)``). Position offsets (KV cache, bottom-right
-        causal) live in the mask's alignment: attention has no hidden offset.
-      scale: multiplier of ``<q, k>``; default None = ``1 / sqrt(Dqk)``.
-      softcap: ``cap`` > 0 for ``cap * tanh(s / cap)``, applied before bias, ALiBi and mask;
-        default None = no capping.
-      bias: additive scores, broadcastable to (B, Hq, Tq, Tk), same dtype as q; -inf entries
-        act like masked keys. Default None.
-      alibi: an :class:`~refmask.attention.alibi.Alibi` (slopes, convention and alignment all
-        explicit); default None.
-      sinks: (Hq,) per-head sink logits (gpt-oss), same dtype as q: ``exp(sink_h)`` joins the
-        softmax denominator with no value vector. Default None.
-      dropout_keep: bool array broadcastable to (B, Hq, Tq, Tk), True = keep; requires
-        dropout_rate. Default None (no dropout).
-      dropout_rate: the rate in [0, 1) that the kept weights are divided by ``1 - rate``;
-        required with dropout_keep. Dropout never changes lse.
-      empty_rows: what a row with no kept key and no sink returns: "zero" (default: o = 0),
-        "nan", "uniform" (mean of V) or "unmasked" (softmax of the unmasked scores); lse is
-        -inf for such a row in every policy. See docs/spec.md for which peer does what.
-      layout: "BHTD" (default) or "BTHD"; applies to q, k, v and out, not to lse, probs, mask,
-        bias or dropout_keep, which are always (B, Hq, Tq[, Tk]).
-      return_probs: also return the (B, Hq, Tq, Tk) weights; default False.
-      path: "auto" (default), "exact" or "fast". "exact" is the array-API reference below;
-        "fast" is :mod:`refmask.fast` (NumPy float64, tiles skipped by ``classify``, O(T*D)
-        memory), which raises ``refmask.fast.FastPathUnsupported`` naming ``path`` and the
-        feature for what it does not cover (dropout, return_probs, empty_rows="unmasked");
-        "auto" takes the fast path for NumPy float64 inputs with
-        B * Hq * Tq * Tk >= ``refmask.fast._dispatch.AUTO_MIN_SCORES`` and covered
-        features, the exact path otherwise. Both agree to ~1e-12 relative in float64.
-
-    Returns:
-      AttentionResult(out, lse, probs) in q's namespace, dtype and device.
-
-    Computed naively in q's dtype (float64 is the reference). NaN or inf inputs propagate to
-    the outputs they touch; no floating-point warning is ever emitted.
-    """
-    path = check_choice("attention", "path", path, PATHS)
-    if not isinstance(return_probs, bool):
-        raise TypeError(f"attention: return_probs must be a bool, got {return_probs!r}")
-    if path != "exact":
-        from ..fast._dispatch import forward_or_none
-
-        result = forward_or_none(
-            "attention", path, q, k, v,
-            dict(mask=mask, scale=scale, softcap=softcap, bias=bias, alibi=alibi, sinks=sinks,
-                 dropout_keep=dropout_keep, dropout_rate=dropout_rate, empty_rows=empty_rows,
-                 layout=layout),
-            return_probs=return_probs)
-        if result is not None:
-            return result
+def exact_attention(q: Array, k: Array, v: Array, *, mask: Mask | Array | None = None,
+                    scale: float | None = None, softcap: float | None = None,
+                    bias: Array | None = None, alibi: Alibi | None = None,
+                    sinks: Array | None = None, dropout_keep: Array | None = None,
+                    dropout_rate: float | None = None, empty_rows: str = DEFAULT_EMPTY_ROWS,
+                    layout: str = DEFAULT_LAYOUT, return_probs: bool = False) -> AttentionResult:
+    """:func:`refmask.attention.attention` on the exact path (``path="exact"``): arguments,
+    shapes and defaults as there (without ``path``), computed naively in q's dtype."""
     inp = prepare("attention", q, k, v, mask=mask, scale=scale, softcap=softcap, bias=bias,
                   alibi=alibi, sinks=sinks, dropout_keep=dropout_keep,
                   dropout_rate=dropout_rate, empty_rows=empty_rows, layout=layout)

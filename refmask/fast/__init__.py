@@ -35,14 +35,25 @@ directly with :func:`attention` / :func:`attention_vjp` below (which are ``path=
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from .._typing import Array
 from ..attention._inputs import DEFAULT_EMPTY_ROWS, DEFAULT_LAYOUT
 from ._inputs import FastPathUnsupported
 
+if TYPE_CHECKING:
+    from ..attention._results import AttentionResult, Grads
+    from ..attention.alibi import Alibi
+    from ..masks import Mask
 
-def attention(q, k, v, *, mask=None, scale=None, softcap=None, bias=None, alibi=None,
-              sinks=None, dropout_keep=None, dropout_rate=None, empty_rows=DEFAULT_EMPTY_ROWS,
-              layout=DEFAULT_LAYOUT, return_probs=False, q_tile=None, k_tile=None,
-              threads=None):
+
+def attention(q: Array, k: Array, v: Array, *, mask: Mask | Array | None = None,
+              scale: float | None = None, softcap: float | None = None, bias: Array | None = None,
+              alibi: Alibi | None = None, sinks: Array | None = None,
+              dropout_keep: Array | None = None, dropout_rate: float | None = None,
+              empty_rows: str = DEFAULT_EMPTY_ROWS, layout: str = DEFAULT_LAYOUT,
+              return_probs: bool = False, q_tile: int | None = None, k_tile: int | None = None,
+              threads: int | None = None) -> AttentionResult:
     """:func:`refmask.attention.attention` on the fast path (``path="fast"``).
 
     Arguments as there, plus the tile shape ``q_tile`` x ``k_tile`` (default: chosen per call
@@ -59,10 +70,14 @@ def attention(q, k, v, *, mask=None, scale=None, softcap=None, bias=None, alibi=
     return run_forward("attention", fast, q_tile=q_tile, k_tile=k_tile, threads=threads)[0]
 
 
-def attention_vjp(q, k, v, d_out, *, d_lse=None, mask=None, scale=None, softcap=None,
-                  bias=None, alibi=None, sinks=None, dropout_keep=None, dropout_rate=None,
-                  empty_rows=DEFAULT_EMPTY_ROWS, layout=DEFAULT_LAYOUT, q_tile=None,
-                  k_tile=None, threads=None):
+def attention_vjp(q: Array, k: Array, v: Array, d_out: Array, *, d_lse: Array | None = None,
+                  mask: Mask | Array | None = None, scale: float | None = None,
+                  softcap: float | None = None, bias: Array | None = None,
+                  alibi: Alibi | None = None, sinks: Array | None = None,
+                  dropout_keep: Array | None = None, dropout_rate: float | None = None,
+                  empty_rows: str = DEFAULT_EMPTY_ROWS, layout: str = DEFAULT_LAYOUT,
+                  q_tile: int | None = None, k_tile: int | None = None,
+                  threads: int | None = None) -> Grads:
     """:func:`refmask.attention.attention_vjp` on the fast path (``path="fast"``); tile and
     thread arguments as in :func:`attention`."""
     from ._api import check_upstream, checked, run_vjp

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..attention._inputs import check_upstream_gradients
-from ..attention.backward import Grads
-from ..attention.forward import AttentionResult
+from ..attention._results import AttentionResult, Grads
 from ._inputs import FastInputs, FastPathUnsupported, numpy_float64_reason, prepare_fast
 from ._inputs import unsupported_feature as _unsupported_feature
 

@@ -6,7 +6,8 @@
     "auto":  the fast path for NumPy float64 q, k, v with B * Hq * Tq * Tk >= AUTO_MIN_SCORES
              and only covered features; the exact path otherwise (silently).
 
-Imported by refmask.attention only when ``path`` is not "exact"; it imports no Numba itself.
+Imported by refmask.attention.dispatch only when ``path`` is not "exact"; it imports no
+Numba itself.
 """
 
 from __future__ import annotations

@@ -98,9 +98,9 @@ def prepare_fast(where: str, q, k, v, *, mask, scale, softcap, bias, alibi, sink
                   dropout_keep=dropout_keep, dropout_rate=dropout_rate,
                   empty_rows=empty_rows, layout=layout)
     if mask_object:
-        check_sizes = getattr(mask, "_check_sizes", None)
-        if check_sizes is not None:
-            check_sizes(inp.batch, inp.q_heads)
+        check = getattr(mask, "check", None)  # a refmask Mask: the exact path's mask rules
+        if check is not None:
+            check(inp.batch, inp.q_heads, inp.q_len, inp.k_len)
         source = MaskSource("mask", mask)
     elif mask is not None:
         source = MaskSource("array", inp.keep)

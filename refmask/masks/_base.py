@@ -18,13 +18,16 @@ evaluation but never a wrong answer.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from enum import IntEnum
+from functools import reduce
 
 import array_api_compat
 import array_api_compat.numpy
 import numpy as np
 
-from .._validate import check_int
+from .._validate import check_index_array, check_int
 
 
 class Block(IntEnum):
@@ -114,6 +117,10 @@ class Mask:
         """
         q_len = check_int(self.kind, "q_len", q_len, minimum=0)
         k_len = check_int(self.kind, "k_len", k_len, minimum=0)
+        b, h, i, j = (check_index_array(f"{self.kind}.keep", name, x)
+                      for name, x in (("b", b), ("h", h), ("i", i), ("j", j)))
+        if validate:
+            self.check_lengths(q_len, k_len)
         arrays = [x for x in (b, h, i, j) if not isinstance(x, (int, np.integer))]
         xp = array_api_compat.array_namespace(*arrays) if arrays else array_api_compat.numpy
         device = array_api_compat.device(arrays[0]) if arrays else None
@@ -141,7 +148,7 @@ class Mask:
         heads = check_int(self.kind, "heads", heads, minimum=1)
         q_len = check_int(self.kind, "q_len", q_len, minimum=0)
         k_len = check_int(self.kind, "k_len", k_len, minimum=0)
-        self._check_sizes(batch, heads)
+        self.check(batch, heads, q_len, k_len)
         xp = array_api_compat.numpy if xp is None else array_api_compat.array_namespace(
             xp.asarray(0)
         )
@@ -163,8 +170,11 @@ class Mask:
         """
         q_len = check_int(self.kind, "q_len", q_len, minimum=0)
         k_len = check_int(self.kind, "k_len", k_len, minimum=0)
-        q0, q1, k0, k1 = (np.asarray(x, dtype=np.int64) for x in (q_start, q_stop, k_start,
-                                                                   k_stop))
+        q0, q1, k0, k1 = (np.asarray(check_index_array(f"{self.kind}.classify", name, x),
+                                     dtype=np.int64)
+                          for name, x in (("q_start", q_start), ("q_stop", q_stop),
+                                          ("k_start", k_start), ("k_stop", k_stop)))
+        self.check_lengths(q_len, k_len)
         scalar = all(x.ndim == 0 for x in (q0, q1, k0, k1)) and np.ndim(batch) == 0 and (
             np.ndim(head) == 0
         )
@@ -191,20 +201,42 @@ class Mask:
         codes = _aggregate(codes, axis=(0, 1))
         return Block(int(codes)) if scalar else codes
 
+    def check(self, batch: int, heads: int, q_len: int, k_len: int) -> None:
+        """Raise ValueError unless the mask can be evaluated on scores of shape
+        (B, H, Tq, Tk) = (batch, heads, q_len, k_len): its own batch size and head count, and
+        every stored length, id row and array axis against Tq and Tk (docs/spec.md section 4).
+
+        ``materialize``, ``keep`` and ``classify`` run these checks; the fast path of
+        :func:`refmask.attention.attention` calls this before classifying any tile, so both
+        paths refuse the same masks.
+        """
+        self._check_sizes(batch, heads)
+        self.check_lengths(q_len, k_len)
+
+    def check_lengths(self, q_len: int, k_len: int) -> None:
+        """Raise ValueError unless the mask's stored tables fit Tq = q_len, Tk = k_len.
+
+        The base rule walks the dataclass fields: parts that are masks are checked
+        recursively and an alignment checks its valid lengths (``offset_table``); subclasses
+        holding per-position data (segment ids, keep arrays, padding lengths) add their own
+        rule and call this one.
+        """
+        for field in dataclasses.fields(self) if dataclasses.is_dataclass(self) else ():
+            value = getattr(self, field.name)
+            for part in value if isinstance(value, tuple) else (value,):
+                if isinstance(part, Mask):
+                    part.check_lengths(q_len, k_len)
+                elif hasattr(part, "offset_table"):
+                    part.offset_table(q_len, k_len)
+
     # -- algebra ----------------------------------------------------------------------------
     def __and__(self, other: Mask) -> Mask:
-        from .combine import And
-
         return And((self, _as_mask(other, "&")))
 
     def __or__(self, other: Mask) -> Mask:
-        from .combine import Or
-
         return Or((self, _as_mask(other, "|")))
 
     def __invert__(self) -> Mask:
-        from .combine import Not
-
         return Not(self)
 
     # -- serialisation ----------------------------------------------------------------------
@@ -319,3 +351,101 @@ def classify_by_evaluation(mask: Mask, b, h, q0, q1, k0, k1, q_len: int, k_len: 
         )
         codes[index] = Block.FULL if block.all() else Block.PARTIAL if block.any() else Block.EMPTY
     return codes
+
+
+# --- the algebra: a & b, a | b, ~a (pictures and the public combinators in combine.py) ----
+
+def _common_heads(masks) -> int | None:
+    heads = {m.num_heads for m in masks if m.num_heads is not None}
+    if len(heads) > 1:
+        raise ValueError(f"mask combination: mismatched head counts {sorted(heads)}")
+    return next(iter(heads), None)
+
+
+@dataclass(frozen=True, repr=False)
+class _Nary(Mask):
+    masks: tuple
+
+    def __post_init__(self):
+        flat = []
+        for mask in self.masks:
+            flat.extend(mask.masks if type(mask) is type(self) else (mask,))
+        object.__setattr__(self, "masks", tuple(flat))
+        self.batch_size  # noqa: B018 - validates now, not at first use
+        _common_heads(self.masks)
+
+    @property
+    def batch_size(self) -> int | None:
+        return common_batch_size(self.kind, **{f"masks[{n}] ({m.kind})": m.batch_size
+                                               for n, m in enumerate(self.masks)})
+
+    @property
+    def num_heads(self) -> int | None:
+        return _common_heads(self.masks)
+
+    def _params(self) -> dict:
+        return {"masks": [m.to_json() for m in self.masks]}
+
+    def __repr__(self) -> str:
+        return "(" + f" {self.symbol} ".join(repr(m) for m in self.masks) + ")"
+
+
+@dataclass(frozen=True, repr=False)
+class And(_Nary):
+    """keep iff every part keeps."""
+
+    kind = "and"
+    symbol = "&"
+
+    def _keep(self, grid, b, h, i, j):
+        return reduce(lambda x, y: x & y, (m._keep(grid, b, h, i, j) for m in self.masks))
+
+    def _classify(self, b, h, q0, q1, k0, k1, q_len, k_len):
+        return reduce(np.minimum, (m._classify(b, h, q0, q1, k0, k1, q_len, k_len)
+                                   for m in self.masks))
+
+
+@dataclass(frozen=True, repr=False)
+class Or(_Nary):
+    """keep iff some part keeps."""
+
+    kind = "or"
+    symbol = "|"
+
+    def _keep(self, grid, b, h, i, j):
+        return reduce(lambda x, y: x | y, (m._keep(grid, b, h, i, j) for m in self.masks))
+
+    def _classify(self, b, h, q0, q1, k0, k1, q_len, k_len):
+        return reduce(np.maximum, (m._classify(b, h, q0, q1, k0, k1, q_len, k_len)
+                                   for m in self.masks))
+
+
+@dataclass(frozen=True, repr=False)
+class Not(Mask):
+    """keep iff the inner mask drops."""
+
+    mask: Mask
+    kind = "not"
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.mask.batch_size
+
+    @property
+    def num_heads(self) -> int | None:
+        return self.mask.num_heads
+
+    def __invert__(self) -> Mask:
+        return self.mask
+
+    def _keep(self, grid, b, h, i, j):
+        return ~self.mask._keep(grid, b, h, i, j)
+
+    def _classify(self, b, h, q0, q1, k0, k1, q_len, k_len):
+        return Block.FULL - np.asarray(self.mask._classify(b, h, q0, q1, k0, k1, q_len, k_len))
+
+    def _params(self) -> dict:
+        return {"mask": self.mask.to_json()}
+
+    def __repr__(self) -> str:
+        return f"~{self.mask!r}"

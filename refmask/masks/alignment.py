@@ -152,11 +152,15 @@ def as_alignment(align: AlignLike, where: str = "mask") -> Alignment:
             f"batch, got {align!r}"
         )
     if isinstance(align, dict):
-        if set(align) == {"offset"}:
+        if set(align) == {"offset"} and isinstance(align["offset"], list):
             return as_alignment(align["offset"], where)
-        if set(align) == {"bottom_right"}:
-            return bottom_right(**align["bottom_right"])
-        raise ValueError(f"{where}: align has unknown JSON form {align!r}")
+        lengths = align.get("bottom_right")
+        if set(align) == {"bottom_right"} and isinstance(lengths, dict) and set(lengths) <= {
+                "q_lengths", "k_lengths"}:
+            return bottom_right(**lengths)
+        raise ValueError(f"{where}: align has unknown JSON form {align!r:.120}; expected "
+                         "{'offset': [c, ...]} or {'bottom_right': {'q_lengths': [...] or null, "
+                         "'k_lengths': [...] or null}}")
     if align is None:
         raise ValueError(
             f"{where}: align is required ('top_left', 'bottom_right' or an int offset); "

@@ -45,15 +45,16 @@ class Documents(Mask):
         size = max(sizes)
         return size if size > 1 else None
 
-    def _check_lengths(self, grid) -> None:
-        for name, ids, length, axis in (("q_segment_ids", self.q_segment_ids, grid.q_len, "q_len"),
-                                        ("k_segment_ids", self.k_segment_ids, grid.k_len, "k_len")):
+    def check_lengths(self, q_len: int, k_len: int) -> None:
+        """Each id row has exactly Tq (query ids) / Tk (key ids) entries."""
+        for name, ids, length, axis in (("q_segment_ids", self.q_segment_ids, q_len, "q_len"),
+                                        ("k_segment_ids", self.k_segment_ids, k_len, "k_len")):
             if len(ids[0]) != length:
                 raise ValueError(f"documents: {name} has {len(ids[0])} tokens per row but "
                                  f"{axis} = {length}")
 
     def _keep(self, grid, b, h, i, j):
-        self._check_lengths(grid)
+        self.check_lengths(grid.q_len, grid.k_len)
         return grid.gather_rows(self.q_segment_ids, b, i) == grid.gather_rows(
             self.k_segment_ids, b, j)
 

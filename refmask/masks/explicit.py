@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._validate import check_bool_array
+from .._validate import check_bool_array, check_int_vector
 from ._base import Mask, classify_by_evaluation
 
 
@@ -50,12 +50,17 @@ class Explicit(Mask):
     def __hash__(self) -> int:
         return hash((self.array.shape, self.array.tobytes()))
 
-    def _keep(self, grid, b, h, i, j):
-        batch, heads, rows, cols = self.array.shape
-        for axis, size, length in (("Tq", rows, grid.q_len), ("Tk", cols, grid.k_len)):
+    def check_lengths(self, q_len: int, k_len: int) -> None:
+        """The keep array's last two axes are Tq and Tk (or 1, broadcast)."""
+        rows, cols = self.array.shape[2:]
+        for axis, size, length in (("Tq", rows, q_len), ("Tk", cols, k_len)):
             if size not in (1, length):
                 raise ValueError(f"explicit: keep array has {axis} = {size} but the attention "
                                  f"has {axis} = {length}")
+
+    def _keep(self, grid, b, h, i, j):
+        batch, heads, rows, cols = self.array.shape
+        self.check_lengths(grid.q_len, grid.k_len)
         xp = grid.xp
         flat = xp.asarray(self.array.reshape(-1), device=grid.device)
         # Size-1 axes broadcast: their index is always 0.
@@ -86,8 +91,20 @@ def explicit(keep: ArrayLike) -> Explicit:
 
 
 def explicit_from_json(shape: Sequence[int], bits: str) -> Explicit:
-    """Inverse of ``Explicit._params``: unpack little-endian bits into a bool array."""
-    count = int(np.prod(shape))
+    """Inverse of ``Explicit._params``: unpack little-endian bits into a bool array.
+
+    shape: [B, H, Tq, Tk], ints >= 0; bits: base64 of ceil(B*H*Tq*Tk / 8) bytes. Both are
+    checked before anything of that size is allocated."""
+    if not isinstance(shape, (list, tuple)) or len(shape) != 4:
+        raise ValueError(f"explicit: shape must be a list [B, H, Tq, Tk] of 4 ints, got "
+                         f"{shape!r:.80}")
+    shape = check_int_vector("explicit", "shape", list(shape), minimum=0)
+    if not isinstance(bits, str):
+        raise ValueError(f"explicit: bits must be base64 text, got {type(bits).__name__}")
+    count = int(np.prod(shape, dtype=object))
+    if (count + 7) // 8 > (len(bits) * 3) // 4 + 3:
+        raise ValueError(f"explicit: bits holds at most {(len(bits) * 3) // 4} bytes, expected "
+                         f"{(count + 7) // 8} for shape {list(shape)}")
     try:
         raw = np.frombuffer(base64.b64decode(str(bits).encode("ascii"), validate=True),
                             dtype=np.uint8)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._validate import check_int_vector
+from .._validate import check_int_table
 from ._base import Block
 from ._positional import PositionalMask
 from .alignment import AlignLike, Alignment, as_alignment
@@ -71,8 +71,7 @@ class GlobalTokens(PositionalMask):
 
 def global_tokens(positions: int | ArrayLike, *, align: AlignLike) -> GlobalTokens:
     """Global-token mask; ``positions`` are distinct ints >= 0 (token positions)."""
-    values = check_int_vector("global_tokens", "positions", np.atleast_1d(np.asarray(positions)),
-                              minimum=0)
+    values = check_int_table("global_tokens", "positions", positions, minimum=0)
     if len(set(values)) != len(values):
         raise ValueError(f"global_tokens: positions must be distinct, got {list(values)}")
     return GlobalTokens(tuple(sorted(values)), as_alignment(align, "global_tokens"))

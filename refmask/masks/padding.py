@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._validate import check_choice, check_int_vector
+from .._validate import check_choice, check_int_table
 from ._base import Block, Mask
 
 
@@ -45,6 +45,11 @@ class _Padding(Mask):
     @property
     def batch_size(self) -> int | None:
         return len(self.lengths) if len(self.lengths) > 1 else None
+
+    def check_lengths(self, q_len: int, k_len: int) -> None:
+        """No valid length exceeds the padded axis (Tk for key padding, Tq for query)."""
+        size = k_len if self.kind == "key_padding" else q_len
+        _valid_range(self.kind, self.lengths, self.side, np.zeros(1, dtype=np.int64), size)
 
     def _index_kept(self, grid, b, index, size: int):
         _valid_range(self.kind, self.lengths, self.side, np.zeros(1, dtype=np.int64), size)
@@ -89,7 +94,7 @@ class QueryPadding(_Padding):
 
 
 def _lengths(where: str, lengths) -> tuple:
-    values = check_int_vector(where, "lengths", np.atleast_1d(np.asarray(lengths)), minimum=0)
+    values = check_int_table(where, "lengths", lengths, minimum=0)
     if not values:
         raise ValueError(f"{where}: lengths must hold at least one value")
     return values

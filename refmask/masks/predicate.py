@@ -15,7 +15,7 @@ on each rectangle. A module-level function serialises to JSON as ``"module:qualn
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,11 +58,24 @@ def function_path(fn: Callable[..., Any]) -> str:
     return f"{module}:{qualname}"
 
 
-def import_function(path: str) -> Callable[..., Any]:
-    """Inverse of :func:`function_path`."""
+def import_function(path: str, *, trust: Iterable[str] = ()) -> Callable[..., Any]:
+    """Inverse of :func:`function_path`, for modules in the allow-list ``trust`` only.
+
+    The module part must be in ``trust`` (or a submodule of a name in it) BEFORE anything is
+    imported, and the target must be the module-level function ``path`` names (its own
+    ``__module__`` and ``__qualname__`` give back ``path``), so an allowed module cannot be
+    used to reach a function re-exported from elsewhere.
+    """
+    if not isinstance(path, str):
+        raise ValueError(f"predicate: fn must be a 'module:qualname' string, got {path!r:.80}")
     module, _, qualname = path.partition(":")
     if not module or not qualname:
-        raise ValueError(f"predicate: fn must be written 'module:qualname', got {path!r}")
+        raise ValueError(f"predicate: fn must be written 'module:qualname', got {path!r:.80}")
+    if not any(module == name or module.startswith(name + ".") for name in trust):
+        raise ValueError(
+            f"predicate: fn {path!r:.120} names module {module!r:.80}, which is not trusted: "
+            "JSON never imports code unless the caller allows its module (from_json(..., "
+            f"trust=[{module.split('.')[0]!r:.80}]), CLI --trust {module.split('.')[0]:.80})")
     try:
         target = importlib.import_module(module)
         for part in qualname.split("."):
@@ -71,6 +84,11 @@ def import_function(path: str) -> Callable[..., Any]:
         raise ValueError(f"predicate: fn {path!r} cannot be imported: {error}") from None
     if not callable(target):
         raise ValueError(f"predicate: fn {path!r} is not callable")
+    if (getattr(target, "__module__", None), getattr(target, "__qualname__", None)) != (
+            module, qualname):
+        raise ValueError(f"predicate: fn {path!r} resolves to an object defined elsewhere "
+                         f"({getattr(target, '__module__', '?')}:"
+                         f"{getattr(target, '__qualname__', '?')}); name it where it is defined")
     return target
 
 

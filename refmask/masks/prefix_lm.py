@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._validate import check_int_vector
+from .._validate import check_int_table
 from ._base import Block, common_batch_size, table_at
 from ._positional import PositionalMask
 from .alignment import AlignLike, Alignment, as_alignment
@@ -66,8 +66,7 @@ def _table_size(table: tuple) -> int | None:
 
 def prefix_lm(prefix: int | ArrayLike, *, align: AlignLike) -> PrefixLM:
     """Prefix-LM mask; ``prefix`` is an int >= 0 or one int >= 0 per batch."""
-    values = check_int_vector("prefix_lm", "prefix", np.atleast_1d(np.asarray(prefix)),
-                              minimum=0)
+    values = check_int_table("prefix_lm", "prefix", prefix, minimum=0)
     if not values:
         raise ValueError("prefix_lm: prefix must hold at least one value")
     return PrefixLM(values, as_alignment(align, "prefix_lm"))

@@ -1,0 +1,205 @@
+"""Shared pieces of the token maskers: argument checks, words in a namespace, units, selection.
+
+Private helpers; the rules they implement are stated in docs/spec.md section 6 and in the
+docstrings below. ``B`` is the batch size, ``T`` the padded sequence length.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import array_api_compat
+import numpy as np
+
+from ._streams import masking_epoch, stream_words
+
+SELECTION_RULES = ("bernoulli", "exact_count")
+_WORD_SPAN = 2**32
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def check_ids(where: str, input_ids):
+    """Return ``(xp, input_ids)`` for a (B, T) integer array of any array-API namespace."""
+    try:
+        xp = array_api_compat.array_namespace(input_ids)
+    except TypeError:
+        raise TypeError(f"{where}: input_ids must be an array (NumPy, torch, JAX, ...), got "
+                        f"{type(input_ids).__name__}") from None
+    if input_ids.ndim != 2:
+        raise ValueError(f"{where}: input_ids must have shape (B, T), got {tuple(input_ids.shape)}")
+    if not xp.isdtype(input_ids.dtype, "integral"):
+        raise TypeError(f"{where}: input_ids must hold integers, got dtype {input_ids.dtype}")
+    probe = xp.asarray(np.zeros(1, dtype=np.int64), device=array_api_compat.device(input_ids))
+    if probe.dtype != xp.int64:  # JAX without x64 silently narrows int64 to int32
+        raise TypeError(f"{where}: the namespace of input_ids has no int64 (for JAX, enable "
+                        f"jax_enable_x64); masks are computed on 64-bit integer keys")
+    return xp, input_ids
+
+
+def check_int(where: str, name: str, value, lo: int | None = None, hi: int | None = None,
+              rule: str = "an int") -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{where}: {name} must be {rule}, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValueError(f"{where}: {name} must be {rule}, got {value}")
+    return value
+
+
+def check_rate(where: str, name: str, value, *, open_low: bool = False) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where}: {name} must be a float in [0, 1], got {value!r}")
+    value = float(value)
+    if not (0.0 <= value <= 1.0) or (open_low and value == 0.0):
+        interval = "(0, 1]" if open_low else "[0, 1]"
+        raise ValueError(f"{where}: {name} must be a float in {interval}, got {value}")
+    return value
+
+
+def check_choice(where: str, name: str, value, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{where}: {name} must be one of {', '.join(map(repr, choices))}, "
+                         f"got {value!r}")
+    return value
+
+
+def check_id_set(where: str, name: str, ids) -> tuple[int, ...]:
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence | np.ndarray | frozenset
+                                                           | set):
+        raise TypeError(f"{where}: {name} must be a sequence of ints, got {ids!r}")
+    return tuple(sorted({check_int(where, f"{name}[...]", i, 0, None, "an int >= 0")
+                         for i in (ids.tolist() if isinstance(ids, np.ndarray) else ids)}))
+
+
+def check_example_ids(where: str, example_ids, batch: int) -> np.ndarray:
+    """(B,) distinct ints in [0, 2**63): the dataset index of each row (keys the streams)."""
+    ids = np.asarray(example_ids.tolist() if hasattr(example_ids, "tolist") else example_ids,
+                     dtype=object)
+    if ids.shape != (batch,):
+        raise ValueError(f"{where}: example_ids must have shape ({batch},) (one id per row), "
+                         f"got {ids.shape}")
+    values = [check_int(where, "example_ids[...]", v, 0, 2**63 - 1, "an int >= 0")
+              for v in ids.tolist()]
+    if len(set(values)) != len(values):
+        raise ValueError(f"{where}: example_ids must be distinct (two rows with the same id "
+                         f"would get the same mask), got {values}")
+    return np.asarray(values, dtype=np.int64)
+
+
+def threshold(rate: float) -> int:
+    """``round(rate * 2**32)`` exactly (``rate * 2**32`` is exact in float64): word < it."""
+    return math.floor(rate * _WORD_SPAN + 0.5)
+
+
+# --------------------------------------------------------------------------- words
+
+
+class Words:
+    """The stream words of one masking call, moved to the namespace/device of ``input_ids``."""
+
+    def __init__(self, where: str, xp, like, seed, epoch, static_copies, example_ids):
+        self.where, self.xp, self.device = where, xp, array_api_compat.device(like)
+        self.seed = seed
+        self.epoch = masking_epoch(where, epoch, static_copies)
+        self.example_ids = example_ids
+
+    def __call__(self, purpose: str, n_words: int):
+        """int64 (B, n_words) in [0, 2**32)."""
+        words = stream_words(self.where, self.seed, purpose, self.epoch, self.example_ids,
+                             n_words)
+        return self.xp.asarray(words.astype(np.int64), device=self.device)
+
+
+def arange_like(xp, n: int, like):
+    return xp.arange(n, dtype=xp.int64, device=array_api_compat.device(like))
+
+
+def take_rows(xp, table, index):
+    """``table[b, index[b, t]]`` for (B, N) table and (B, T) int64 index in [0, N)."""
+    return xp.take_along_axis(table, index, axis=1)
+
+
+# --------------------------------------------------------------------------- eligibility
+
+
+def eligibility(xp, input_ids, special_ids: tuple, pad_id: int | None, *,
+                specials_eligible: bool, padding_eligible: bool):
+    """bool (B, T): ``not (id in special_ids and not specials_eligible) and
+    not (id == pad_id and not padding_eligible)``."""
+    eligible = xp.ones(input_ids.shape, dtype=xp.bool, device=array_api_compat.device(input_ids))
+    if not specials_eligible:
+        for special in special_ids:
+            eligible = eligible & (input_ids != special)
+    if pad_id is not None and not padding_eligible:
+        eligible = eligible & (input_ids != pad_id)
+    return eligible
+
+
+def unit_starts(xp, eligible, unit_ids=None):
+    """bool (B, T): token t starts a unit.
+
+    Without ``unit_ids`` every eligible token is its own unit. With (B, T) ``unit_ids`` (word
+    ids), an eligible token starts a unit iff ``t == 0``, or token ``t-1`` is not eligible, or
+    ``unit_ids[t] != unit_ids[t-1]``: a unit is a maximal run of eligible tokens with one id.
+    """
+    if unit_ids is None:
+        return eligible
+    previous_same = xp.concat([xp.zeros_like(eligible[:, :1]),
+                               (unit_ids[:, 1:] == unit_ids[:, :-1]) & eligible[:, :-1]], axis=1)
+    return eligible & ~previous_same
+
+
+def unit_of_token(xp, starts, eligible):
+    """int64 (B, T): position of the start of token t's unit; -1 for ineligible tokens.
+
+    The k-th start (in position order) is found by sorting ``where(start, t, T)``; token t
+    belongs to start number ``cumsum(start)[t] - 1``.
+    """
+    length = starts.shape[1]
+    positions = arange_like(xp, length, starts)[None, :]
+    sorted_starts = xp.sort(xp.where(starts, positions, length), axis=1)
+    ordinal = xp.cumulative_sum(xp.astype(starts, xp.int64), axis=1) - 1
+    start = take_rows(xp, sorted_starts, xp.clip(ordinal, 0, max(length - 1, 0)))
+    return xp.where(eligible & (ordinal >= 0), start, -1)
+
+
+def exact_count(xp, rate: float, n_units):
+    """``floor(fl(rate * n) + 1/2)`` per row (float64 product, then round half up)."""
+    product = xp.astype(n_units, xp.float64) * rate
+    return xp.astype(xp.floor(product + 0.5), xp.int64)
+
+
+def smallest_k(xp, candidate, words, k):
+    """bool (B, N): the ``k[b]`` candidates with the smallest keys ``words * N + n``.
+
+    Keys are distinct, so exactly ``min(k, #candidates)`` entries are chosen, uniformly at
+    random among the ``C(#candidates, k)`` subsets (up to the 2**-32 granularity of words).
+    """
+    n = candidate.shape[1]
+    index = arange_like(xp, n, candidate)[None, :]
+    keys = xp.where(candidate, words * n + index, _WORD_SPAN * n + index)
+    ordered = xp.sort(keys, axis=1)
+    kth = take_rows(xp, ordered, xp.clip(k - 1, 0, max(n - 1, 0))[:, None])
+    return candidate & (keys <= kth) & (k[:, None] >= 1)
+
+
+def select_units(xp, starts, words, rate: float, rule: str):
+    """bool (B, T) at unit starts: which units are selected (words: (B, T) int64)."""
+    if rule == "bernoulli":
+        return starts & (words < threshold(rate))
+    n_units = xp.sum(xp.astype(starts, xp.int64), axis=1)
+    return smallest_k(xp, starts, words, exact_count(xp, rate, n_units))
+
+
+def spread_to_tokens(xp, unit_selected, unit_start):
+    """bool (B, T): token t is selected iff its unit (start ``unit_start[t] >= 0``) is."""
+    index = xp.clip(unit_start, 0, None)
+    return take_rows(xp, unit_selected, index) & (unit_start >= 0)
+
+
+def positions_grid(xp, shape, like):
+    return xp.broadcast_to(arange_like(xp, shape[1], like)[None, :], shape)
