@@ -42,7 +42,7 @@ from refmask.case import (
 
 from .cases import catalog
 from .explanations import Explanation, explanations
-from .judging import Judging
+from .judging import DEFAULT_CASE_TIMEOUT, Judging
 from .tolerance import TensorCheck, check_tensor, score_sensitivity
 
 if TYPE_CHECKING:
@@ -237,18 +237,49 @@ def _compare(case: Case, output, golden: dict, naive: dict, grads: bool) -> list
     return checks
 
 
+def _alternative_gradients(case: Case, inputs: dict, explanation: Explanation) -> dict | None:
+    """The float64 gradients (BHTD) under an explanation that is a change of refmask.attention's
+    keyword arguments (``explanation.changes``); None when it is not one or refmask cannot
+    differentiate under it."""
+    if explanation.changes is None:
+        return None
+    from refmask.adapters.common.translate import float64_inputs
+    from refmask.attention import attention_vjp
+    from refmask.case import attention_kwargs
+
+    values = float64_inputs(inputs)
+    try:
+        kwargs = {**attention_kwargs(case, values), **explanation.changes(case)}
+        with np.errstate(all="ignore"):
+            grads = attention_vjp(values["q"], values["k"], values["v"], values["d_out"],
+                                  **kwargs)
+    except (ValueError, TypeError, NotImplementedError):
+        return None
+    found = {}
+    for name in GRAD_NAMES:
+        value = getattr(grads, name)
+        if value is not None:
+            value = np.asarray(value, np.float64)
+            found[name] = to_bhtd(case, value) if name in ("dq", "dk", "dv") else value
+    return found
+
+
 def _explain(case: Case, inputs: dict, output, checks: list, golden: dict, naive: dict,
              candidates: Iterable[Explanation]) -> Explanation | None:
-    """The first explanation whose alternative reference the output matches.
+    """The first explanation whose alternative reference the output matches, every returned
+    tensor included.
 
-    Explanations model the forward pass (out, lse) only; a failure in any other tensor (a
-    gradient) is never explained away, and an explanation must match every returned tensor.
+    The forward (out, lse) is compared with ``explanation.reference``. When a gradient misses
+    the golden value too, the explanation must also predict the gradients: only an
+    explanation that is a change of refmask.attention's arguments (``changes``) can, through
+    ``attention_vjp`` under those arguments; any other leaves a gradient failure unexplained.
     """
-    if any(not c.ok and c.name not in ("out", "lse") for c in checks):
-        return None
+    gradient_failed = any(not c.ok and c.name not in ("out", "lse") for c in checks)
     tol = {c.name: c.tolerance for c in checks}
     for explanation in candidates:
         if not explanation.applies(case):
+            continue
+        if gradient_failed and explanation.changes is None:
             continue
         try:
             with np.errstate(all="ignore"):
@@ -260,6 +291,13 @@ def _explain(case: Case, inputs: dict, output, checks: list, golden: dict, naive
         if ok and output.lse is not None:
             ok = check_tensor("lse", output.lse, alt_lse, naive["lse"], case.dtype,
                               tol=tol["lse"]).ok
+        if ok and gradient_failed:
+            alt = _alternative_gradients(case, inputs, explanation)
+            ok = alt is not None and all(
+                c.name in alt and check_tensor(c.name, output.grads[c.name], alt[c.name],
+                                               naive[c.name], case.dtype, backward=True,
+                                               tol=tol[c.name]).ok
+                for c in checks if c.name not in ("out", "lse"))
         if ok:
             return explanation
     return None
@@ -470,6 +508,5 @@ def check(target, *, judging: Judging | None = None, cases: Iterable[Case] | Non
     return report
 
 
-__all__ = ["VERDICTS", "CaseResult", "GoldenDisagreement", "Judging", "Report", "TensorCheck",
-           "check",
-           "reference_outputs", "run_case", "select_cases"]
+__all__ = ["DEFAULT_CASE_TIMEOUT", "VERDICTS", "CaseResult", "GoldenDisagreement", "Judging",
+           "Report", "TensorCheck", "check", "reference_outputs", "run_case", "select_cases"]

@@ -361,3 +361,71 @@ def test_a_bad_expectations_file_is_named(tmp_path):
         expect.load(path)
     with pytest.raises(ValueError, match="no such file"):
         expect.load(tmp_path / "missing.json")
+
+
+# --- the README's kernels --------------------------------------------------------------------
+
+README_SUBSET = "causal/bottom_right,causal/top_left,padding/keys_right,empty_rows,gqa/4_to_2"
+
+
+def test_readme_kernels_conform_forward_and_backward(tmp_path, monkeypatch, capsys):
+    """The README's torch and JAX wrappers, run by the README's command: no fail; the
+    conventions they declare are policies, forward and backward (gradients under the
+    declared convention are predicted by refmask's own backward under it)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("jax")
+    readme = (HERE.parent / "README.md").read_text()
+    code = readme.split("# my_kernels.py\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "readme_kernels.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    command = readme.split("refmask check --impl my_kernels:sdpa_causal", 1)[1].split("\n")[0]
+    assert "--grads" in command and "bfloat16,float32" in command
+    report = tmp_path / "r.json"
+    assert main(["check", "--impl", "readme_kernels:sdpa_causal", "--impl",
+                 "readme_kernels:jax_dpa", "--dtype", "bfloat16,float32", "--grads",
+                 "--filter", README_SUBSET, "--report", str(report)]) == 0
+    sdpa, dpa = json.loads(report.read_text())["reports"]
+    policies = {(r["id"], r["convention"]) for r in sdpa["results"] if r["verdict"] == "policy"}
+    assert ("causal/bottom_right/wide@bfloat16", "causal=top_left") in policies
+    assert {r["convention"] for r in dpa["results"] if r["verdict"] == "policy"} == {
+        "empty_rows=uniform"}
+    assert any(r["verdict"] == "pass" for r in dpa["results"])
+
+
+def test_an_undeclared_convention_with_gradients_fails_and_a_wrong_gradient_is_never_excused(
+        kernels):
+    """Forward top-left causal, gradients consistent with it: policy when declared. The same
+    forward with a wrong dq: fail, even though the forward matches the convention."""
+    pytest.importorskip("torch")
+    import torch
+
+    def top_left(q, k, v, call):
+        tq, tk = q.shape[2], k.shape[2]
+        keep = torch.ones(tq, tk, dtype=torch.bool).tril()
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep,
+                                                                scale=call.scale)
+
+    top_left.refmask_framework = "torch"
+    options = {"dtypes": "float64", "filter": "causal/bottom_right/wide", "grads": True}
+    (result,) = check(top_left, **options).results
+    assert (result.verdict, result.convention) == ("fail", "causal=top_left")
+    top_left.refmask_conventions = {"causal": "top_left"}
+    (result,) = check(top_left, **options).results
+    assert (result.verdict, result.convention) == ("policy", "causal=top_left")
+
+    def wrong_dq(q, k, v, call):
+        return top_left(q, k, v, call)
+
+    def backward(q, k, v, d_out, call, saved):
+        leaves = [x.detach().requires_grad_(True) for x in (q, k, v)]
+        with torch.enable_grad():
+            out = top_left(*leaves, call)
+            dq, dk, dv = torch.autograd.grad(out, leaves, d_out)
+        return dq * 1.01, dk, dv
+
+    wrong_dq.refmask_framework = "torch"
+    wrong_dq.refmask_conventions = {"causal": "top_left"}
+    wrong_dq.refmask_backward = backward
+    (result,) = check(wrong_dq, **options).results
+    assert result.verdict == "fail" and result.convention is None
+    assert "dq" in [c.name for c in result.checks if not c.ok]
