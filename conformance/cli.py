@@ -26,6 +26,7 @@ import os
 import sys
 from collections.abc import Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 from refmask import SPEC_VERSION, __version__, render
 from refmask._files import check_output_path
@@ -131,11 +132,16 @@ def _check(args) -> int:
         raise ValueError(f"check: no case matches --filter {args.filter!r} and --dtype "
                          f"{args.dtype}")
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    if args.corpus:  # what recovery did to an interrupted golden generate there
+        from .golden import recover_leftovers
+
+        _notes(recover_leftovers(Path(args.corpus)))
     golden = judging.golden()
+    adapters = [judging.adapter(target) for target in targets]  # every name, before running
     results = []
-    for target in targets:
-        with progress_bar(f"check {target}") as progress:
-            result = check(target, judging=judging, golden=golden, progress=progress)
+    for adapter in adapters:
+        with progress_bar(f"check {adapter.name}") as progress:
+            result = check(adapter, judging=judging, golden=golden, progress=progress)
         print(reports.terminal(result, colour=colour, details=not args.quiet,
                                verbose=args.verbose))
         results.append(result)
@@ -152,6 +158,12 @@ def _check(args) -> int:
         print(expect.summary(changes, warnings))
         return 1 if changes else 0
     return 1 if any(r.failed or r.interrupted for r in results) else 0
+
+
+def _notes(notes: list) -> None:
+    """What recovery did (leftovers of an interrupted golden generate), on stderr."""
+    for note in notes:
+        print(f"refmask: note: {note}", file=sys.stderr)
 
 
 def _cases(args) -> int:
@@ -216,12 +228,14 @@ def _golden(args) -> int:
         if not cases:
             raise ValueError(f"golden generate: no case matches --filter {args.filter!r} and "
                              f"--dtype {args.dtype}")
+        _notes(golden.recover_leftovers(Path(args.directory)))
         with progress_bar(f"generating ({engine})") as progress:
             path = golden.generate(args.directory, cases, overwrite=args.overwrite,
                                    engine=engine, progress=progress)
         print(f"wrote {len(cases)} cases to {path} (engine {engine})")
         return 0
     directory = args.directory or golden.shipped_corpus_path()
+    _notes(golden.recover_leftovers(Path(directory)))
     with progress_bar("verifying") as progress:
         problems = golden.verify(directory, regenerate=not args.no_regenerate,
                                  progress=progress, trust=args.trust or ())
@@ -402,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--trust", action="append", metavar="MODULE",
                      help="let a predicate mask import functions of MODULE (repeatable)")
     one.set_defaults(run=_render)
+    from .masking_cli import add_commands  # check-masking, token-golden (token masking)
+
+    add_commands(commands)
     return parser
 
 

@@ -3,9 +3,8 @@
 Two ways in (the plugin is registered through the ``pytest11`` entry point, so installing
 refmask is enough):
 
-* command line: ``pytest --refmask-impl mypkg/attn.py:my_attention`` (or ``mypkg.attn:
-  my_attention``) adds one test per case, ``<module file>::<function>[<case id>]``, a node id
-  that re-runs the case (``pytest 'mypkg/attn.py::my_attention[causal/top_left/wide@float16]'
+* command line: ``pytest --refmask-impl mypkg.attn:my_attention`` adds one test per case,
+  ``<module file>::<function>[<case id>]``, a node id that re-runs the case (``pytest 'mypkg/attn.py::my_attention[causal/top_left/wide@float16]'
   --refmask-impl mypkg.attn:my_attention``). The other options are those of ``refmask check``
   (the same :class:`~.judging.Judging`): ``--refmask-dtype``, ``--refmask-filter``,
   ``--refmask-grads``, ``--refmask-allow-policy``, ``--refmask-framework``,
@@ -130,6 +129,15 @@ def failure_text(result, rerun: str) -> str:
         lines += ["  " + row for row in result.traceback.splitlines()[-14:]]
     lines.append(f"re-run: {rerun}")
     return "\n".join(lines)
+
+
+@pytest.fixture
+def refmask_check_masker() -> Callable:
+    """``refmask.conformance.masking.check_masker``: judge a token masker (MLM, whole words,
+    spans); ``assert refmask_check_masker(my_masker, spec).passed``."""
+    from .masking import check_masker
+
+    return check_masker
 
 
 class RefmaskCase(pytest.Item):

@@ -78,6 +78,20 @@ def check_int_pair(where: str, name: str, value: Any) -> tuple[int, int]:
     return (check_int(where, f"{name}[0]", first), check_int(where, f"{name}[1]", second))
 
 
+def check_rows(where: str, rows: Any, length: int) -> tuple[int, int]:
+    """``rows = (start, stop)``, a range of query rows with 0 <= start <= stop <= length."""
+    try:
+        start, stop = rows
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{where}: rows must be a (start, stop) pair of ints, got {rows!r}"
+                        ) from error
+    start, stop = check_int(where, "rows[0]", start), check_int(where, "rows[1]", stop)
+    if not 0 <= start <= stop <= length:
+        raise ValueError(f"{where}: rows must be (start, stop) with 0 <= start <= stop <= "
+                         f"Tq = {length}, got {rows!r}")
+    return start, stop
+
+
 def check_real(where: str, name: str, value: Any, *, positive: bool = False,
                optional: bool = False) -> float:
     """A finite real number (``> 0`` when ``positive``) as a Python float; bools refused.
@@ -91,6 +105,17 @@ def check_real(where: str, name: str, value: Any, *, positive: bool = False,
     value = float(value)
     if not math.isfinite(value) or (positive and value <= 0):
         raise ValueError(f"{where}: {name} must be {rule}, got {value!r}")
+    return value
+
+
+def check_rate(where: str, name: str, value: Any, *, open_low: bool = False) -> float:
+    """A probability: a real number in ``[0, 1]`` (``(0, 1]`` when ``open_low``), as a float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where}: {name} must be a float in [0, 1], got {value!r}")
+    value = float(value)
+    if not (0.0 <= value <= 1.0) or (open_low and value == 0.0):
+        interval = "(0, 1]" if open_low else "[0, 1]"
+        raise ValueError(f"{where}: {name} must be a float in {interval}, got {value}")
     return value
 
 

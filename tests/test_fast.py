@@ -259,6 +259,26 @@ def test_keys_of_skipped_tiles_are_never_read():
     assert np.isfinite(grads.dq).all() and np.isfinite(grads.dk[:, :, :16]).all()
 
 
+def test_a_narrow_window_computes_few_more_pairs_than_it_keeps():
+    """Causal window of 256 keys at T = 4096: the automatic tile shape follows the band
+    (narrow tiles, joined into one product per query tile), so the forward computes at most
+    15% more (query, key) pairs than the mask keeps (64 x 64 tiles computed 50% more)."""
+    length, window, heads = 4096, 256, 2
+    rng = np.random.default_rng(7)
+    q, k, v = (rng.standard_normal((1, heads, length, 8)) for _ in range(3))
+    mask = m.sliding_window(window - 1, 0, align="top_left")
+    inputs = checked("attention", q, k, v, _kwargs(mask=mask), grads=False)
+    result, stats = run_forward("attention", inputs)
+    kept = heads * (window * (window + 1) // 2 + (length - window) * window)
+    grid = fast._forward.make_plan(inputs).grid
+    computed = (stats.full_tiles + stats.partial_tiles) * grid.q_tile * grid.k_tile
+    assert kept <= computed <= 1.15 * kept, (computed / kept, grid)
+    rows, keys = slice(3000, 3008), slice(3000 - window + 1, 3008)  # row i: keys i-255..i
+    local = attention(q[:, :, rows], k[:, :, keys], v[:, :, keys],
+                      mask=m.sliding_window(window - 1, 0, align="bottom_right"), path="exact")
+    assert normwise(result.out[:, :, rows], local.out) <= 1e-12
+
+
 # --- (e) memory ------------------------------------------------------------------------------
 
 def test_memory_is_independent_of_tq_times_tk():

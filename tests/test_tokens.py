@@ -205,6 +205,7 @@ def test_jax_without_x64_is_refused():
     (dict(mask_id=VOCAB), ValueError, "mask_id must be"),
     (dict(random_vocabulary="rest"), ValueError, "random_vocabulary"),
     (dict(labels="int"), ValueError, "labels must be"),
+    (dict(specials_eligible=1), TypeError, "specials_eligible must be a bool"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, error, text):
     with pytest.raises(error, match=text):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import array_api_compat
@@ -20,6 +20,7 @@ from .._validate import (
     float_dtype_rule,
     is_real_floating,
 )
+from ..masks._base import Mask
 from .alibi import alibi_bias
 
 EMPTY_ROW_POLICIES = ("zero", "nan", "uniform", "unmasked")
@@ -36,6 +37,11 @@ class Inputs:
 
     Shapes: q (B, Hq, Tq, Dqk), k (B, Hkv, Tk, Dqk), v (B, Hkv, Tk, Dv); keep, bias,
     dropout_keep broadcastable to (B, Hq, Tq, Tk); alibi_bias (B, Hq, Tq, Tk); sinks (Hq,).
+
+    Deferred (``prepare(..., defer=True)``, the exact path, which materialises them one
+    query block at a time): ``mask`` is the refmask Mask whose keep array is built per block
+    (``keep`` is then None) and ``alibi`` the Alibi whose bias is (``alibi_bias`` None).
+    Both are None once materialised.
     """
 
     xp: Any
@@ -61,6 +67,8 @@ class Inputs:
     dropout_keep: Any
     dropout_rate: float | None
     empty_rows: str
+    mask: Any = None
+    alibi: Any = None
 
     @property
     def group_size(self) -> int:
@@ -129,17 +137,23 @@ def _check_bool_array(where: str, name: str, xp, x, target: tuple, meaning: str)
     check_broadcastable(where, name, x.shape, target, "(B, Hq, Tq, Tk)")
 
 
-def _keep_array(where: str, xp, device, q, mask, scores_shape: tuple):
-    """The bool keep array: None, a bool array as given, or ``mask.materialize(...)``."""
+def _keep_array(where: str, xp, device, q, mask, scores_shape: tuple, rows=None):
+    """The bool keep array: None, a bool array as given, or ``mask.materialize(...)`` (of
+    query rows [start, stop) only with ``rows``, for a refmask Mask)."""
     if mask is None:
         return None
     if not array_api_compat.is_array_api_obj(mask) and hasattr(mask, "materialize"):
-        keep = mask.materialize(*scores_shape, xp=xp, device=device)
+        expected = scores_shape
+        if rows is None:
+            keep = mask.materialize(*scores_shape, xp=xp, device=device)
+        else:
+            keep = mask.materialize(*scores_shape, xp=xp, device=device, rows=rows)
+            expected = scores_shape[:2] + (rows[1] - rows[0], scores_shape[3])
         check_same_namespace(where, "mask.materialize(...)", q, keep)
-        if tuple(keep.shape) != scores_shape or keep.dtype != xp.bool:
+        if tuple(keep.shape) != expected or keep.dtype != xp.bool:
             raise ValueError(
                 f"{where}: mask.materialize returned shape {tuple(keep.shape)} and dtype "
-                f"{keep.dtype}; expected bool of shape (B, Hq, Tq, Tk) = {scores_shape}"
+                f"{keep.dtype}; expected bool of shape (B, Hq, Tq, Tk) = {expected}"
             )
         return keep
     check_same_namespace(where, "mask", q, mask)
@@ -178,8 +192,13 @@ def _optional_float_array(where: str, name: str, xp, q, x, dtype):
 
 
 def prepare(where: str, q, k, v, *, mask, scale, softcap, bias, alibi, sinks, dropout_keep,
-            dropout_rate, empty_rows, layout) -> Inputs:
-    """Check every argument of :func:`refmask.attention.attention` and normalise it."""
+            dropout_rate, empty_rows, layout, defer: bool = False) -> Inputs:
+    """Check every argument of :func:`refmask.attention.attention` and normalise it.
+
+    defer: leave a refmask Mask and the ALiBi bias unmaterialised (``Inputs.mask``,
+    ``Inputs.alibi``; checked here all the same) for :func:`query_block` to build one query
+    block at a time. Mask look-alikes (only ``materialize``) are materialised here.
+    """
     layout = check_choice(where, "layout", layout, LAYOUTS)
     empty_rows = check_choice(where, "empty_rows", empty_rows, EMPTY_ROW_POLICIES)
     for name, x in (("q", q), ("k", k), ("v", v)):
@@ -218,14 +237,20 @@ def prepare(where: str, q, k, v, *, mask, scale, softcap, bias, alibi, sinks, dr
         scale = check_real(where, "scale", scale, optional=True)
     if softcap is not None:
         softcap = check_real(where, "softcap", softcap, positive=True, optional=True)
-    keep = _keep_array(where, xp, device, q, mask, scores_shape)
+    deferred_mask = mask if defer and isinstance(mask, Mask) else None
+    if deferred_mask is not None:
+        _keep_array(where, xp, device, q, mask, scores_shape, rows=(0, 0))  # checks only
+        keep = None
+    else:
+        keep = _keep_array(where, xp, device, q, mask, scores_shape)
     bias = _optional_float_array(where, "bias", xp, q, bias, dtype)
     if bias is not None:
         check_broadcastable(where, "bias", bias.shape, scores_shape, "(B, Hq, Tq, Tk)")
     alibi_array = None
     if alibi is not None:
         alibi_array = alibi_bias(where, "alibi", alibi, batch, q_heads, q_len, k_len, xp=xp,
-                                 dtype=dtype, device=device)
+                                 dtype=dtype, device=device, rows=(0, 0) if defer else None)
+        alibi_array = None if defer else alibi_array
     sinks = _optional_float_array(where, "sinks", xp, q, sinks, dtype)
     if sinks is not None and tuple(sinks.shape) != (q_heads,):
         raise ValueError(
@@ -238,8 +263,37 @@ def prepare(where: str, q, k, v, *, mask, scale, softcap, bias, alibi, sinks, dr
         batch=batch, q_heads=q_heads, kv_heads=kv_heads, q_len=q_len, k_len=k_len,
         qk_dim=qk_dim, v_dim=v_dim, scale=scale, softcap=softcap, keep=keep, bias=bias,
         alibi_bias=alibi_array, sinks=sinks, dropout_keep=dropout_keep,
-        dropout_rate=dropout_rate, empty_rows=empty_rows,
+        dropout_rate=dropout_rate, empty_rows=empty_rows, mask=deferred_mask,
+        alibi=alibi if defer else None,
     )
+
+
+def _query_rows(x, start: int, stop: int, q_len: int):
+    """Rows [start, stop) of an array broadcastable to (B, Hq, Tq, Tk) (None stays None;
+    an array broadcast along Tq is returned as it is)."""
+    if x is None or x.ndim < 2 or x.shape[-2] == 1 or (start, stop) == (0, q_len):
+        return x
+    return x[..., start:stop, :]
+
+
+def query_block(where: str, inp: Inputs, start: int, stop: int) -> Inputs:
+    """The inputs of query rows [start, stop): q, keep, bias, ALiBi and the dropout pattern
+    restricted to those rows (a deferred mask or ALiBi materialised for them only, from
+    positions of the full Tq x Tk grid), Tq = stop - start. Every other field is shared."""
+    keep = _query_rows(inp.keep, start, stop, inp.q_len)
+    scores_shape = (inp.batch, inp.q_heads, inp.q_len, inp.k_len)
+    if inp.mask is not None:
+        keep = _keep_array(where, inp.xp, inp.device, inp.q, inp.mask, scores_shape,
+                           rows=(start, stop))
+    alibi_array = _query_rows(inp.alibi_bias, start, stop, inp.q_len)
+    if inp.alibi is not None:
+        alibi_array = alibi_bias(where, "alibi", inp.alibi, inp.batch, inp.q_heads, inp.q_len,
+                                 inp.k_len, xp=inp.xp, dtype=inp.dtype, device=inp.device,
+                                 rows=(start, stop))
+    return replace(inp, q=inp.q[:, :, start:stop, ...], q_len=stop - start, keep=keep,
+                   bias=_query_rows(inp.bias, start, stop, inp.q_len), alibi_bias=alibi_array,
+                   dropout_keep=_query_rows(inp.dropout_keep, start, stop, inp.q_len),
+                   mask=None, alibi=None)
 
 
 def _check_shapes(where: str, layout: str, q_shape, k_shape, v_shape) -> None:

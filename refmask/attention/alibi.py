@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._typing import Array, Device, DType, Namespace
-from .._validate import check_choice, check_int
+from .._validate import check_choice, check_int, check_rows
 from ..masks.alignment import Alignment, as_alignment
 
 ALIBI_CONVENTIONS = ("abs", "signed")
@@ -139,11 +139,13 @@ class Alibi:
 
 
 def alibi_bias(where: str, name: str, alibi: Alibi, batch: int, heads: int, q_len: int,
-               k_len: int, *, xp: Namespace, dtype: DType, device: Device) -> Array:
+               k_len: int, *, xp: Namespace, dtype: DType, device: Device,
+               rows: tuple[int, int] | None = None) -> Array:
     """``bias[b, h, i, j] = m[b, h] * dist(b, i, j)`` with ``dist = -|pq - pk|`` ("abs") or
     ``dist = pk - pq`` ("signed"), ``pq = i + offset(b)``, ``pk = j``; shape (B, H, Tq, Tk).
 
-    where/name: the function and argument named in error messages.
+    where/name: the function and argument named in error messages. rows: None, or
+    ``(start, stop)`` for query rows [start, stop) only (shape (B, H, stop - start, Tk)).
     """
     if not isinstance(alibi, Alibi):
         raise TypeError(
@@ -165,8 +167,9 @@ def alibi_bias(where: str, name: str, alibi: Alibi, batch: int, heads: int, q_le
     offsets = [int(x) for x in alibi.align.offset_table(q_len, k_len)]
     slopes = alibi.slopes if isinstance(alibi.slopes[0], tuple) else (alibi.slopes,)
 
+    start, stop = (0, q_len) if rows is None else check_rows(where, rows, q_len)
     offset = xp.reshape(xp.asarray(offsets, device=device), (len(offsets), 1, 1, 1))
-    pq = xp.reshape(xp.arange(q_len, device=device), (1, 1, q_len, 1)) + offset
+    pq = xp.reshape(xp.arange(start, stop, device=device), (1, 1, stop - start, 1)) + offset
     pk = xp.reshape(xp.arange(k_len, device=device), (1, 1, 1, k_len))
     if alibi.convention == "abs":
         distance = -xp.abs(pq - pk)
@@ -174,5 +177,5 @@ def alibi_bias(where: str, name: str, alibi: Alibi, batch: int, heads: int, q_le
         distance = pk - pq
     slope = xp.reshape(xp.asarray(slopes, dtype=dtype, device=device), (len(slopes), heads, 1, 1))
     bias = slope * xp.astype(distance, dtype)
-    return xp.broadcast_to(bias, (batch, heads, q_len, k_len))
+    return xp.broadcast_to(bias, (batch, heads, stop - start, k_len))
 

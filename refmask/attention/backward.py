@@ -31,10 +31,11 @@ from ._inputs import (
     Inputs,
     check_upstream_gradients,
     prepare,
+    query_block,
 )
 from ._results import Grads
 from .alibi import Alibi
-from .forward import ForwardState, forward_pass, matmul
+from .forward import ForwardState, concat_rows, forward_pass, matmul, query_blocks
 
 if TYPE_CHECKING:
     from ..masks import Mask
@@ -120,6 +121,34 @@ def backward_pass(state: ForwardState, d_out: Array, d_lse: Array | None) -> Gra
                  dsinks=dsinks)
 
 
+def blocked_backward(where: str, inp: Inputs, d_out: Array, d_lse: Array | None) -> Grads:
+    """:func:`backward_pass` per query block (:func:`~.forward.query_blocks`), each block's
+    forward pass recomputed: dq joined along the query axis; dk, dv, dsinks summed over the
+    blocks; dbias joined where the bias has a query axis, summed where it is broadcast."""
+    parts: dict = {"dq": [], "dk": None, "dv": None, "dbias": [], "dsinks": None}
+    bias_rows = inp.bias is not None and inp.bias.ndim >= 2 and inp.bias.shape[-2] != 1
+    for start, stop in query_blocks(inp):
+        block = query_block(where, inp, start, stop)
+        grads = backward_pass(forward_pass(block), d_out[:, :, start:stop, ...],
+                              None if d_lse is None else d_lse[:, :, start:stop, ...])
+        parts["dq"].append(grads.dq)
+        for name in ("dk", "dv", "dsinks"):
+            value = getattr(grads, name)
+            parts[name] = value if parts[name] is None else parts[name] + value
+        if grads.dbias is not None:
+            parts["dbias"].append(grads.dbias)
+    dbias = None
+    if parts["dbias"]:
+        if bias_rows:
+            dbias = concat_rows(inp, parts["dbias"], axis=inp.bias.ndim - 2)
+        else:
+            dbias = parts["dbias"][0]
+            for value in parts["dbias"][1:]:
+                dbias = dbias + value
+    return Grads(dq=concat_rows(inp, parts["dq"]), dk=parts["dk"], dv=parts["dv"],
+                 dbias=dbias, dsinks=parts["dsinks"])
+
+
 def exact_attention_vjp(q: Array, k: Array, v: Array, d_out: Array, *, d_lse: Array | None = None,
                         mask: Mask | Array | None = None, scale: float | None = None,
                         softcap: float | None = None, bias: Array | None = None,
@@ -132,11 +161,11 @@ def exact_attention_vjp(q: Array, k: Array, v: Array, d_out: Array, *, d_lse: Ar
     where = "attention_vjp"
     inp = prepare(where, q, k, v, mask=mask, scale=scale, softcap=softcap, bias=bias,
                   alibi=alibi, sinks=sinks, dropout_keep=dropout_keep,
-                  dropout_rate=dropout_rate, empty_rows=empty_rows, layout=layout)
+                  dropout_rate=dropout_rate, empty_rows=empty_rows, layout=layout, defer=True)
     d_out, d_lse = check_upstream_gradients(where, inp, q, d_out, d_lse)
     if d_lse is not None:
         d_lse = inp.xp.reshape(d_lse, (inp.batch, inp.q_heads, inp.q_len, 1))
     with np.errstate(all="ignore"):  # see exact_attention(): only input specials can raise flags
-        grads = backward_pass(forward_pass(inp), d_out, d_lse)
+        grads = blocked_backward(where, inp, d_out, d_lse)
     return Grads(dq=inp.from_bhtd(grads.dq), dk=inp.from_bhtd(grads.dk),
                  dv=inp.from_bhtd(grads.dv), dbias=grads.dbias, dsinks=grads.dsinks)

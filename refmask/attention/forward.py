@@ -26,12 +26,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._typing import Array, Device, Namespace
-from ._inputs import DEFAULT_EMPTY_ROWS, DEFAULT_LAYOUT, Inputs, prepare
+from ._inputs import DEFAULT_EMPTY_ROWS, DEFAULT_LAYOUT, Inputs, prepare, query_block
 from ._results import AttentionResult
 from .alibi import Alibi
 
 if TYPE_CHECKING:
     from ..masks import Mask
+
+#: Score entries (B * Hq * rows * Tk) of one query block of the exact path: the path works
+#: through the query rows in blocks of ``max(1, EXACT_BLOCK_SCORES // (B * Hq * Tk))`` rows,
+#: so a call holds O(block * Tk) scores (a few float64 arrays of 32 MiB), never
+#: O(Tq * Tk). Every row's result depends on its own scores only, so blocks change nothing
+#: but the summation order of dK, dV, dsinks and broadcast dbias across blocks; calls with
+#: B * Hq * Tq * Tk <= EXACT_BLOCK_SCORES (every golden case) run as one block.
+EXACT_BLOCK_SCORES = 1 << 22
 
 
 @dataclass(frozen=True, eq=False)
@@ -230,6 +238,36 @@ def forward_pass(inp: Inputs) -> ForwardState:
                         empty=empty, lse=lse, out=out)
 
 
+def query_blocks(inp: Inputs) -> tuple:
+    """``(start, stop)`` ranges of query rows covering [0, Tq), each with at most
+    ``max(1, EXACT_BLOCK_SCORES // (B * Hq * Tk))`` rows (one empty range for Tq = 0)."""
+    if inp.q_len == 0:
+        return ((0, 0),)
+    rows = max(1, EXACT_BLOCK_SCORES // max(1, inp.batch * inp.q_heads * inp.k_len))
+    return tuple((start, min(start + rows, inp.q_len)) for start in range(0, inp.q_len, rows))
+
+
+def concat_rows(inp: Inputs, parts: list, axis: int = 2) -> Array:
+    """The per-block results joined along the query axis (the one part itself if alone)."""
+    return parts[0] if len(parts) == 1 else inp.xp.concat(parts, axis=axis)
+
+
+def blocked_forward(where: str, inp: Inputs, *, return_probs: bool) -> tuple:
+    """``(out, lse, weights or None)`` in (B, H, T, D) order, lse (B, Hq, Tq, 1): the forward
+    pass of each query block (:func:`query_blocks`), joined; only the results of a block are
+    kept, so memory is that of one block's intermediates plus the results."""
+    outs, lses, weights = [], [], []
+    for start, stop in query_blocks(inp):
+        state = forward_pass(query_block(where, inp, start, stop))
+        outs.append(state.out)
+        lses.append(state.lse)
+        if return_probs:
+            weights.append(state.weights)
+        del state
+    probs = concat_rows(inp, weights) if return_probs else None
+    return concat_rows(inp, outs), concat_rows(inp, lses), probs
+
+
 def exact_attention(q: Array, k: Array, v: Array, *, mask: Mask | Array | None = None,
                     scale: float | None = None, softcap: float | None = None,
                     bias: Array | None = None, alibi: Alibi | None = None,
@@ -240,14 +278,14 @@ def exact_attention(q: Array, k: Array, v: Array, *, mask: Mask | Array | None =
     shapes and defaults as there (without ``path``), computed naively in q's dtype."""
     inp = prepare("attention", q, k, v, mask=mask, scale=scale, softcap=softcap, bias=bias,
                   alibi=alibi, sinks=sinks, dropout_keep=dropout_keep,
-                  dropout_rate=dropout_rate, empty_rows=empty_rows, layout=layout)
+                  dropout_rate=dropout_rate, empty_rows=empty_rows, layout=layout, defer=True)
     # IEEE special values in the *inputs* (inf - inf, overflow in float16) propagate as
     # NaN/inf; silence NumPy's warnings for them. Empty rows need no silencing (guards).
     with np.errstate(all="ignore"):
-        state = forward_pass(inp)
+        out, lse, probs = blocked_forward("attention", inp, return_probs=return_probs)
     xp = inp.xp
     return AttentionResult(
-        out=inp.from_bhtd(state.out),
-        lse=xp.reshape(state.lse, (inp.batch, inp.q_heads, inp.q_len)),
-        probs=state.weights if return_probs else None,
+        out=inp.from_bhtd(out),
+        lse=xp.reshape(lse, (inp.batch, inp.q_heads, inp.q_len)),
+        probs=probs,
     )

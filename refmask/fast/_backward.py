@@ -47,7 +47,7 @@ def backward(fast: FastInputs, d_out: np.ndarray, d_lse, *, q_tile=None, k_tile=
     """
     inp = fast.inp
     threads = default_threads() if threads is None else max(1, int(threads))
-    plan = make_plan(fast, q_tile, k_tile)
+    plan = make_plan(fast, q_tile, k_tile, spans=False)  # the backward goes tile by tile
     out, lse, stats, max_t, log_sum_t = forward(
         fast, threads=threads, keep_budget_bytes=keep_budget_bytes, plan=plan,
         softmax_state=True)

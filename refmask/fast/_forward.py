@@ -21,6 +21,7 @@ from ._run import (
     bias_array,
     default_threads,
     from_tiles,
+    padded_rows,
     poison_requested,
     run_chunks,
     scratch,
@@ -35,23 +36,25 @@ from ._tiles import (
     TilePlan,
     choose_tiles,
     plan_tiles,
+    span_tiles,
     wave_keep_blocks,
     waves,
 )
 
 
-def make_plan(fast: FastInputs, q_tile=None, k_tile=None) -> TilePlan:
+def make_plan(fast: FastInputs, q_tile=None, k_tile=None, spans: bool = True) -> TilePlan:
     """The tile plan of the call: Bq x Bk tiles classified once per distinct (b, h).
 
     The tile shape is ``(q_tile, k_tile)`` when either is given (the other from
     DEFAULT_Q_TILE / DEFAULT_K_TILE), else the candidate with the least modelled cost
-    (:func:`._tiles.choose_tiles`): large tiles for dense masks, small ones where they skip
-    more (sliding windows).
+    (:func:`._tiles.choose_tiles`, costed for the forward's spans of tiles unless
+    ``spans`` is False): large tiles for dense masks, small ones where they skip more
+    (sliding windows).
     """
     inp = fast.inp
     if q_tile is None and k_tile is None:
         grid = choose_tiles(fast.source, inp.batch, inp.q_heads, inp.q_len, inp.k_len,
-                            max(inp.qk_dim, inp.v_dim))
+                            max(inp.qk_dim, inp.v_dim), spans=spans)
         return plan_tiles(fast.source, inp.batch, inp.q_heads, grid)
     block_q, block_k = tile_sizes(inp.q_len, inp.k_len, q_tile, k_tile)
     grid = TileGrid(inp.q_len, inp.k_len, block_q, block_k)
@@ -71,9 +74,12 @@ def forward(fast: FastInputs, *, q_tile=None, k_tile=None, threads=None,
     block_q, block_k = grid.q_tile, grid.k_tile
     n_q, n_k = grid.n_q_tiles, grid.n_k_tiles
 
-    qT_t = transposed_tiles(to_tiles(np.asarray(inp.q), block_q, n_q), float(inp.scale))
-    k_t = to_tiles(np.asarray(inp.k), block_k, n_k)
-    vT_t = transposed_tiles(to_tiles(np.asarray(inp.v), block_k, n_k))
+    q_rows = padded_rows(np.asarray(inp.q), block_q, n_q)
+    k_rows = padded_rows(np.asarray(inp.k), block_k, n_k)
+    v_rows = padded_rows(np.asarray(inp.v), block_k, n_k)
+    span = span_tiles(grid, max(inp.qk_dim, inp.v_dim))
+    vT_t = (transposed_tiles(to_tiles(np.asarray(inp.v), block_k, n_k)) if span == 1
+            else np.zeros((1, 1, 1, 1, 1)))
     poison = poison_requested()
     out_t = scratch((inp.batch, inp.q_heads, n_q, block_q, inp.v_dim), poison)
     lse_t, max_t, log_sum_t = (scratch((inp.batch, inp.q_heads, n_q, block_q), poison)
@@ -102,9 +108,10 @@ def forward(fast: FastInputs, *, q_tile=None, k_tile=None, threads=None,
         def run(chunk, tile_keep=tile_keep, blocks=blocks):
             counts = np.zeros(2, dtype=np.int64)
             _kernels.forward_items(
-                chunk, plan.tile_col, tile_keep, blocks, qT_t, k_t, vT_t, softcap, bias,
-                has_bias, fast.alibi_slopes, fast.alibi_offsets, fast.alibi_kind, sinks,
-                has_sinks, inp.q_len, inp.k_len, inp.group_size, out_t, lse_t, max_t, log_sum_t,
+                chunk, plan.tile_col, tile_keep, blocks, q_rows, k_rows, v_rows, vT_t,
+                float(inp.scale), block_k, span, softcap, bias, has_bias, fast.alibi_slopes,
+                fast.alibi_offsets, fast.alibi_kind, sinks, has_sinks, inp.q_len, inp.k_len,
+                inp.group_size, out_t, lse_t, max_t, log_sum_t,
                 counts, poison)
             return counts
 

@@ -101,6 +101,13 @@ def to_tiles(x: np.ndarray, tile: int, count: int, fill: float = 0.0) -> np.ndar
     return out.reshape((batch, heads, count, tile) + rest)
 
 
+def padded_rows(x: np.ndarray, tile: int, count: int) -> np.ndarray:
+    """(B, H, T, D) -> C-contiguous (B, H, count * tile, D), zero-padded (a view when x is
+    C-contiguous and T == count * tile)."""
+    tiles = to_tiles(x, tile, count)
+    return tiles.reshape(tiles.shape[:2] + (count * tile,) + tiles.shape[4:])
+
+
 def transposed_tiles(tiles: np.ndarray, factor: float = 1.0) -> np.ndarray:
     """(B, H, count, tile, D) -> C-contiguous (B, H, count, D, tile) = factor * each tile
     transposed, so that products with it are NN (OpenBLAS runs NN tiles fastest)."""

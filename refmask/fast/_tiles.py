@@ -248,21 +248,34 @@ TILE_CANDIDATES = ((256, 256), (128, 256), (112, 128), (64, 128), (64, 64), (32,
 #: when none fits.
 SMALL_GEMM_LIMIT = 1_000_000
 
-#: Cost model of one tile, in nanoseconds (measured on the development machine, 1 thread):
-#: a fixed part (calls, per-row updates), a part per computed (i, j) pair, and the extra of a
-#: PARTIAL tile per pair (mask.keep on its indices, the masking loop).
-TILE_COST_NS, PAIR_COST_NS, PARTIAL_PAIR_COST_NS = 4000.0, 10.0, 3.0
+def span_tiles(grid: TileGrid, head_dim: int) -> int:
+    """Key tiles the forward kernel joins into one product (consecutive non-empty tiles of a
+    row): as many as keep ``Bq * (n Bk) * head_dim <= SMALL_GEMM_LIMIT``, at least 1."""
+    fitting = SMALL_GEMM_LIMIT // max(1, grid.q_tile * grid.k_tile * head_dim)
+    return int(max(1, min(grid.n_k_tiles, fitting)))
+
+
+#: Cost model, in nanoseconds (measured on the development machine, 1 thread): a fixed part
+#: per span of consecutive tiles that one pair of products covers (calls, per-row updates;
+#: see ``span_tiles``), a fixed part per tile (its score pass), a part per computed (i, j)
+#: pair, and the extra of a PARTIAL tile per pair (mask.keep on its indices, the masking).
+SPAN_COST_NS, TILE_COST_NS, PAIR_COST_NS, PARTIAL_PAIR_COST_NS = 4000.0, 1000.0, 10.0, 3.0
 
 
 #: Query-tile rows classified per candidate to estimate its cost (evenly spaced).
 COST_SAMPLE_ROWS = 64
 
 
-def sampled_cost(source: MaskSource, map_of: np.ndarray, maps: tuple, grid: TileGrid) -> float:
+def sampled_cost(source: MaskSource, map_of: np.ndarray, maps: tuple, grid: TileGrid,
+                 span: int = 1) -> float:
     """Modelled run time (ns) of a tile shape, from at most COST_SAMPLE_ROWS query-tile rows
     per tile map (scaled to all nq rows), so a candidate costs O(rows * nk) codes:
 
-        sum over (b, h) of  n_nonempty (TILE_COST + Bq Bk PAIR_COST) + n_partial Bq Bk PARTIAL
+        sum over (b, h) of  n_spans SPAN_COST + n_nonempty (TILE_COST + Bq Bk PAIR_COST)
+                            + n_partial Bq Bk PARTIAL_COST
+
+    with n_spans = sum over rows of ceil(non-empty tiles of the row / span) (``span``: tiles
+    one product may cover; 1 for the backward, which computes tile by tile).
     """
     n_q = grid.n_q_tiles
     rows = np.unique(np.linspace(0, n_q - 1, min(n_q, COST_SAMPLE_ROWS)).astype(np.int64))
@@ -278,10 +291,13 @@ def sampled_cost(source: MaskSource, map_of: np.ndarray, maps: tuple, grid: Tile
             codes = np.asarray(source.value.classify(
                 q0[rows][:, None], q1[rows][:, None], k0[None, :], k1[None, :],
                 q_len=grid.q_len, k_len=grid.k_len, batch=b, head=h))
-        nonempty = np.count_nonzero(codes)
+        per_row = np.count_nonzero(codes, axis=-1)
+        spans = int(np.sum(-(-per_row // span)))
+        nonempty = int(np.sum(per_row))
         partial = np.count_nonzero(codes == PARTIAL)
         total += count * (n_q / rows.shape[0]) * (
-            nonempty * (TILE_COST_NS + area * PAIR_COST_NS) + partial * area * PARTIAL_PAIR_COST_NS)
+            spans * SPAN_COST_NS + nonempty * (TILE_COST_NS + area * PAIR_COST_NS)
+            + partial * area * PARTIAL_PAIR_COST_NS)
     return total
 
 
@@ -297,9 +313,11 @@ def default_tiles(head_dim: int, candidates=TILE_CANDIDATES) -> tuple:
 
 
 def choose_tiles(source: MaskSource, batch: int, heads: int, q_len: int, k_len: int,
-                 head_dim: int = 64, candidates=None) -> TileGrid:
+                 head_dim: int = 64, candidates=None, spans: bool = True) -> TileGrid:
     """The tile shape with the least modelled cost among ``candidates`` (default: those of
-    :func:`default_tiles`; within 3%: the larger tile).
+    :func:`default_tiles`; within 3%: the larger tile); ``spans``: costed for the forward
+    kernel, which joins consecutive tiles into one product (:func:`span_tiles`), else tile
+    by tile (the backward).
 
     Each candidate is costed on a sample of its tile rows (:func:`sampled_cost`), never on
     O(Tq * Tk) work; no mask, bool arrays and data-defined masks (classified by evaluation)
@@ -321,7 +339,8 @@ def choose_tiles(source: MaskSource, batch: int, heads: int, q_len: int, k_len: 
         if len(seen) == 1 and len(candidates) == 1:
             return grid
         map_of, maps = tile_map_keys(source, batch, heads)
-        cost = sampled_cost(source, map_of, maps, grid)
+        cost = sampled_cost(source, map_of, maps, grid,
+                            span_tiles(grid, head_dim) if spans else 1)
         if best is None or cost < 0.97 * best[0]:
             best = (cost, grid)
     return best[1]

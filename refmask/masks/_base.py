@@ -27,7 +27,7 @@ import array_api_compat
 import array_api_compat.numpy
 import numpy as np
 
-from .._validate import check_index_array, check_int
+from .._validate import check_index_array, check_int, check_rows
 
 
 class Block(IntEnum):
@@ -137,17 +137,21 @@ class Mask:
         return xp.broadcast_to(result, shape)
 
     def materialize(self, batch: int, heads: int, q_len: int, k_len: int, *, xp=None,
-                    device=None):
+                    device=None, rows=None):
         """Dense keep array of shape (B, H, Tq, Tk), dtype bool, True = attend.
 
         batch, heads: B and H; must match the mask's own batch_size/num_heads when it has them.
         xp: array namespace of the result (default NumPy); device: its device (default the
-        namespace's default device).
+        namespace's default device). rows: None (every query) or ``(start, stop)`` with
+        ``0 <= start <= stop <= q_len``: only query rows [start, stop) of the (B, H, Tq, Tk)
+        array, shape (B, H, stop - start, Tk) (positions still from the full Tq, Tk: the
+        exact attention path materialises a long mask one query block at a time).
         """
         batch = check_int(self.kind, "batch", batch, minimum=1)
         heads = check_int(self.kind, "heads", heads, minimum=1)
         q_len = check_int(self.kind, "q_len", q_len, minimum=0)
         k_len = check_int(self.kind, "k_len", k_len, minimum=0)
+        start, stop = (0, q_len) if rows is None else check_rows(self.kind, rows, q_len)
         self.check(batch, heads, q_len, k_len)
         xp = array_api_compat.numpy if xp is None else array_api_compat.array_namespace(
             xp.asarray(0)
@@ -155,9 +159,11 @@ class Mask:
         grid = Grid(xp, device, q_len, k_len)
         b = xp.reshape(xp.arange(batch, dtype=xp.int64, device=device), (batch, 1, 1, 1))
         h = xp.reshape(xp.arange(heads, dtype=xp.int64, device=device), (1, heads, 1, 1))
-        i = xp.reshape(xp.arange(q_len, dtype=xp.int64, device=device), (1, 1, q_len, 1))
+        i = xp.reshape(xp.arange(start, stop, dtype=xp.int64, device=device),
+                       (1, 1, stop - start, 1))
         j = xp.reshape(xp.arange(k_len, dtype=xp.int64, device=device), (1, 1, 1, k_len))
-        return xp.broadcast_to(self._keep(grid, b, h, i, j), (batch, heads, q_len, k_len))
+        return xp.broadcast_to(self._keep(grid, b, h, i, j),
+                               (batch, heads, stop - start, k_len))
 
     def classify(self, q_start, q_stop, k_start, k_stop, *, q_len: int, k_len: int,
                  batch=None, head=None):

@@ -7,12 +7,12 @@ docstrings below. ``B`` is the batch size, ``T`` the padded sequence length.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import array_api_compat
 import numpy as np
 
+from .._validate import check_flag, check_int
 from ._streams import masking_epoch, stream_words
 
 SELECTION_RULES = ("bernoulli", "exact_count")
@@ -40,38 +40,11 @@ def check_ids(where: str, input_ids):
     return xp, input_ids
 
 
-def check_int(where: str, name: str, value, lo: int | None = None, hi: int | None = None,
-              rule: str = "an int") -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{where}: {name} must be {rule}, got {value!r} ({type(value).__name__})")
-    value = int(value)
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ValueError(f"{where}: {name} must be {rule}, got {value}")
-    return value
-
-
-def check_rate(where: str, name: str, value, *, open_low: bool = False) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{where}: {name} must be a float in [0, 1], got {value!r}")
-    value = float(value)
-    if not (0.0 <= value <= 1.0) or (open_low and value == 0.0):
-        interval = "(0, 1]" if open_low else "[0, 1]"
-        raise ValueError(f"{where}: {name} must be a float in {interval}, got {value}")
-    return value
-
-
-def check_choice(where: str, name: str, value, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{where}: {name} must be one of {', '.join(map(repr, choices))}, "
-                         f"got {value!r}")
-    return value
-
-
 def check_id_set(where: str, name: str, ids) -> tuple[int, ...]:
     if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence | np.ndarray | frozenset
                                                            | set):
         raise TypeError(f"{where}: {name} must be a sequence of ints, got {ids!r}")
-    return tuple(sorted({check_int(where, f"{name}[...]", i, 0, None, "an int >= 0")
+    return tuple(sorted({check_int(where, f"{name}[...]", i, minimum=0, rule="an int >= 0")
                          for i in (ids.tolist() if isinstance(ids, np.ndarray) else ids)}))
 
 
@@ -82,7 +55,8 @@ def check_example_ids(where: str, example_ids, batch: int) -> np.ndarray:
     if ids.shape != (batch,):
         raise ValueError(f"{where}: example_ids must have shape ({batch},) (one id per row), "
                          f"got {ids.shape}")
-    values = [check_int(where, "example_ids[...]", v, 0, 2**63 - 1, "an int >= 0")
+    values = [check_int(where, "example_ids[...]", v, minimum=0, maximum=2**63 - 1,
+                        rule="an int >= 0")
               for v in ids.tolist()]
     if len(set(values)) != len(values):
         raise ValueError(f"{where}: example_ids must be distinct (two rows with the same id "
@@ -126,10 +100,12 @@ def take_rows(xp, table, index):
 # --------------------------------------------------------------------------- eligibility
 
 
-def eligibility(xp, input_ids, special_ids: tuple, pad_id: int | None, *,
+def eligibility(where: str, xp, input_ids, special_ids: tuple, pad_id: int | None, *,
                 specials_eligible: bool, padding_eligible: bool):
     """bool (B, T): ``not (id in special_ids and not specials_eligible) and
-    not (id == pad_id and not padding_eligible)``."""
+    not (id == pad_id and not padding_eligible)`` (the switches must be bools)."""
+    specials_eligible = check_flag(where, "specials_eligible", specials_eligible)
+    padding_eligible = check_flag(where, "padding_eligible", padding_eligible)
     eligible = xp.ones(input_ids.shape, dtype=xp.bool, device=array_api_compat.device(input_ids))
     if not specials_eligible:
         for special in special_ids:

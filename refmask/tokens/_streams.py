@@ -17,11 +17,11 @@ bit-identical on every namespace.
 from __future__ import annotations
 
 import hashlib
-import numbers
 
 import numpy as np
 from numba import njit
 
+from .._validate import check_int
 from ..rng import PHILOX_M4X32, PHILOX_W32
 
 __all__ = ["PURPOSES", "masking_epoch", "stream_name", "stream_words"]
@@ -34,22 +34,13 @@ _M0, _M1 = PHILOX_M4X32
 _W0, _W1 = PHILOX_W32
 
 
-def _check_int(where: str, name: str, value, lo: int, hi: int | None, rule: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{where}: {name} must be {rule}, got {value!r} ({type(value).__name__})")
-    value = int(value)
-    if value < lo or (hi is not None and value >= hi):
-        raise ValueError(f"{where}: {name} must be {rule}, got {value}")
-    return value
-
-
 def masking_epoch(where: str, epoch, static_copies) -> int:
     """The epoch that keys the streams: ``epoch`` (dynamic) or ``epoch mod static_copies``."""
-    epoch = _check_int(where, "epoch", epoch, 0, 2**63, "an int >= 0")
+    epoch = check_int(where, "epoch", epoch, minimum=0, maximum=2**63 - 1, rule="an int >= 0")
     if static_copies is None:
         return epoch
-    copies = _check_int(where, "static_copies", static_copies, 1, 2**63,
-                        "None (dynamic masking) or an int >= 1 (static masking)")
+    copies = check_int(where, "static_copies", static_copies, minimum=1, maximum=2**63 - 1,
+                       rule="None (dynamic masking) or an int >= 1 (static masking)")
     return epoch % copies
 
 
@@ -97,7 +88,8 @@ def stream_words(where: str, seed, purpose: str, epoch: int, example_ids: np.nda
 
     Equal, word for word, to ``refmask.rng.random_words(seed, stream_name(...), n_words)``.
     """
-    seed = _check_int(where, "seed", seed, 0, 2**64, "an int with 0 <= seed < 2**64")
+    seed = check_int(where, "seed", seed, minimum=0, maximum=2**64 - 1,
+                     rule="an int with 0 <= seed < 2**64")
     if purpose not in PURPOSES:
         raise ValueError(f"{where}: unknown stream purpose {purpose!r}")
     h0 = np.empty(len(example_ids), dtype=np.uint64)

@@ -32,7 +32,8 @@ import array_api_compat
 import numpy as np
 
 from .._typing import Array, Namespace
-from ._common import check_choice, check_int, check_rate, threshold
+from .._validate import check_choice, check_int, check_rate
+from ._common import threshold
 
 __all__ = ["KEEP", "MASK", "NOT_SELECTED", "RANDOM", "LABEL_MODES", "RANDOM_VOCABULARIES",
            "MaskedBatch", "ReplacementRule"]
@@ -77,10 +78,10 @@ class ReplacementRule:
     ignore_index: int = -100
 
     def checked(self, where: str, special_ids: tuple) -> ReplacementRule:
-        vocab = check_int(where, "vocab_size", self.vocab_size, 1, 2**31 - 1,
-                          "an int in [1, 2**31)")
-        mask_id = check_int(where, "mask_id", self.mask_id, 0, vocab - 1,
-                            f"an id in [0, vocab_size={vocab})")
+        vocab = check_int(where, "vocab_size", self.vocab_size, minimum=1, maximum=2**31 - 1,
+                          rule="an int in [1, 2**31)")
+        mask_id = check_int(where, "mask_id", self.mask_id, minimum=0, maximum=vocab - 1,
+                            rule=f"an id in [0, vocab_size={vocab})")
         mask_rate = check_rate(where, "mask_rate", self.mask_rate)
         random_rate = check_rate(where, "random_rate", self.random_rate)
         if threshold(mask_rate) + threshold(random_rate) > 2**32:
@@ -88,8 +89,8 @@ class ReplacementRule:
                              f"{mask_rate} + {random_rate}")
         check_choice(where, "random_vocabulary", self.random_vocabulary, RANDOM_VOCABULARIES)
         check_choice(where, "labels", self.labels, LABEL_MODES)
-        check_int(where, "ignore_index", self.ignore_index, -(2**31), 2**31 - 1,
-                  "an int32 value")
+        check_int(where, "ignore_index", self.ignore_index, minimum=-(2**31), maximum=2**31 - 1,
+                  rule="an int32 value")
         if self.random_vocabulary == "non_special" and random_rate > 0:
             allowed = np.setdiff1d(np.arange(vocab), np.asarray(special_ids + (mask_id,)))
             if allowed.size == 0:

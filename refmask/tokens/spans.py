@@ -33,14 +33,13 @@ from collections.abc import Sequence
 from numpy.typing import ArrayLike
 
 from .._typing import Array
+from .._validate import check_int, check_rate
 from ._common import (
     Words,
     arange_like,
     check_example_ids,
     check_id_set,
     check_ids,
-    check_int,
-    check_rate,
     eligibility,
     exact_count,
     smallest_k,
@@ -117,18 +116,19 @@ def mask_spans(input_ids: Array, *, seed: int, epoch: int, example_ids: ArrayLik
     xp, ids = check_ids(where, input_ids)
     specials = check_id_set(where, "special_ids", special_ids)
     if pad_id is not None:
-        pad_id = check_int(where, "pad_id", pad_id, 0, None, "None or an int >= 0")
+        pad_id = check_int(where, "pad_id", pad_id, minimum=0, rule="None or an int >= 0")
     rows = check_example_ids(where, example_ids, ids.shape[0])
     rate = check_rate(where, "rate", rate)
     geometric_p = check_rate(where, "geometric_p", geometric_p, open_low=True)
-    max_length = check_int(where, "max_length", max_length, 1, 2**16, "an int in [1, 65536]")
+    max_length = check_int(where, "max_length", max_length, minimum=1, maximum=2**16,
+                           rule="an int in [1, 65536]")
     units = (None if word_ids is None and continuation is None
              else _word_ids(where, xp, ids, word_ids, continuation))
     rule = ReplacementRule(mask_id, vocab_size, mask_rate, random_rate, random_vocabulary,
                            labels, ignore_index).checked(where, specials)
     words = Words(where, xp, ids, seed, epoch, static_copies, rows)
-    eligible = eligibility(xp, ids, specials, pad_id, specials_eligible=bool(specials_eligible),
-                           padding_eligible=bool(padding_eligible))
+    eligible = eligibility(where, xp, ids, specials, pad_id,
+                           specials_eligible=specials_eligible, padding_eligible=padding_eligible)
     starts = unit_starts(xp, eligible, units)
     inside = _unit_spans(xp, starts, words, rate, geometric_p, max_length)
     ordinal = xp.cumulative_sum(xp.astype(starts, xp.int64), axis=1) - 1

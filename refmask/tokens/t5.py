@@ -32,16 +32,8 @@ import array_api_compat
 from numpy.typing import ArrayLike
 
 from .._typing import Array, Namespace
-from ._common import (
-    Words,
-    arange_like,
-    check_example_ids,
-    check_ids,
-    check_int,
-    check_rate,
-    smallest_k,
-    take_rows,
-)
+from .._validate import check_int, check_rate
+from ._common import Words, arange_like, check_example_ids, check_ids, smallest_k, take_rows
 
 __all__ = ["T5Batch", "corrupt_spans", "t5_counts"]
 
@@ -110,10 +102,11 @@ def corrupt_spans(input_ids: Array, *, seed: int, epoch: int, example_ids: Array
     where = "corrupt_spans"
     xp, ids = check_ids(where, input_ids)
     rows = check_example_ids(where, example_ids, ids.shape[0])
-    vocab = check_int(where, "vocab_size", vocab_size, 1, 2**31 - 1, "an int in [1, 2**31)")
-    pad_id = check_int(where, "pad_id", pad_id, 0, None, "an int >= 0")
+    vocab = check_int(where, "vocab_size", vocab_size, minimum=1, maximum=2**31 - 1,
+                      rule="an int in [1, 2**31)")
+    pad_id = check_int(where, "pad_id", pad_id, minimum=0, rule="an int >= 0")
     if eos_id is not None:
-        eos_id = check_int(where, "eos_id", eos_id, 0, None, "None or an int >= 0")
+        eos_id = check_int(where, "eos_id", eos_id, minimum=0, rule="None or an int >= 0")
     density = check_rate(where, "noise_density", noise_density, open_low=True)
     if density >= 1.0:
         raise ValueError(f"{where}: noise_density must be in (0, 1), got {density}")
