@@ -4,14 +4,15 @@ Two ways in (the plugin is registered through the ``pytest11`` entry point, so i
 refmask is enough):
 
 * command line: ``pytest --refmask-impl mypkg.attn:my_attention`` adds one test per case,
-  ``<module file>::<function>[<case id>]``, a node id that re-runs the case (``pytest 'mypkg/attn.py::my_attention[causal/top_left/wide@float16]'
-  --refmask-impl mypkg.attn:my_attention``). The other options are those of ``refmask check``
-  (the same :class:`~.judging.Judging`): ``--refmask-dtype``, ``--refmask-filter``,
-  ``--refmask-grads``, ``--refmask-allow-policy``, ``--refmask-framework``,
-  ``--refmask-device``, ``--refmask-backward``, ``--refmask-corpus``. A ``fail`` verdict fails
-  the test with a short report (diagnosis, worst element, mask rows, re-run command),
-  ``unsupported`` skips it, ``pass`` and ``policy`` (a declared or allowed convention) pass:
-  the verdicts of ``refmask check``.
+  ``<module file>::<function>[<case id>]``, a node id that re-runs the case (``pytest
+  'mypkg/attn.py::my_attention[causal/top_left/wide@float16]' --refmask-impl
+  mypkg.attn:my_attention``). The other options are those of ``refmask check`` (the same
+  :class:`~.judging.Judging`): ``--refmask-dtype``, ``--refmask-filter``, ``--refmask-grads``,
+  ``--refmask-allow-policy``, ``--refmask-framework``, ``--refmask-device``,
+  ``--refmask-backward``, ``--refmask-corpus``. A ``fail`` verdict fails the test with a short
+  report (diagnosis, worst element, mask rows, re-run command), ``unsupported`` skips it,
+  ``pass`` and ``policy`` (a declared or allowed convention) pass: the verdicts of ``refmask
+  check``.
 * fixture: ``refmask_check(fn_or_backend, **judging_fields) -> Report`` judges under the
   same options; ``refmask_check(my_attention).assert_ok()`` raises with the report text.
 """
