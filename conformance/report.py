@@ -61,13 +61,72 @@ def _group_line(group: Diagnosis) -> str:
 
 
 def _worst_error(record: Record) -> str:
-    """``out: 1.9 = 9.2e+18 ulps at (0, 0, 0, 0)`` for the failing tensor with most ulps."""
-    bad = [e for e in record.errors if not e.ok]
-    if not bad:
+    """``out[0, 1, 3, 2]: error 1.9 = 9.2e+18 ulps``: the worst element of the first failing
+    tensor (the largest error; NaN/inf placement counts as infinite)."""
+    w = record.worst
+    if w is None:
         return ""
-    e = max(bad, key=lambda c: c.max_ulps if c.max_ulps == c.max_ulps else float("inf"))
-    where = "" if e.first_bad is None else f" at {tuple(e.first_bad)}"
-    return f"{e.name}: error {e.max_abs:.3g} = {e.max_ulps:.3g} ulps{where}"
+    return f"{w.tensor}{list(w.index)}: error {w.error:.3g} = {w.ulps:.3g} ulps"
+
+
+def rerun_command(report: Report, record: Record) -> str:
+    """The ``refmask check`` command that judges this one case again, as this run did."""
+    import shlex
+
+    judging = report.judging or {}
+    target = (["--impl", report.backend] if ":" in report.backend else [report.backend])
+    words = ["refmask", "check", *target, "--filter", record.case_id]
+    if judging.get("grads"):
+        words.append("--grads")
+    for key in ("framework", "device", "backward", "corpus"):
+        if isinstance(judging.get(key), str):
+            words += [f"--{key}", judging[key]]
+    if judging.get("allow_policy"):
+        words += ["--allow-policy", ",".join(judging["allow_policy"])]
+    return shlex.join(words)
+
+
+#: characters of a text heatmap, from exact to the largest error; "!" marks NaN/inf
+_SHADES = " .:-=+*#%@"
+
+
+def text_heatmap(error_map, *, limit: int = 24) -> list:
+    """An error map (rows, cols) as lines of :data:`_SHADES` characters scaled to its largest
+    finite value, "!" where NaN/inf placement differs; at most ``limit`` rows and columns
+    (the rest elided with "...")."""
+    import numpy as np
+
+    grid = np.asarray(error_map, np.float64)
+    shown = grid[:limit, :limit]
+    special = ~np.isfinite(shown)
+    finite = np.where(np.isfinite(grid), grid, 0.0)
+    top = finite.max() if finite.size else 0.0
+    levels = np.zeros(shown.shape, int) if top <= 0 else np.minimum(
+        len(_SHADES) - 1, np.ceil(np.where(special, 0, shown) / top * (len(_SHADES) - 1)))
+    lines = ["".join("!" if bad else _SHADES[level]
+                     for bad, level in zip(row_bad, row_levels, strict=True))
+             for row_bad, row_levels in zip(special, levels.astype(int).tolist(), strict=True)]
+    if grid.shape[1] > limit:
+        lines = [line + "..." for line in lines]
+    if grid.shape[0] > limit:
+        lines.append("...")
+    return lines
+
+
+def _example_lines(record: Record) -> list:
+    """Worst element, mask rows and text heatmap of a group's example (plain text lines)."""
+    lines = []
+    if record.worst is not None:
+        w = record.worst
+        b, h = w.index[0], w.index[1]
+        lines.append(f"worst element {_worst_error(record)}")
+        lines.append(f"error map of {w.tensor}[{b}, {h}] (rows: query i, columns: "
+                     f"{'d' if w.error_map.shape[0] > 1 or w.tensor != 'lse' else 'i'}; "
+                     f"'{_SHADES[-1]}' = largest, '!' = NaN/inf placement):")
+        lines += ["  |" + row + "|" for row in text_heatmap(w.error_map)]
+    if record.picture:
+        lines += record.picture.splitlines()
+    return lines
 
 
 def _totals(summary: Summary) -> str:
@@ -164,12 +223,19 @@ def markdown(report: Report) -> str:
     if groups:
         lines += ["", "## Divergences by diagnosis"]
         for group in groups:
-            lines += ["", f"### {_group_title(group)}", ""]
-            for r in group.records:
-                lines.append(f"- `{r.case_id}` ({r.mask}): {r.reason}")
-                if r.picture:
-                    lines += ["", "  ```", *("  " + p for p in r.picture.splitlines()),
-                              "  ```"]
+            example = group.records[0]
+            dtypes_hit = [d for d in dtypes if any(r.dtype == d for r in group.records)]
+            lines += ["", f"### {_group_title(group)}", "", example.reason, "",
+                      f"dtypes: {', '.join(dtypes_hit)}; cases: "
+                      + ", ".join(f"`{r.case_id}`" for r in group.records[:12])
+                      + (f" and {len(group.records) - 12} more" if len(group.records) > 12
+                         else "")]
+            detail = _example_lines(example)
+            if group.verdict != "unsupported":
+                lines += ["", f"Example `{example.case_id}` ({example.mask}):"]
+                if detail:
+                    lines += ["", "```", *detail, "```"]
+                lines += ["", f"Re-run: `{rerun_command(report, example)}`"]
     return "\n".join(lines) + "\n"
 
 
@@ -181,6 +247,15 @@ def _png_data_uri(r: Record) -> str:
     b, h = (first[0], first[1]) if first is not None and len(first) >= 2 else (0, 0)
     cell = max(2, min(12, 240 // max(case.q_len, case.k_len)))
     data = render.to_png(case.keep()[b, h], cell=cell)
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _heatmap_data_uri(r: Record) -> str:
+    if r.worst is None or r.worst.error_map.size == 0:
+        return ""
+    rows, cols = r.worst.error_map.shape
+    cell = max(2, min(12, 240 // max(rows, cols)))
+    data = render.heatmap_png(r.worst.error_map, cell=cell)
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
@@ -200,15 +275,35 @@ def html(report: Report) -> str:
         rows.append(f"<tr><th>{esc(family)}</th>{''.join(cells)}</tr>")
     sections = []
     for group in summary.diagnoses():
-        items = []
-        for r in group.records:
-            picture = _png_data_uri(r)
-            image = f'<img alt="mask" src="{picture}">' if picture else ""
-            items.append(f"<li><code>{esc(r.case_id)}</code> <code>{esc(r.mask)}</code><br>"
-                         f"{esc(r.reason)}<br>{image}"
-                         + (f"<pre>{esc(r.picture)}</pre>" if r.picture else "") + "</li>")
+        example = group.records[0]
+        dtypes_hit = [d for d in dtypes if any(r.dtype == d for r in group.records)]
+        body = [f"<p>{esc(example.reason)}</p>",
+                f"<p>dtypes: {esc(', '.join(dtypes_hit))}; cases: "
+                + ", ".join(f"<code>{esc(r.case_id)}</code>" for r in group.records) + "</p>"]
+        if group.verdict != "unsupported":
+            mask_png = _png_data_uri(example)
+            heat = _heatmap_data_uri(example)
+            body.append(f"<p>Example <code>{esc(example.case_id)}</code> "
+                        f"<code>{esc(example.mask)}</code></p>")
+            if example.worst is not None:
+                w = example.worst
+                body.append(f"<p>worst element {esc(_worst_error(example))}</p>")
+            figures = []
+            if mask_png:
+                figures.append(f'<figure><img alt="mask" src="{mask_png}"><figcaption>mask '
+                               "(blue = attend)</figcaption></figure>")
+            if heat:
+                figures.append(f'<figure><img alt="error heatmap" src="{heat}"><figcaption>'
+                               f"|error| of {esc(w.tensor)}[{w.index[0]}, {w.index[1]}] "
+                               "(white = exact, red = largest, black = NaN/inf)"
+                               "</figcaption></figure>")
+            if figures:
+                body.append('<div style="display:flex;gap:2em">' + "".join(figures) + "</div>")
+            if example.picture:
+                body.append(f"<pre>{esc(example.picture)}</pre>")
+            body.append(f"<p>Re-run: <code>{esc(rerun_command(report, example))}</code></p>")
         sections.append(f'<h3 style="background:{colour[group.verdict]}">'
-                        f"{esc(_group_title(group))}</h3><ul>{''.join(items)}</ul>")
+                        f"{esc(_group_title(group))}</h3>{''.join(body)}")
     env = report.environment
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"

@@ -55,6 +55,54 @@ _UNSET = object()
 
 
 @dataclass(frozen=True)
+class Worst:
+    """The worst element of the first failing tensor, and where that tensor is off.
+
+    tensor: its name; index: (b, h, i, d) of the largest error (a NaN/inf where the golden
+    value is finite, or the reverse, counts as the largest); error: |actual - golden| there;
+    ulps: the same in units in the last place of the case dtype; error_map: (rows, cols)
+    |actual - golden| of the (b, h) slice holding it (a 1 x Tq row for the LSE), inf where
+    NaN/inf placement differs.
+    """
+
+    tensor: str
+    index: tuple
+    error: float
+    ulps: float
+    error_map: np.ndarray
+
+    def to_json(self) -> dict:
+        def number(x):
+            return float(x) if np.isfinite(x) else str(float(x))
+
+        return {"tensor": self.tensor, "index": [int(i) for i in self.index],
+                "error": number(self.error), "ulps": number(self.ulps)}
+
+
+def worst_element(name: str, actual, golden: np.ndarray, dtype: str) -> Worst | None:
+    """The :class:`Worst` of one tensor (None when it has no element or a shape mismatch)."""
+    from .tolerance import ulp_distance
+
+    actual = np.asarray(actual, np.float64)
+    golden = np.asarray(golden, np.float64)
+    if actual.shape != golden.shape or actual.size == 0 or golden.ndim < 3:
+        return None
+    with np.errstate(invalid="ignore"):
+        error = np.abs(actual - golden)
+    same_special = (np.isnan(actual) & np.isnan(golden)) | (
+        np.isinf(actual) & (actual == golden))
+    error = np.where(same_special, 0.0, np.where(np.isnan(error), np.inf, error))
+    index = np.unravel_index(int(np.argmax(error)), error.shape)
+    b, h = index[0], index[1]
+    picture = error[b, h] if error.ndim == 4 else error[b, h][None, :]
+    with np.errstate(all="ignore"):
+        ulps = float(ulp_distance(actual[index], golden[index], dtype)) if np.isfinite(
+            error[index]) else float("inf")
+    return Worst(tensor=name, index=tuple(int(i) for i in index), error=float(error[index]),
+                 ulps=ulps, error_map=picture)
+
+
+@dataclass(frozen=True)
 class CaseResult:
     """The verdict on one case, with everything a bug report needs."""
 
@@ -68,6 +116,7 @@ class CaseResult:
     picture: str = ""
     seconds: float = 0.0
     traceback: str = ""
+    worst: Worst | None = None
 
     def to_json(self) -> dict:
         return {
@@ -78,6 +127,7 @@ class CaseResult:
             "checks": [c.to_json() for c in self.checks], "picture": self.picture,
             "seconds": round(self.seconds, 4), "mask": repr(self.case.mask),
             "traceback": self.traceback,
+            "worst": None if self.worst is None else self.worst.to_json(),
         }
 
 
@@ -408,23 +458,26 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool | None = None,
         return result("pass", checks=tuple(checks))
     first = next(c for c in checks if not c.ok)
     picture = _mask_rows_picture(case, first.first_bad)
+    returned = {"out": output.out, "lse": output.lse, **(output.grads or {})}
+    worst = worst_element(first.name, returned.get(first.name), gold[first.name], case.dtype)
     explanation = _explain(case, inputs, output, checks, gold, naive,
                            _ordered_explanations(adapter))
     if explanation is not None and explanation.kind == "policy":
         if judging.accepts(explanation.name, adapter.profile.declared()):
             return result("policy", f"{explanation.name}: {explanation.description}",
                           convention=explanation.name, convention_kind="policy",
-                          checks=tuple(checks), picture=picture)
+                          checks=tuple(checks), picture=picture, worst=worst)
         return result("fail", f"matches the convention {explanation.name}, which "
                       f"{adapter.name} does not declare: {explanation.description} (declare "
                       f"it, or accept it with --allow-policy {explanation.name})",
                       convention=explanation.name, convention_kind="undeclared",
-                      checks=tuple(checks), picture=picture)
+                      checks=tuple(checks), picture=picture, worst=worst)
     if explanation is not None:
         return result("fail", f"matches the known bug {explanation.name}: "
                       f"{explanation.description}", convention=explanation.name,
-                      convention_kind="bug", checks=tuple(checks), picture=picture)
-    return result("fail", first.reason, checks=tuple(checks), picture=picture)
+                      convention_kind="bug", checks=tuple(checks), picture=picture,
+                      worst=worst)
+    return result("fail", first.reason, checks=tuple(checks), picture=picture, worst=worst)
 
 
 def _dtype_undeclared(adapter: Adapter, case: Case) -> str | None:
