@@ -153,26 +153,27 @@ class Report:
     def to_json(self) -> dict:
         return {"backend": self.backend, "counts": self.counts(),
                 "environment": self.environment, "judging": self.judging,
+                "interrupted": self.interrupted,
                 "results": [r.to_json() for r in self.results]}
 
     def to_records(self) -> list[dict]:
-        """One flat dict per case (backend, id, family, dtype, flags, verdict, convention,
-        convention_kind, reason, and the worst failing tensor's name, max_abs, max_ulps and
-        first_bad), for tables and DataFrames."""
-        records = []
-        for r in self.results:
-            bad = [c for c in r.checks if not c.ok]
-            worst = max(bad, key=lambda c: c.max_ulps) if bad else None
-            records.append({
-                "backend": r.backend, "id": r.case.id, "family": r.case.family,
-                "dtype": r.case.dtype, "flags": ",".join(r.case.flags), "verdict": r.verdict,
-                "convention": r.convention, "convention_kind": r.convention_kind,
-                "reason": r.reason, "tensor": worst.name if worst else None,
-                "max_abs": worst.max_abs if worst else None,
-                "max_ulps": worst.max_ulps if worst else None,
-                "first_bad": worst.first_bad if worst else None,
+        """One flat dict per case, from the summary's records: backend, id, family, dtype,
+        flags (comma-joined), verdict, diagnosis, diagnosis_kind, reason, and the worst
+        element of a divergent case (tensor, index, error, ulps; None otherwise)."""
+        from .summary import summarize
+
+        rows = []
+        for r in summarize(self).records:
+            w = r.worst
+            rows.append({
+                "backend": self.backend, "id": r.case_id, "family": r.family,
+                "dtype": r.dtype, "flags": ",".join(r.flags), "verdict": r.verdict,
+                "diagnosis": r.diagnosis, "diagnosis_kind": r.diagnosis_kind,
+                "reason": r.reason, "tensor": w.tensor if w else None,
+                "index": w.index if w else None, "error": w.error if w else None,
+                "ulps": w.ulps if w else None,
             })
-        return records
+        return rows
 
     def to_dataframe(self):
         """:meth:`to_records` as a pandas DataFrame (needs pandas: ``pip install pandas``)."""

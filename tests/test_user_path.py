@@ -429,3 +429,134 @@ def test_an_undeclared_convention_with_gradients_fails_and_a_wrong_gradient_is_n
     (result,) = check(wrong_dq, **options).results
     assert result.verdict == "fail" and result.convention is None
     assert "dq" in [c.name for c in result.checks if not c.ok]
+
+
+# --- 5. output a person reads ----------------------------------------------------------------
+
+def test_one_json_report_for_several_backends_follows_the_published_schema(tmp_path, kernels):
+    jsonschema = pytest.importorskip("jsonschema")
+    from refmask.conformance.report import SCHEMA_VERSION, json_schema_path
+
+    path = tmp_path / "all.json"
+    assert main(["check", "numpy", "refmask.fast", "--impl",
+                 "_user_kernels:numpy_attention", "--dtype",
+                 "float64,float16", "--filter", "causal/top_left/square,padding/queries_right",
+                 "--report", str(path)]) == 0
+    document = json.loads(path.read_text())
+    schema = json.loads(json_schema_path().read_text())
+    jsonschema.validate(document, schema)
+    assert document["schema_version"] == SCHEMA_VERSION == schema["properties"][
+        "schema_version"]["const"]
+    assert [r["backend"] for r in document["reports"]] == [
+        "numpy", "refmask.fast", "_user_kernels:numpy_attention"]
+    assert [r["judging"]["dtypes"] for r in document["reports"]] == [["float64", "float16"]] * 3
+    assert len(list(tmp_path.iterdir())) == 1  # one file, not one per backend
+
+
+def test_a_failing_report_follows_the_schema_too(kernels):
+    jsonschema = pytest.importorskip("jsonschema")
+    from refmask.conformance.report import document, json_schema_path
+
+    report = check(kernels.numpy_bad_dv, grads=True, dtypes="float64", filter="gqa/4_to_2")
+    data = json.loads(json.dumps(document([report]), default=str))
+    jsonschema.validate(data, json.loads(json_schema_path().read_text()))
+    worst = data["reports"][0]["results"][0]["worst"]
+    assert worst["tensor"] == "dv" and len(worst["index"]) == 4
+
+
+def test_records_and_dataframe(kernels):
+    report = check(kernels.numpy_bad_dv, grads=True, dtypes="float64",
+                   filter="gqa/4_to_2,softcap/causal")
+    rows = report.to_records()
+    assert [r["id"] for r in rows] == [r.case.id for r in report.results]
+    bad = next(r for r in rows if r["verdict"] == "fail")
+    assert bad["tensor"] == "dv" and bad["ulps"] > 0 and len(bad["index"]) == 4
+    skipped = next(r for r in rows if r["verdict"] == "unsupported")
+    assert skipped["tensor"] is None and "softcap" in skipped["reason"]
+    pandas = pytest.importorskip("pandas")
+    frame = report.to_dataframe()
+    assert isinstance(frame, pandas.DataFrame) and list(frame["id"]) == [r["id"] for r in rows]
+
+
+def test_worst_element_is_the_largest_error_and_nan_counts_most():
+    from refmask.conformance.runner import worst_element
+
+    golden = np.zeros((1, 2, 3, 2))
+    actual = golden.copy()
+    actual[0, 1, 2, 0] = 0.5
+    actual[0, 0, 1, 1] = 0.25
+    w = worst_element("out", actual, golden, "float32")
+    assert (w.index, w.error) == ((0, 1, 2, 0), 0.5)
+    assert w.error_map.shape == (3, 2) and w.error_map[2, 0] == 0.5
+    actual[0, 0, 0, 0] = np.nan
+    w = worst_element("out", actual, golden, "float32")
+    assert w.index == (0, 0, 0, 0) and w.error == np.inf
+    same_nan = np.full((1, 1, 2, 2), np.nan)
+    assert worst_element("out", same_nan, same_nan, "float32").error == 0.0
+
+
+def test_heatmap_png_colours_are_the_documented_ones():
+    import struct
+    import zlib
+
+    from refmask.render import heatmap_png
+
+    data = heatmap_png(np.array([[0.0, 2.0, np.inf]]), cell=1)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (3, 1)
+    start = data.index(b"IDAT") + 4
+    length = struct.unpack(">I", data[start - 8:start - 4])[0]
+    row = zlib.decompress(data[start:start + length])
+    assert list(row[1:]) == [255, 255, 255, 230, 30, 30, 0, 0, 0]
+    with pytest.raises(ValueError, match="non-empty 2-D"):
+        heatmap_png(np.zeros((0, 3)))
+
+
+def test_text_heatmap_scales_and_marks_nonfinite():
+    from refmask.conformance.report import text_heatmap
+
+    # 0.5 of the largest: level ceil(0.5 * 9) = 5 of " .:-=+*#%@"
+    assert text_heatmap(np.array([[0.0, 1.0], [np.inf, 0.5]])) == [" @", "!+"]
+
+
+def test_cases_lists_ids_families_and_flags(capsys):
+    assert main(["cases", "--filter", "sliding_window", "--dtype", "float64,bfloat16"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = [c for c in catalog(["float64", "bfloat16"]) if c.family == "sliding_window"]
+    assert lines[-1] == f"{len(expected)} cases" and len(expected) >= 10
+    assert {line.split()[0] for line in lines[:-1]} == {c.id for c in expected}
+    window = next(line for line in lines if line.startswith("window/fa_2_0/square@float64"))
+    assert window.split()[1] == "sliding_window" and "SlidingWindow" in window.split()[2:]
+    assert main(["cases", "--filter", "EmptyRow", "--dtype", "float32"]) == 0
+    rows = capsys.readouterr().out.splitlines()[:-1]
+    assert rows and all("EmptyRow" in row.split()[2:] for row in rows)
+
+
+def test_output_paths_are_checked_before_the_run(tmp_path, capsys):
+    missing = tmp_path / "no-such-folder" / "r.json"
+    assert main(["check", "numpy", "--report", str(missing)]) == 2
+    captured = capsys.readouterr()
+    assert "does not exist" in captured.err and "refmask check numpy" not in captured.out
+    record = tmp_path / "e.json"
+    record.write_text("{}")
+    assert main(["check", "numpy", "--write-expect", str(record)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["check", "numpy", "--expect", str(tmp_path / "none.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["check", "numpy", "--framework", "torch"]) == 2
+    assert "apply to --impl" in capsys.readouterr().err
+
+
+def test_progress_bar_on_a_terminal_only(monkeypatch, capsys):
+    pytest.importorskip("tqdm")
+    from refmask.conformance.cli import progress_bar
+
+    with progress_bar("check x") as progress:
+        assert progress is None  # stderr is captured here, not a terminal
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    with progress_bar("check x") as progress:
+        for done in range(1, 4):
+            progress(done, 3)
+    err = capsys.readouterr().err
+    assert "check x" in err and "3/3" in err and "case/s" in err
