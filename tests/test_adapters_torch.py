@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,9 +34,11 @@ torch = pytest.importorskip("torch")
 
 from refmask.adapters import load  # noqa: E402
 from refmask.adapters.torch import common as tc  # noqa: E402
+from refmask.conformance import expect  # noqa: E402
 from refmask.conformance.cases import base_cases  # noqa: E402
 from refmask.conformance.runner import check, shipped_golden  # noqa: E402
 
+EXPECTATIONS = Path(__file__).resolve().parent / "expectations" / "torch-float64.json"
 NAMES = ("torch.sdpa", "torch.sdpa.is_causal", "torch.mha", "torch.mha.need_weights",
          "torch.mha.fastpath", "torch.flex")
 LOW = ("float32", "float16", "bfloat16")
@@ -118,6 +121,10 @@ def _assert_report(name: str, report, *, allow_grad_divergence: bool = False):
 def test_float64_catalog(name, golden):
     report = check(name, dtypes=["float64"], golden=golden)
     verdicts = _assert_report(name, report)
+    # and exactly the verdicts recorded with `refmask check torch.sdpa ... --dtype float64
+    # --write-expect tests/expectations/torch-float64.json`: a torch upgrade reads as a diff
+    changes, warnings = expect.compare([report], expect.load(EXPECTATIONS))
+    assert not changes, expect.summary(changes, warnings)
     if name == "torch.flex":  # flex returns the LSE, and it is the natural-log one
         for result in verdicts["pass"].values():
             if result.case.q_len > 0:
