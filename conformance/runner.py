@@ -296,7 +296,7 @@ def _alternative_gradients(case: Case, inputs: dict, explanation: Explanation) -
         return None
     from refmask.adapters.common.translate import float64_inputs
     from refmask.attention import attention_vjp
-    from refmask.case import attention_kwargs
+    from refmask.case import attention_kwargs, gradient_arrays
 
     values = float64_inputs(inputs)
     try:
@@ -306,13 +306,7 @@ def _alternative_gradients(case: Case, inputs: dict, explanation: Explanation) -
                                   **kwargs)
     except (ValueError, TypeError, NotImplementedError):
         return None
-    found = {}
-    for name in GRAD_NAMES:
-        value = getattr(grads, name)
-        if value is not None:
-            value = np.asarray(value, np.float64)
-            found[name] = to_bhtd(case, value) if name in ("dq", "dk", "dv") else value
-    return found
+    return gradient_arrays(case, grads)
 
 
 def _explain(case: Case, inputs: dict, output, checks: list, golden: dict, naive: dict,
