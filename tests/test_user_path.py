@@ -560,3 +560,12 @@ def test_progress_bar_on_a_terminal_only(monkeypatch, capsys):
             progress(done, 3)
     err = capsys.readouterr().err
     assert "check x" in err and "0/3" in err and "case/s" in err  # label, total, rate
+
+
+def test_the_api_names_are_importable_from_the_package():
+    import refmask.conformance as conformance
+    from refmask.conformance import judging, runner
+
+    assert conformance.check is runner.check and conformance.Judging is judging.Judging
+    with pytest.raises(AttributeError, match="no attribute 'chek'"):
+        conformance.chek  # noqa: B018
