@@ -9,10 +9,10 @@ refmask is enough):
   mypkg.attn:my_attention``). The other options are those of ``refmask check`` (the same
   :class:`~.judging.Judging`): ``--refmask-dtype``, ``--refmask-filter``, ``--refmask-grads``,
   ``--refmask-allow-policy``, ``--refmask-framework``, ``--refmask-device``,
-  ``--refmask-backward``, ``--refmask-corpus``. A ``fail`` verdict fails the test with a short
-  report (diagnosis, worst element, mask rows, re-run command), ``unsupported`` skips it,
-  ``pass`` and ``policy`` (a declared or allowed convention) pass: the verdicts of ``refmask
-  check``.
+  ``--refmask-backward``, ``--refmask-corpus``, ``--refmask-timeout``. A ``fail`` verdict
+  fails the test with a short report (diagnosis, worst element, mask rows, re-run
+  command), ``unsupported`` skips it, ``pass`` and ``policy`` (a declared or allowed
+  convention) pass: the verdicts of ``refmask check``.
 * fixture: ``refmask_check(fn_or_backend, **judging_fields) -> Report`` judges under the
   same options; ``refmask_check(my_attention).assert_ok()`` raises with the report text.
 """
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .runner import Report
 
 _OPTIONS = ("dtype", "filter", "grads", "allow_policy", "framework", "device", "backward",
-            "corpus")
+            "corpus", "timeout")
 
 
 
@@ -59,6 +59,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="a hand-written backward for --refmask-grads")
     group.addoption("--refmask-corpus", default=None, metavar="DIR",
                     help="judge the cases of this golden corpus against its stored values")
+    group.addoption("--refmask-timeout", default=None, type=float, metavar="SECONDS",
+                    help="per-case time limit of the function's call (default: "
+                         "refmask.conformance.judging.DEFAULT_CASE_TIMEOUT)")
 
 
 def _joined(values):
@@ -69,10 +72,12 @@ def _joined(values):
 
 def judging_from_config(config):
     """The :class:`~.judging.Judging` the command-line options describe."""
-    from .judging import Judging
+    from .judging import DEFAULT_CASE_TIMEOUT, Judging
 
     get = config.getoption
-    return Judging(dtypes=_joined(get("refmask_dtype")), filter=get("refmask_filter"),
+    timeout = get("refmask_timeout")
+    return Judging(timeout=DEFAULT_CASE_TIMEOUT if timeout is None else timeout,
+                   dtypes=_joined(get("refmask_dtype")), filter=get("refmask_filter"),
                    grads=bool(get("refmask_grads")),
                    allow_policy=_joined(get("refmask_allow_policy")) or (),
                    corpus=get("refmask_corpus"), framework=get("refmask_framework"),
