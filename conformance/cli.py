@@ -199,6 +199,8 @@ def progress_bar(label: str):
         nonlocal bar
         if bar is None:
             bar = tqdm(total=total, desc=label, unit="case", leave=False, file=sys.stderr)
+        elif done < bar.n or total != bar.total:  # the next backend of a matrix run
+            bar.reset(total=total)
         bar.update(done - bar.n)
 
     try:
