@@ -341,29 +341,34 @@ def from_function(fn: Callable[..., Any], name: str | None = None, *, framework:
                    description=(getattr(fn, "__doc__", None) or "").strip())
 
 
-def resolve(path: str, *, what: str = "--impl"):
-    """The object named by ``"module:attribute"`` (the module must be importable)."""
+def import_target(path: str, option: str = "--impl") -> Any:
+    """The object ``"module:qualname"`` names, imported for the user who named it with
+    ``option``. Whatever the import raises (SystemExit included) is a ValueError naming
+    ``option`` and the module: the user's code cannot end or crash refmask's process."""
+    if not isinstance(path, str):
+        raise TypeError(f"{option} must be written module:function, got {path!r}")
     module_name, _, qualname = path.partition(":")
     if not module_name or not qualname:
-        raise ValueError(f"{what} must be written module:function, got {path!r}")
+        raise ValueError(f"{option} must be written module:function, got {path!r}")
     try:
         target = importlib.import_module(module_name)
     except ImportError as error:
-        raise ValueError(f"{what} {path}: cannot import module {module_name!r}: {error}") from None
+        raise ValueError(f"{option} {path}: cannot import module {module_name!r}: {error}"
+                         ) from None
     except (Exception, SystemExit) as error:  # noqa: BLE001 - the user's module failed
-        raise ValueError(f"{what} {path}: importing module {module_name!r} raised "
+        raise ValueError(f"{option} {path}: importing module {module_name!r} raised "
                          f"{type(error).__name__}: {error}") from None
     for part in qualname.split("."):
         if not hasattr(target, part):
-            raise ValueError(f"{what} {path}: {module_name} has no attribute {qualname!r}")
+            raise ValueError(f"{option} {path}: {module_name} has no attribute {qualname!r}")
         target = getattr(target, part)
     return target
 
 
 def from_path(path: str, **options) -> Adapter:
     """The adapter for ``"module:function"``; ``options`` as for :func:`from_function`."""
-    return from_function(resolve(path), name=path, **options)
+    return from_function(import_target(path), name=path, **options)
 
 
 __all__ = ["AUTOGRAD", "CONVENTIONS", "FEATURES", "Call", "Unsupported", "from_function",
-           "from_path", "parse_conventions", "resolve"]
+           "from_path", "import_target", "parse_conventions"]

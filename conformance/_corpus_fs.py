@@ -307,7 +307,11 @@ def writer_lock(target: Path, *, where: str, reader: bool = False) -> Iterator[b
         yield True
         return
     for _ in range(100):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as error:
+            raise type(error)(f"{where}: cannot create the lock file {str(lock)!r} next to the "
+                              f"corpus {str(target)!r}: {error.strerror or error}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

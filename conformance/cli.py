@@ -62,7 +62,7 @@ def _render(args) -> int:
                              f"({batches} batch entries, {heads} heads), got {value}")
     if args.cell < 1:
         raise ValueError(f"render: --cell must be an int >= 1, got {args.cell}")
-    if args.png:
+    if args.png is not None:
         check_output_path(args.png, args.overwrite, where="render", name="--png")
         keep = mask.materialize(batches, heads, args.q_len, args.k_len)
         render.to_png(keep, args.png, batch=args.batch, head=args.head, cell=args.cell,
@@ -238,6 +238,7 @@ def _golden(args) -> int:
         return 0
     directory = args.directory or golden.shipped_corpus_path()
     _notes(golden.recover_leftovers(Path(directory)))
+    golden.corpus_engine(directory)  # no readable manifest: a refusal (exit 2), not a defect
     with progress_bar("verifying") as progress:
         problems = golden.verify(directory, regenerate=not args.no_regenerate,
                                  progress=progress, trust=args.trust or ())
@@ -260,6 +261,8 @@ def _golden(args) -> int:
 def _fuzz(args) -> int:
     from .strategies import fuzz
 
+    if args.examples < 1:
+        raise ValueError(f"fuzz: --examples must be an int >= 1, got {args.examples}")
     judging = _judging(args, corpus=False)
     with progress_bar(f"fuzz {args.backend}") as progress:
         found = fuzz(args.backend, max_examples=args.examples, seed=args.seed,
@@ -425,10 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _names_user_code(args) -> bool:
-    """The command names modules of the user's project: --impl, --trust, or fuzz's
-    module:function. Only then does the working directory go on sys.path."""
-    return bool(getattr(args, "impl", None) or getattr(args, "trust", None)
-                or ":" in (getattr(args, "backend", "") or ""))
+    """The command names modules of the user's project: --impl / --t5-impl, --trust, or
+    fuzz's module:function. Only then does the working directory go on sys.path."""
+    return bool(getattr(args, "impl", None) or getattr(args, "t5_impl", None)
+                or getattr(args, "trust", None) or ":" in (getattr(args, "backend", "") or ""))
 
 
 def _refusal(error: BaseException) -> str:
@@ -461,6 +464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("refmask: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as error:  # refmask never exits from inside a command: user code did
+        print(f"refmask: error: code under test called sys.exit({error.code!r}); the command "
+              "was stopped", file=sys.stderr)
+        return 2
     except (ValueError, TypeError, LookupError, OSError, RuntimeError, MemoryError,
             ArithmeticError) as error:
         print(f"refmask: error: {_refusal(error)}", file=sys.stderr)

@@ -183,16 +183,16 @@ class Judging:
         return _known_conventions(self._user_adapter(target))
 
     def _user_adapter(self, target):
-        from refmask.adapters.user import from_function, resolve
+        from refmask.adapters.user import from_function, import_target
 
         name = target if isinstance(target, str) else None
-        function = resolve(target) if isinstance(target, str) else target
+        function = import_target(target) if isinstance(target, str) else target
         if not callable(function):
             raise TypeError(f"check: target must be a backend name, 'module:function', an "
                             f"Adapter or a function, got {type(target).__name__}")
         backward = self.backward
         if isinstance(backward, str):
-            backward = resolve(backward, what="--backward")
+            backward = import_target(backward, "--backward")
         adapter = from_function(function, name=name, framework=self.framework,
                                 device=self.device, backward=backward)
         if self.grads and not adapter.profile.backward:  # a usage error, said at once

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._files import write_atomic
+from ._files import check_output_path, write_atomic
 from ._validate import check_bool_array, check_choice, check_flag, check_int
 from .masks import Mask
 
@@ -267,9 +267,8 @@ def to_png(
             f"{where}: a {q_len} x {k_len} mask with cell={cell} is {width} x {height} = "
             f"{width * height:,} pixels, over the limit of {MAX_PIXELS:,}; {hint}"
         )
-    if path is not None and not overwrite and os.path.lexists(os.fspath(path)):
-        raise FileExistsError(f"to_png: path {os.fspath(path)!r} already exists; pass "
-                              "overwrite=True to replace it")  # before the drawing work
+    if path is not None:  # before the drawing work: exists, directory, parent, kind
+        check_output_path(path, overwrite, where=where, name="path")
     data = _encode_rgb(_draw(picture, cell, grid))
     if path is not None:
         write_atomic(data, path, overwrite)

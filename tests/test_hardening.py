@@ -105,7 +105,7 @@ def test_cli_never_puts_the_working_directory_on_sys_path_for_data(tmp_path, mon
                                                                    capsys):  # rule: trust
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    assert main(["golden", "verify", str(tmp_path), "--no-regenerate"]) == 1
+    assert main(["golden", "verify", str(tmp_path), "--no-regenerate"]) == 2  # no manifest
     assert main(["render", '{"kind": "causal", "align": "top_left"}', "--q-len", "2",
                  "--k-len", "2"]) == 0
     assert str(tmp_path) not in sys.path and os.getcwd() not in sys.path
@@ -298,6 +298,17 @@ def test_impl_module_that_exits_on_import_is_a_refusal(tmp_path, monkeypatch, ca
     assert "raised SystemExit" in capsys.readouterr().err
 
 
+def test_user_code_that_exits_outside_a_case_cannot_end_the_command(tmp_path, monkeypatch,
+                                                                   capsys):  # user-code
+    (tmp_path / "exiting_masker.py").write_text(
+        "def masker(*args, **kwargs):\n    raise SystemExit(0)\n")
+    (tmp_path / "exits_on_import_2.py").write_text("raise SystemExit(0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _refused(["check-masking", "--impl", "exits_on_import_2:masker"], capsys, "SystemExit")
+    _refused(["check-masking", "--impl", "exiting_masker:masker", "--rows", "2", "--length",
+              "8", "--epochs", "2"], capsys, "sys.exit")
+
+
 def test_impl_function_that_exits_gives_a_failing_exit_code(tmp_path, monkeypatch, capsys):
     (tmp_path / "exits_on_call.py").write_text("def f(q, k, v, call):\n    raise SystemExit(0)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -344,7 +355,9 @@ def test_output_paths_are_checked_before_the_run(tmp_path, capsys):  # rule: cli
     _refused(["render", '{"kind": "full"}', "--q-len", "2", "--k-len", "2", "--png",
               str(missing / "x.png")], capsys, "--png")
     _refused(["render", '{"kind": "full"}', "--q-len", "2", "--k-len", "2", "--png",
-              str(tmp_path)], capsys, "is a directory")
+              str(tmp_path), "--overwrite"], capsys, "is a directory")
+    _refused(["render", '{"kind": "full"}', "--q-len", "2", "--k-len", "2", "--png",
+              str(tmp_path)], capsys, "already exists")
     _refused(["matrix", "numpy", "--update", str(missing / "m.md")], capsys, "--update")
     text = tmp_path / "plain.md"
     text.write_text("no markers here\n")
