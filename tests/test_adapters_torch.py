@@ -227,8 +227,9 @@ def test_sdpa_math_backend_has_no_such_divergence():
 
 
 def test_flex_is_forward_only_on_cpu(golden):
-    """torch 2.13 refuses FlexAttention backward on CPU; the profile says so, and the runner
-    then compares the forward only (re-check when torch changes)."""
+    """torch 2.13 refuses FlexAttention backward on CPU; the profile says so, and --grads on it
+    is then an explicit ``unsupported`` naming the missing backward, never a silent
+    forward-only pass (re-check when torch changes)."""
     from torch.nn.attention.flex_attention import flex_attention
 
     assert load("torch.flex").profile.backward is False
@@ -237,6 +238,9 @@ def test_flex_is_forward_only_on_cpu(golden):
         flex_attention(q, q, q)
     report = check("torch.flex", dtypes=["float64"], grads=True, filter="bias/causal",
                    golden=golden)
+    assert [r.verdict for r in report.results] == ["unsupported"]
+    assert report.results[0].reason.startswith("--grads: torch.flex has no backward pass")
+    report = check("torch.flex", dtypes=["float64"], filter="bias/causal", golden=golden)
     assert [r.verdict for r in report.results] == ["pass"]
 
 
