@@ -134,18 +134,28 @@ def to_native(x, framework: str, device: str = "cpu"):
 
 
 def to_float64(x) -> np.ndarray:
-    """A float64 NumPy copy of a NumPy, torch, JAX or CuPy array (bool arrays stay bool)."""
+    """A float64 NumPy copy of a NumPy, torch, JAX or CuPy array (bool arrays stay bool);
+    TypeError for anything that is not a real floating array (complex, integer, strings,
+    None), naming its dtype."""
     module = type(x).__module__
     if module.startswith("torch"):
         import torch
 
         if x.dtype == torch.bool:
             return x.detach().cpu().numpy()
+        if not x.is_floating_point():
+            raise TypeError(f"to_float64: expected a real floating tensor, got dtype {x.dtype} "
+                            f"(shape {tuple(x.shape)})")
         return x.detach().to(torch.float64).cpu().numpy()
     if module.startswith("cupy"):
         x = x.get()
     x = np.asarray(x)
-    return x if x.dtype == np.bool_ else x.astype(np.float64)
+    if x.dtype == np.bool_:
+        return x
+    if x.dtype.kind != "f" and x.dtype.name != "bfloat16":  # ml_dtypes' bfloat16 is kind "V"
+        raise TypeError(f"to_float64: expected a real floating array, got dtype {x.dtype} "
+                        f"(shape {x.shape})")
+    return x.astype(np.float64)
 
 
 def framework_context(framework: str, dtype: str):

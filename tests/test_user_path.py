@@ -569,3 +569,15 @@ def test_the_api_names_are_importable_from_the_package():
     assert conformance.check is runner.check and conformance.Judging is judging.Judging
     with pytest.raises(AttributeError, match="no attribute 'chek'"):
         conformance.chek  # noqa: B018
+
+
+def test_a_complex_or_integer_result_is_refused_by_name():
+    with pytest.raises(TypeError, match="dtype complex128"):
+        native.to_float64(np.zeros(2, np.complex128))
+    with pytest.raises(TypeError, match="dtype int64"):
+        native.to_float64(np.zeros(2, np.int64))
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="torch.complex64"):
+        native.to_float64(torch.zeros(2, dtype=torch.complex64))
+    np.testing.assert_array_equal(native.to_float64(torch.ones(2, dtype=torch.bfloat16)),
+                                  [1.0, 1.0])
