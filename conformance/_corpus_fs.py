@@ -280,11 +280,15 @@ def fsync_directory(path: Path) -> None:
 
 
 def write_new_file(path: Path, data: bytes) -> None:
-    """Create ``path`` (it must not exist) with ``data``, fsynced."""
-    with open(path, "xb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Create ``path`` (it must not exist) with ``data``, fsynced; an OSError (disk full, file
+    size limit) names ``path``."""
+    try:
+        with open(path, "xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise type(error)(f"cannot write {str(path)!r}: {error.strerror or error}") from None
 
 
 def _temp_pattern(name: str):
@@ -307,7 +311,11 @@ def writer_lock(target: Path, *, where: str, reader: bool = False) -> Iterator[b
         yield True
         return
     for _ in range(100):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as error:
+            raise type(error)(f"{where}: cannot create the lock file {str(lock)!r} next to the "
+                              f"corpus {str(target)!r}: {error.strerror or error}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -47,7 +47,7 @@ def alternative(case: Case, values: dict, *, mask: object = UNSET, scale: float 
                 alibi: object = UNSET, masking: str = "neg_inf", constant: float | None = None,
                 empty_rows: str | None = None, sinks: str = "spec", dropout: str = "scaled",
                 lse_base: float = math.e, max_subtract: bool = True,
-                accumulate: str | None = None) -> tuple:
+                accumulate: str | None = None, empty_lse: float | None = None) -> tuple:
     """(out BHTD, lse, weights) of attention in float64 with the named departures from spec
     3.2; weights (B, Hq, Tq, Tk) are the factors multiplied into V.
 
@@ -62,7 +62,7 @@ def alternative(case: Case, values: dict, *, mask: object = UNSET, scale: float 
     dropout: "scaled" (spec), "unscaled", "ignored", "inverted" (the keep pattern read as a
     drop pattern); lse_base: the LSE's base; max_subtract=False: exp of the raw scores in the
     case dtype (overflow as the kernel would); accumulate: a dtype in which the denominator and
-    ``P @ V`` are summed left to right.
+    ``P @ V`` are summed left to right; empty_lse: the LSE of empty rows (default -inf).
     """
     q = to_bhtd(case, values["q"])
     k, v = to_bhtd(case, values["k"]), to_bhtd(case, values["v"])
@@ -113,6 +113,8 @@ def alternative(case: Case, values: dict, *, mask: object = UNSET, scale: float 
         denominator = total if sink_weight is None else total + sink_weight
         p = weights / np.where(empty, 1.0, denominator)
         lse = np.where(empty, -np.inf, shift + np.log(np.where(empty, 1.0, denominator)))
+        if empty_lse is not None:
+            lse = np.where(empty, empty_lse, lse)
         if sinks == "out_of_lse" and sink_weight is not None:
             lse = np.where(empty, -np.inf, shift + np.log(np.where(empty, 1.0, total)))
         policy = case.empty_rows if empty_rows is None else empty_rows

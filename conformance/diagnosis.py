@@ -5,12 +5,12 @@ localised in mask terms."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from refmask.adapters.common import Output, Profile
+from refmask.adapters.common import Output
 from refmask.adapters.common.translate import float64_inputs
 from refmask.case import Case, to_bhtd
 
@@ -158,19 +158,8 @@ def _values(case: Case, values: dict) -> np.ndarray:
     return np.repeat(v, max(1, case.q_heads // max(1, case.kv_heads)), axis=1)
 
 
-def _declared(profile) -> list[str]:
-    if profile is None:
-        return []
-    names = [f"empty_rows={profile.empty_rows}", f"causal={profile.causal_alignment}"]
-    if profile.lse_base == "2":
-        names.append("lse_base=2")
-    if profile.empty_rows == "zero_lse_posinf":
-        names.append("empty_rows=zero_lse_free")
-    return names
-
-
 def diagnose(case: Case, inputs: dict, output: Output, golden: dict, model: ForwardModel,
-             naive_agg: float, *, profile: Profile | None = None,
+             naive_agg: float, *, declared: Iterable[str] = (),
              model_for: Callable[[str], ForwardModel] | None = None,
              top: int = 6) -> Diagnosis:
     """Every applicable alternative (singles, pairs with the closest singles and with the
@@ -181,6 +170,7 @@ def diagnose(case: Case, inputs: dict, output: Output, golden: dict, model: Forw
     ``computed_in``); ``naive_agg`` is refmask's naive weighted RMS error of the case.
     """
     values = float64_inputs(inputs)
+    declared = sorted(declared)
     with np.errstate(all="ignore"):
         spec_out, spec_lse, _ = alternative(case, values)
     cache: dict[str, tuple] = {}
@@ -198,12 +188,14 @@ def diagnose(case: Case, inputs: dict, output: Output, golden: dict, model: Forw
     def differs(explanation):
         """False for an alternative that computes exactly the spec's result on this case."""
         alt = compute(explanation)
+        if alt is not None and explanation.lse_free_on_empty_rows:
+            return True  # compared differently (the LSE of empty rows is free)
         return alt is not None and not (
             np.array_equal(alt[0], spec_out, equal_nan=True)
             and np.array_equal(alt[1], spec_lse, equal_nan=True))
 
     singles = [e for e in explanations() if _safe_applies(e, case) and differs(e)]
-    declared = [e for e in singles if e.name in _declared(profile)]
+    declared = [e for e in singles if e.name in declared]
 
     v = _values(case, values)
     judge = _Judge(output, golden, model, naive_agg, case.dtype, v)
@@ -233,7 +225,7 @@ def diagnose(case: Case, inputs: dict, output: Output, golden: dict, model: Forw
             results[e.name] = (score(e, judge), e)
     candidates = [*singles, *pairs.values()]
     evaluated = len(results)
-    best = _pick(results, case, values, model, compute, _declared(profile), None)
+    best = _pick(results, case, values, model, compute, declared, None)
     if best[0] is None and model_for is not None:
         for precision in LOWER_PRECISIONS[case.dtype]:
             low = _Judge(output, golden, model_for(precision), naive_agg, precision, v)
@@ -242,7 +234,7 @@ def diagnose(case: Case, inputs: dict, output: Output, golden: dict, model: Forw
             low_results = {"spec": (score(spec, low), spec)}
             for e in candidates:
                 low_results[e.name] = (score(e, low), e)
-            best = _pick(low_results, case, values, model, compute, _declared(profile),
+            best = _pick(low_results, case, values, model, compute, declared,
                          precision)
             if best[0] is not None:
                 break

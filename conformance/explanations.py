@@ -263,6 +263,10 @@ def _empty_row_explanations() -> list[Explanation]:
                     "scores: tf-keras, legacy BERT -10000)",
                     "mask with -inf and return 0 for rows with no kept key",
                     has_mask, lambda c: {"empty_rows": "unmasked"}, True),
+        Explanation("empty_rows=zero_lse_posinf", "policy", "empty_rows",
+                    "empty rows give output 0 with LSE +inf (FlashAttention 2)",
+                    "return lse = -inf for rows with no kept key",
+                    has_mask, lambda c: {"empty_rows": "zero", "empty_lse": math.inf}),
         Explanation("empty_rows=zero_lse_free", "policy", "empty_rows",
                     "empty rows give output 0 with an LSE other than -inf (FlashAttention 2 "
                     "returns +inf)", "return lse = -inf for rows with no kept key",

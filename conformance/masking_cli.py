@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
@@ -11,10 +10,9 @@ __all__ = ["add_commands"]
 
 
 def _load(path: str):
-    module, _, name = path.partition(":")
-    if not name:
-        raise ValueError(f"check-masking: --impl must be MODULE:FUNCTION, got {path!r}")
-    return getattr(importlib.import_module(module), name)
+    from refmask.adapters.user import import_target
+
+    return import_target(path, "check-masking: --impl")
 
 
 def _check_masking(args) -> int:

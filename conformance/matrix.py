@@ -115,6 +115,9 @@ def read_block_file(path: str | os.PathLike[str]) -> str:
     markers (``refmask matrix --update`` checks this before measuring)."""
     from refmask._files import check_output_path
 
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"matrix --update {path}: no such file (it must exist and hold "
+                                f"the {BEGIN} ... {END} markers)")
     check_output_path(path, True, where="matrix", name="--update")
     try:
         with open(path, encoding="utf-8") as handle:

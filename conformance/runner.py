@@ -24,14 +24,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 import refmask
 from refmask import render
 from refmask.adapters import Adapter, Output, Unsupported
-from refmask.adapters import load as load_adapter
 from refmask.case import (
     GRAD_NAMES,
     Case,
@@ -42,7 +41,8 @@ from refmask.case import (
 )
 
 from .cases import catalog
-from .diagnosis import Diagnosis, bad_rows, diagnose, localise
+from .diagnosis import Diagnosis, Match, bad_rows, diagnose, localise
+from .judging import DEFAULT_CASE_TIMEOUT, Judging
 from .tolerance import (
     ForwardModel,
     TensorCheck,
@@ -58,10 +58,56 @@ if TYPE_CHECKING:
 
 
 VERDICTS = ("pass", "policy", "fail", "unsupported")
-#: Per-case time limit (seconds) of the backend's call in :func:`check` and ``refmask check
-#: --timeout``: far above what any catalog or sweep case takes on a naive NumPy implementation
-#: (well under a second for the catalog), short enough that a hung kernel cannot stall a run.
-DEFAULT_CASE_TIMEOUT = 300.0
+#: "not given" for run_case's keyword overrides (None is a meaningful timeout).
+_UNSET = object()
+
+
+@dataclass(frozen=True)
+class Worst:
+    """The worst element of the first failing tensor, and where that tensor is off.
+
+    tensor: its name; index: (b, h, i, d) of the largest error (a NaN/inf where the golden
+    value is finite, or the reverse, counts as the largest); error: |actual - golden| there;
+    ulps: the same in units in the last place of the case dtype; error_map: (rows, cols)
+    |actual - golden| of the (b, h) slice holding it (a 1 x Tq row for the LSE), inf where
+    NaN/inf placement differs.
+    """
+
+    tensor: str
+    index: tuple
+    error: float
+    ulps: float
+    error_map: np.ndarray
+
+    def to_json(self) -> dict:
+        def number(x):
+            return float(x) if np.isfinite(x) else str(float(x))
+
+        return {"tensor": self.tensor, "index": [int(i) for i in self.index],
+                "error": number(self.error), "ulps": number(self.ulps)}
+
+
+def worst_element(name: str, actual, golden: np.ndarray, dtype: str) -> Worst | None:
+    """The :class:`Worst` of one tensor (None when it has no element or a shape mismatch)."""
+    from .tolerance import ulp_distance
+
+    actual = np.asarray(actual, np.float64)
+    golden = np.asarray(golden, np.float64)
+    if actual.shape != golden.shape or actual.size == 0 or golden.ndim < 3:
+        return None
+    with np.errstate(invalid="ignore"):
+        error = np.abs(actual - golden)
+    same_special = (np.isnan(actual) & np.isnan(golden)) | (
+        np.isinf(actual) & (actual == golden))
+    error = np.where(same_special, 0.0, np.where(np.isnan(error), np.inf, error))
+    index = np.unravel_index(int(np.argmax(error)), error.shape)
+    b, h = index[0], index[1]
+    picture = error[b, h] if error.ndim == 4 else error[b, h][None, :]
+    with np.errstate(all="ignore"):
+        ulps = float(ulp_distance(actual[index], golden[index], dtype)) if np.isfinite(
+            error[index]) else float("inf")
+    return Worst(tensor=name, index=tuple(int(i) for i in index), error=float(error[index]),
+                 ulps=ulps, error_map=picture)
 
 
 @dataclass(frozen=True)
@@ -77,6 +123,8 @@ class CaseResult:
     checks: tuple = ()
     picture: str = ""
     seconds: float = 0.0
+    traceback: str = ""
+    worst: Worst | None = None
     diagnosis: dict | None = None
 
     def to_json(self) -> dict:
@@ -87,6 +135,8 @@ class CaseResult:
             "convention_kind": self.convention_kind,
             "checks": [c.to_json() for c in self.checks], "picture": self.picture,
             "seconds": round(self.seconds, 4), "mask": repr(self.case.mask),
+            "traceback": self.traceback,
+            "worst": None if self.worst is None else self.worst.to_json(),
             "diagnosis": self.diagnosis,
         }
 
@@ -99,6 +149,7 @@ class Report:
     backend: str
     results: list = field(default_factory=list)
     environment: dict = field(default_factory=dict)
+    judging: dict = field(default_factory=dict)
     interrupted: bool = False
 
     def counts(self) -> dict:
@@ -111,8 +162,44 @@ class Report:
 
     def to_json(self) -> dict:
         return {"backend": self.backend, "counts": self.counts(),
-                "environment": self.environment,
+                "environment": self.environment, "judging": self.judging,
+                "interrupted": self.interrupted,
                 "results": [r.to_json() for r in self.results]}
+
+    def to_records(self) -> list[dict]:
+        """One flat dict per case, from the summary's records: backend, id, family, dtype,
+        flags (comma-joined), verdict, diagnosis, diagnosis_kind, reason, and the worst
+        element of a divergent case (tensor, index, error, ulps; None otherwise)."""
+        from .summary import summarize
+
+        rows = []
+        for r in summarize(self).records:
+            w = r.worst
+            rows.append({
+                "backend": self.backend, "id": r.case_id, "family": r.family,
+                "dtype": r.dtype, "flags": ",".join(r.flags), "verdict": r.verdict,
+                "diagnosis": r.diagnosis, "diagnosis_kind": r.diagnosis_kind,
+                "reason": r.reason, "tensor": w.tensor if w else None,
+                "index": w.index if w else None, "error": w.error if w else None,
+                "ulps": w.ulps if w else None,
+            })
+        return rows
+
+    def to_dataframe(self):
+        """:meth:`to_records` as a pandas DataFrame (needs pandas: ``pip install pandas``)."""
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError("Report.to_dataframe needs pandas (pip install pandas); "
+                              "Report.to_records() gives the same rows as dicts") from None
+        return pandas.DataFrame.from_records(self.to_records())
+
+    def assert_ok(self) -> None:
+        """Raise AssertionError with the terminal report when any case fails."""
+        if self.failed:
+            from .report import terminal
+
+            raise AssertionError(terminal(self))
 
 
 # --- references ------------------------------------------------------------------------------
@@ -198,6 +285,7 @@ def _mask_rows_picture(case: Case, first_bad: tuple | None) -> str:
 
 def _compare(case: Case, output, golden: dict, naive: dict, model: ForwardModel,
              grads: bool) -> list:
+    """out and lse under the forward model of spec 5.2, gradients under the gradient model."""
     checks = [check_forward("out", output.out, golden["out"], naive["out"], model.out,
                             case.dtype)]
     if output.lse is not None:
@@ -212,27 +300,75 @@ def _compare(case: Case, output, golden: dict, naive: dict, model: ForwardModel,
     return checks
 
 
-def _diagnose(case: Case, inputs: dict, output, checks: list, golden: dict, naive: dict,
-              model: ForwardModel, profile) -> Diagnosis | None:
-    """The diagnosis of a forward failure (:func:`.explanations.diagnose`); None when a
-    gradient fails (explanations model the forward pass only, so a failing gradient is never
-    explained away)."""
-    if any(not c.ok and c.name not in ("out", "lse") for c in checks):
+#: Keyword arguments of the alternative computation that are also keyword arguments of
+#: refmask.attention with the same meaning (an alternative using only these can predict
+#: gradients through attention_vjp).
+_ATTENTION_CHANGES = {"mask", "scale", "empty_rows", "alibi", "softcap", "sinks"}
+
+
+def _alternative_gradients(case: Case, inputs: dict, changes: dict) -> dict | None:
+    """The float64 gradients (BHTD) under an alternative that is a change of
+    refmask.attention's keyword arguments; None when it is not one or refmask cannot
+    differentiate under it."""
+    if not set(changes) <= _ATTENTION_CHANGES or changes.get("sinks", "dropped") != "dropped":
         return None
+    from refmask.adapters.common.translate import float64_inputs
+    from refmask.attention import attention_vjp
+    from refmask.case import attention_kwargs, gradient_arrays
+
+    values = float64_inputs(inputs)
+    changed = {**changes, **({"sinks": None} if "sinks" in changes else {})}
+    try:
+        kwargs = {**attention_kwargs(case, values), **changed}
+        with np.errstate(all="ignore"):
+            grads = attention_vjp(values["q"], values["k"], values["v"], values["d_out"],
+                                  **kwargs, path="exact")
+    except (ValueError, TypeError, NotImplementedError):
+        return None
+    return gradient_arrays(case, grads)
+
+
+def _gradients_explained(case: Case, inputs: dict, output, checks: list, naive: dict,
+                         match: Match) -> bool:
+    """Whether the gradients the output got wrong are those of the matched alternative."""
+    failed = [c for c in checks if not c.ok and c.name not in ("out", "lse")]
+    if not failed:
+        return True
+    if match.precision is not None:
+        return False
+    alt = _alternative_gradients(case, inputs, match.explanation.changes(case))
+    return alt is not None and all(
+        c.name in alt and check_tensor(c.name, output.grads[c.name], alt[c.name],
+                                       naive[c.name], case.dtype, backward=True,
+                                       tol=c.tolerance).ok for c in failed)
+
+
+def _diagnose(case: Case, inputs: dict, output, checks: list, golden: dict,
+              model: ForwardModel, naive: dict, adapter: Adapter) -> Diagnosis | None:
+    """The diagnosis of a failure (:func:`.diagnosis.diagnose`); None when the output was
+    refused (not a real floating array, or the wrong shape). A match whose alternative cannot
+    also predict a failing gradient is dropped, so a gradient failure is never explained away.
+    """
     if any(not c.ok and c.first_bad is None and not c.nonfinite_mismatch and c.max_abs == np.inf
            for c in checks):
-        return None  # refused (not a real floating array) or the wrong shape: nothing to name
+        return None
     naive_agg = weighted_rms(naive["out"] - golden["out"], model.out, golden["out"])
 
     def model_for(precision):
         return case_forward_model(replace(case, dtype=precision), inputs, golden)
 
-    return diagnose(case, inputs, output, golden, model, naive_agg, profile=profile,
-                    model_for=model_for)
+    diagnosis = diagnose(case, inputs, output, golden, model, naive_agg,
+                         declared=adapter.profile.declared(), model_for=model_for)
+    if diagnosis.best is not None and not _gradients_explained(case, inputs, output, checks,
+                                                                naive, diagnosis.best):
+        diagnosis = replace(diagnosis, best=None, runners_up=())
+    return diagnosis
 
 
-def _failure_reason(first: TensorCheck, diagnosis: Diagnosis | None, case: Case, golden,
-                    output, model, checks) -> str:
+def _failure_reason(first: TensorCheck, diagnosis: Diagnosis | None, case: Case, golden: dict,
+                    output, model: ForwardModel, checks: list) -> str:
+    """The reason of an unexplained failure: the first check's, where it is off in mask
+    terms, and the closest alternatives with their residuals."""
     if diagnosis is None:
         return first.reason
     parts = [first.reason]
@@ -281,40 +417,45 @@ def _run_backend(adapter: Adapter, case: Case, inputs: dict, grads: bool,
     return "ok", box.get("output")
 
 
-def _check_timeout(timeout) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
-            0 < timeout < float("inf")):
-        raise ValueError(f"check: timeout must be a finite number of seconds > 0 or None, got "
-                         f"{timeout!r}")
-    return float(timeout)
+def _missing_gradients(output, golden: dict) -> list:
+    """Gradients the golden values hold that the backend did not return."""
+    returned = output.grads or {}
+    return [name for name in GRAD_NAMES if name in golden and name not in returned]
 
 
-def run_case(adapter: Adapter, case: Case, *, grads: bool = False,
-             golden: Callable | None = None,
-             timeout: float | None = DEFAULT_CASE_TIMEOUT, explain: bool = True) -> CaseResult:
-    """Judge one case; ``golden(case, inputs, grads) -> dict`` overrides the golden source.
+def run_case(adapter: Adapter, case: Case, *, grads: bool | None = None,
+             golden: Callable | None = None, judging: Judging | None = None,
+             timeout: float | None | object = _UNSET, explain: bool = True) -> CaseResult:
+    """Judge one case under ``judging`` (default: ``Judging()``; ``grads`` and ``timeout``
+    override its fields); ``golden(case, inputs, grads) -> dict`` overrides the golden source
+    (default: ``judging.golden()``, the shipped exact corpus).
 
-    timeout: seconds the backend's call may take (default DEFAULT_CASE_TIMEOUT; None: no
-    limit, run in this thread); over it the case fails. The backend gets private copies of
-    the inputs; whatever it raises (SystemExit and KeyboardInterrupt included) or returns
-    that is not a real floating array makes the case fail.
-    explain=False skips the diagnosis of a failure (no alternative is tried, so a documented
-    convention is reported as ``fail``): for property tests that only count failures.
+    The backend's call may take ``judging.timeout`` seconds (None: no limit, run in this
+    thread); over it the case fails. The backend gets private copies of the inputs; whatever
+    it raises (SystemExit and KeyboardInterrupt included) or returns that is not an Output
+    makes the case fail. ``explain=False`` skips the diagnosis of a failure (spec 5.4: no
+    alternative is tried, so a declared convention is reported as ``fail``), for property
+    tests that only count failures.
     """
-    timeout = _check_timeout(timeout)
+    judging = judging or Judging()
+    if grads is not None:
+        judging = judging.replace(grads=bool(grads))
+    if timeout is not _UNSET:
+        judging = judging.replace(timeout=timeout)
+    grads = judging.grads
+    timeout = judging.timeout
     start = time.perf_counter()
 
     def result(verdict, reason="", **extra):
         return CaseResult(case=case, backend=adapter.name, verdict=verdict, reason=reason,
                           seconds=time.perf_counter() - start, **extra)
 
-    reason = adapter.unavailable() or dtype_unavailable(case.dtype) or adapter.unsupported(case)
+    reason = (adapter.unavailable() or dtype_unavailable(case.dtype)
+              or _dtype_undeclared(adapter, case) or judging.grads_unavailable(adapter)
+              or adapter.unsupported(case))
     if reason:
         return result("unsupported", reason)
     inputs = case_inputs(case)
-    grads = grads and adapter.profile.backward
     status, output = _run_backend(adapter, case, inputs, grads, timeout)
     if status == "timeout":
         return result("fail", f"the backend did not return within the timeout of {timeout:g} s "
@@ -322,10 +463,15 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool = False,
     if status == "raised":
         if isinstance(output, Unsupported):
             return result("unsupported", str(output))
-        return result("fail", f"the backend raised {type(output).__name__}: {output}")
+        return result("fail", f"the backend raised {type(output).__name__}: {output}",
+                      traceback=_user_traceback(output))
     if not isinstance(output, Output):
         return result("fail", f"the backend returned {type(output).__name__}, not an Output")
-    gold = (golden or _golden_from_reference)(case, inputs, grads)
+    gold = (golden or judging.golden())(case, inputs, grads)
+    if grads:
+        missing = _missing_gradients(output, gold)
+        if missing:
+            return result("fail", f"--grads: the backend returned no {', '.join(missing)}")
     naive = reference_outputs(case, inputs, float64=False, grads=grads)
     reference64 = naive if case.dtype == "float64" else reference_outputs(
         case, inputs, float64=True, grads=grads)
@@ -336,26 +482,48 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool = False,
         return result("pass", checks=tuple(checks))
     first = next(c for c in checks if not c.ok)
     picture = _mask_rows_picture(case, first.first_bad)
-    diagnosis = (_diagnose(case, inputs, output, checks, gold, naive, model, adapter.profile)
+    returned = {"out": output.out, "lse": output.lse, **(output.grads or {})}
+    worst = worst_element(first.name, returned.get(first.name), gold[first.name], case.dtype)
+    diagnosis = (_diagnose(case, inputs, output, checks, gold, model, naive, adapter)
                  if explain else None)
-    best = None if diagnosis is None else diagnosis.best
-    extra = dict(checks=tuple(checks), picture=picture,
+    extra = dict(checks=tuple(checks), picture=picture, worst=worst,
                  diagnosis=None if diagnosis is None else diagnosis.to_json())
-    if best is not None:
-        also = ""
-        if diagnosis.runners_up:
-            also = " (also close: " + ", ".join(m.name for m in diagnosis.runners_up) + ")"
-        description = best.explanation.description
-        if best.precision:
-            description += f"; computed internally in {best.precision}"
-        if best.kind == "policy":
+    best = None if diagnosis is None else diagnosis.best
+    if best is None:
+        return result("fail", _failure_reason(first, diagnosis, case, gold, output, model,
+                                              checks), **extra)
+    also = ""
+    if diagnosis.runners_up:
+        also = " (also close: " + ", ".join(m.name for m in diagnosis.runners_up) + ")"
+    description = best.explanation.description
+    if best.precision:
+        description += f"; computed internally in {best.precision}"
+    if best.kind == "policy":
+        if judging.accepts(best.name, adapter.profile.declared()):
             return result("policy", f"{best.name}: {description}{also}",
                           convention=best.name, convention_kind="policy", **extra)
-        return result("fail", f"matches the known bug {best.name}: {description}. Fix: "
-                      f"{best.explanation.fix}{also}", convention=best.name,
-                      convention_kind="bug", **extra)
-    return result("fail", _failure_reason(first, diagnosis, case, gold, output, model, checks),
-                  **extra)
+        return result("fail", f"matches the convention {best.name}, which {adapter.name} does "
+                      f"not declare: {description} (declare it, or accept it with "
+                      f"--allow-policy {best.name}){also}", convention=best.name,
+                      convention_kind="undeclared", **extra)
+    return result("fail", f"matches the known bug {best.name}: {description}. Fix: "
+                  f"{best.explanation.fix}{also}", convention=best.name,
+                  convention_kind="bug", **extra)
+
+
+def _dtype_undeclared(adapter: Adapter, case: Case) -> str | None:
+    dtypes = adapter.profile.dtypes
+    if dtypes is not None and case.dtype not in dtypes:
+        return f"{adapter.name} declares the dtypes {list(dtypes)} only"
+    return None
+
+
+def _user_traceback(error: BaseException, limit: int = 6) -> str:
+    """The innermost frames of a crash, so a user sees where in their code it happened."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)[-limit:]
+    return "".join(traceback.format_list(frames)) + f"{type(error).__name__}: {error}"
 
 
 # --- whole runs ------------------------------------------------------------------------------
@@ -368,60 +536,56 @@ def environment(adapter: Adapter) -> dict:
 
 def select_cases(cases: Iterable[Case] | None = None, *, dtypes: Iterable[str] | None = None,
                  filter: str | None = None) -> list[Case]:
-    """Catalog cases (or the given ones) restricted to ``dtypes`` and to ids containing
-    ``filter`` (a substring; several may be given separated by commas)."""
+    """Catalog cases (or the given ones) restricted to ``dtypes`` and to ``filter``:
+    comma-separated texts, each matching a case whose id contains it, one of whose flags or
+    whose family equals it (``"sliding_window"`` selects the family whose ids start
+    ``window/``)."""
     chosen = list(catalog() if cases is None else cases)
     if dtypes is not None:
         dtypes = set(dtypes)
         chosen = [c for c in chosen if c.dtype in dtypes]
     if filter:
         parts = [p.strip() for p in filter.split(",") if p.strip()]
-        chosen = [c for c in chosen if any(p in c.id or p in c.flags for p in parts)]
+        chosen = [c for c in chosen
+                  if any(p in c.id or p in c.flags or p == c.family for p in parts)]
     return chosen
 
 
-def resolve_backend(target: str | Adapter | Callable[..., Any]) -> Adapter:
-    """An Adapter from a backend name, an Adapter, or a user function ``fn(q, k, v, call)``."""
-    from refmask.adapters.user import from_function, from_path
-
-    if isinstance(target, Adapter):
-        return target
-    if isinstance(target, str):
-        return from_path(target) if ":" in target else load_adapter(target)
-    if callable(target):
-        return from_function(target)
-    raise TypeError(f"check: target must be a backend name, 'module:function', an Adapter or "
-                    f"a function, got {type(target).__name__}")
+def resolve_backend(target, judging: Judging | None = None) -> Adapter:
+    """An Adapter from a backend name, an Adapter, or a user function ``fn(q, k, v, call)``
+    (or ``"module:function"``), called as ``judging`` says."""
+    return (judging or Judging()).adapter(target)
 
 
-def check(target: str | Adapter | Callable[..., Any], *, cases: Iterable[Case] | None = None,
-          dtypes: Iterable[str] | None = None, filter: str | None = None,
-          grads: bool = False, golden: Callable | None = None,
-          progress: Callable | None = None,
-          timeout: float | None = DEFAULT_CASE_TIMEOUT, explain: bool = True) -> Report:
+def check(target, *, judging: Judging | None = None, cases: Iterable[Case] | None = None,
+          golden: Callable | None = None, progress: Callable | None = None,
+          explain: bool = True, **options) -> Report:
     """Run the conformance suite against ``target`` and return the :class:`Report`.
 
     target: a backend name (``"numpy"``), ``"module:function"``, an Adapter, or a function
     following the user calling convention (:mod:`refmask.adapters.user`).
-    cases/dtypes/filter: which cases (default: the whole catalog, every dtype).
-    grads: also compare gradients where the backend provides them.
-    golden: ``golden(case, inputs, grads) -> dict`` of float64 arrays (BHTD); default: the
-    exact values of the shipped corpus, the float64 reference for cases it does not hold.
+    judging: the :class:`~.judging.Judging` (which cases, golden values, grads, allowed
+    policies, framework/device of a user function); ``options`` are its fields, given
+    directly (``check(fn, dtypes="bfloat16", grads=True, framework="torch")``) and applied on
+    top of ``judging``.
+    cases: run these cases instead of the judging's (still narrowed by dtypes/filter).
+    golden: ``golden(case, inputs, grads) -> dict`` of float64 arrays (BHTD); default:
+    ``judging.golden()``, the exact values of the shipped corpus.
     progress: optional ``callable(done, total)``.
-    timeout: per-case limit of the backend's call in seconds (see :func:`run_case`).
+    explain: diagnose failures (default); False only counts them (see :func:`run_case`).
     A KeyboardInterrupt (Ctrl-C) stops the run: the report holds the cases judged so far and
     ``interrupted`` is True.
-    explain: diagnose failures (default); False only counts them (see :func:`run_case`).
     """
-    timeout = _check_timeout(timeout)
-    adapter = resolve_backend(target)
-    chosen = select_cases(cases, dtypes=dtypes, filter=filter)
-    golden = golden or shipped_golden()
-    report = Report(backend=adapter.name, environment=environment(adapter))
+    judging = (judging or Judging()).replace(**options) if options else (judging or Judging())
+    adapter = judging.adapter(target)
+    chosen = judging.cases(cases)
+    golden = golden or judging.golden()
+    report = Report(backend=adapter.name, environment=environment(adapter),
+                    judging=judging.to_json())
     for n, case in enumerate(chosen):
         try:
-            report.results.append(run_case(adapter, case, grads=grads, golden=golden,
-                                           timeout=timeout, explain=explain))
+            report.results.append(run_case(adapter, case, golden=golden, judging=judging,
+                                           explain=explain))
         except KeyboardInterrupt:
             report.interrupted = True
             break
@@ -430,5 +594,5 @@ def check(target: str | Adapter | Callable[..., Any], *, cases: Iterable[Case] |
     return report
 
 
-__all__ = ["VERDICTS", "CaseResult", "GoldenDisagreement", "Report", "TensorCheck", "check",
-           "reference_outputs", "run_case", "select_cases"]
+__all__ = ["DEFAULT_CASE_TIMEOUT", "VERDICTS", "CaseResult", "GoldenDisagreement", "Judging",
+           "Report", "TensorCheck", "check", "reference_outputs", "run_case", "select_cases"]

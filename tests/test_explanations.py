@@ -90,7 +90,7 @@ def dropout_inverted(q, k, v, call):
 
 def additive_constant(constant):
     """Masked scores get s + constant (a 'finite additive mask'), softmax over every key, all
-    in float64."""
+    in float64; the kernel declares that convention."""
     def fn(q, k, v, call):
         q64, k64, v64 = (np.asarray(x, np.float64) for x in (q, k, v))
         s = call.scale * (q64 @ np.swapaxes(k64, -1, -2))
@@ -98,6 +98,8 @@ def additive_constant(constant):
         p = np.exp(s - s.max(axis=-1, keepdims=True))
         p = p / p.sum(axis=-1, keepdims=True)
         return p @ v64
+
+    fn.refmask_conventions = [f"mask_constant={constant:g} (add)"]
     return fn
 
 

@@ -105,7 +105,7 @@ def test_cli_never_puts_the_working_directory_on_sys_path_for_data(tmp_path, mon
                                                                    capsys):  # rule: trust
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    assert main(["golden", "verify", str(tmp_path), "--no-regenerate"]) == 1
+    assert main(["golden", "verify", str(tmp_path), "--no-regenerate"]) == 2  # no manifest
     assert main(["render", '{"kind": "causal", "align": "top_left"}', "--q-len", "2",
                  "--k-len", "2"]) == 0
     assert str(tmp_path) not in sys.path and os.getcwd() not in sys.path
@@ -298,6 +298,17 @@ def test_impl_module_that_exits_on_import_is_a_refusal(tmp_path, monkeypatch, ca
     assert "raised SystemExit" in capsys.readouterr().err
 
 
+def test_user_code_that_exits_outside_a_case_cannot_end_the_command(tmp_path, monkeypatch,
+                                                                   capsys):  # user-code
+    (tmp_path / "exiting_masker.py").write_text(
+        "def masker(*args, **kwargs):\n    raise SystemExit(0)\n")
+    (tmp_path / "exits_on_import_2.py").write_text("raise SystemExit(0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _refused(["check-masking", "--impl", "exits_on_import_2:masker"], capsys, "SystemExit")
+    _refused(["check-masking", "--impl", "exiting_masker:masker", "--rows", "2", "--length",
+              "8", "--epochs", "2"], capsys, "sys.exit")
+
+
 def test_impl_function_that_exits_gives_a_failing_exit_code(tmp_path, monkeypatch, capsys):
     (tmp_path / "exits_on_call.py").write_text("def f(q, k, v, call):\n    raise SystemExit(0)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -344,11 +355,43 @@ def test_output_paths_are_checked_before_the_run(tmp_path, capsys):  # rule: cli
     _refused(["render", '{"kind": "full"}', "--q-len", "2", "--k-len", "2", "--png",
               str(missing / "x.png")], capsys, "--png")
     _refused(["render", '{"kind": "full"}', "--q-len", "2", "--k-len", "2", "--png",
-              str(tmp_path)], capsys, "is a directory")
+              str(tmp_path), "--overwrite"], capsys, "is a directory")
+    _refused(["render", '{"kind": "full"}', "--q-len", "2", "--k-len", "2", "--png",
+              str(tmp_path)], capsys, "already exists")
     _refused(["matrix", "numpy", "--update", str(missing / "m.md")], capsys, "--update")
     text = tmp_path / "plain.md"
     text.write_text("no markers here\n")
     _refused(["matrix", "numpy", "--update", str(text)], capsys, "matrix:begin")
+
+
+def _limited_run(argv, limit_bytes):
+    """``refmask ARGV`` in a fresh interpreter that may not write files over ``limit_bytes``
+    (RLIMIT_FSIZE: the write fails with EFBIG, as a full disk fails with ENOSPC)."""
+    import subprocess
+
+    code = ("import resource, signal, sys; from refmask.conformance.cli import main; "
+            "import refmask.conformance.golden, refmask.conformance.runner; "
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit_bytes}, {limit_bytes})); "
+            f"sys.exit(main({argv!r}))")
+    return subprocess.run([sys.executable, "-I", "-B", "-c", code], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE and SIGXFSZ")
+def test_a_full_disk_is_a_one_line_refusal_that_leaves_nothing_behind(tmp_path):  # rule: cli
+    png = tmp_path / "mask.png"
+    run = _limited_run(["render", '{"kind": "causal", "align": "top_left"}', "--q-len", "64",
+                        "--k-len", "64", "--png", str(png), "--cell", "8"], 2000)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(png) in lines[0] and "Traceback" not in run.stderr
+    corpus = tmp_path / "corpus"
+    run = _limited_run(["golden", "generate", str(corpus), "--engine", "reference", "--filter",
+                        SMALL, "--dtype", "float64"], 2000)
+    assert run.returncode == 2 and "cannot write" in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no PNG, no corpus, no temp
 
 
 def test_os_errors_are_one_line_refusals(tmp_path, capsys):  # rule: cli
