@@ -88,7 +88,7 @@ def dropout_inverted(q, k, v, call):
     return lk.online_softmax(q, k, v, replace(call, dropout_keep=~call.dropout_keep))
 
 
-def additive_constant(constant):
+def additive_constant(constant, label):
     """Masked scores get s + constant (a 'finite additive mask'), softmax over every key, all
     in float64; the kernel declares that convention."""
     def fn(q, k, v, call):
@@ -99,7 +99,7 @@ def additive_constant(constant):
         p = p / p.sum(axis=-1, keepdims=True)
         return p @ v64
 
-    fn.refmask_conventions = [f"mask_constant={constant:g} (add)"]
+    fn.refmask_conventions = [f"mask_constant={label} (add)"]
     return fn
 
 
@@ -153,7 +153,7 @@ PLANTED = [
     (alibi_negated, "alibi/abs_bidirectional", ("float64", "bfloat16"), "alibi=negated", "fail"),
     (sink_out_of_lse, "sinks/full", ("float64", "bfloat16"), "sink=out_of_lse", "fail"),
     (dropout_inverted, "dropout/causal", ("float64", "bfloat16"), "dropout=inverted", "fail"),
-    (additive_constant(-1e9), "explicit/articles_empty_first_row", ("float64",),
+    (additive_constant(-1e9, "-1e9"), "explicit/articles_empty_first_row", ("float64",),
      "mask_constant=-1e9 (add)", "policy"),
     (in_float32(lk.online_softmax), "causal/top_left/square", ("float64",),
      "computed_in=float32", "fail"),
