@@ -240,7 +240,12 @@ def _mask_explanations() -> list[Explanation]:
 
 
 def _finite_constants(case: Case) -> list[tuple[str, float]]:
-    info = np.finfo(numpy_dtype(case.dtype))
+    if case.dtype == "bfloat16":
+        import ml_dtypes
+
+        info = ml_dtypes.finfo(ml_dtypes.bfloat16)
+    else:
+        info = np.finfo(numpy_dtype(case.dtype))
     return [("-1e4", -1e4), ("-1e9", -1e9), ("finfo.min", float(info.min)),
             ("-0.7*finfo.max", -0.7 * float(info.max))]
 
