@@ -295,6 +295,14 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool = False,
     that is not a real floating array makes the case fail.
     """
     timeout = _check_timeout(timeout)
+    if not isinstance(adapter, Adapter):
+        raise TypeError(f"run_case: adapter must be a refmask Adapter (see resolve_backend), got "
+                        f"{type(adapter).__name__}")
+    if not isinstance(case, Case):
+        raise TypeError(f"run_case: case must be a refmask Case, got {type(case).__name__}")
+    if golden is not None and not callable(golden):
+        raise TypeError(f"run_case: golden must be callable(case, inputs, grads) or None, got "
+                        f"{type(golden).__name__}")
     start = time.perf_counter()
 
     def result(verdict, reason="", **extra):
@@ -350,11 +358,31 @@ def environment(adapter: Adapter) -> dict:
 def select_cases(cases: Iterable[Case] | None = None, *, dtypes: Iterable[str] | None = None,
                  filter: str | None = None) -> list[Case]:
     """Catalog cases (or the given ones) restricted to ``dtypes`` and to ids containing
-    ``filter`` (a substring; several may be given separated by commas)."""
+    ``filter`` (a substring; several may be given separated by commas).
+
+    cases: Case records; dtypes: a list of dtype names (a bare string is refused, not read as
+    its characters; unknown names are refused); filter: a string or None."""
+    from refmask.case import DTYPES
+
+    where = "check"
+    if isinstance(cases, (str, bytes)):
+        raise TypeError(f"{where}: cases must be a list of Case records, got a string")
     chosen = list(catalog() if cases is None else cases)
+    for index, case in enumerate(chosen):
+        if not isinstance(case, Case):
+            raise TypeError(f"{where}: cases[{index}] must be a refmask Case, got "
+                            f"{type(case).__name__}")
     if dtypes is not None:
-        dtypes = set(dtypes)
-        chosen = [c for c in chosen if c.dtype in dtypes]
+        if isinstance(dtypes, (str, bytes)):
+            raise TypeError(f"{where}: dtypes must be a list of dtype names, e.g. "
+                            f"[{dtypes!r}], got the string {dtypes!r}")
+        dtypes = list(dtypes)
+        unknown = [d for d in dtypes if not isinstance(d, str) or d not in DTYPES]
+        if unknown:
+            raise ValueError(f"{where}: dtypes must be among {list(DTYPES)}, got {unknown}")
+        chosen = [c for c in chosen if c.dtype in set(dtypes)]
+    if filter is not None and not isinstance(filter, str):
+        raise TypeError(f"{where}: filter must be a string or None, got {type(filter).__name__}")
     if filter:
         parts = [p.strip() for p in filter.split(",") if p.strip()]
         chosen = [c for c in chosen if any(p in c.id or p in c.flags for p in parts)]
@@ -394,6 +422,12 @@ def check(target: str | Adapter | Callable[..., Any], *, cases: Iterable[Case] |
     ``interrupted`` is True.
     """
     timeout = _check_timeout(timeout)
+    if golden is not None and not callable(golden):
+        raise TypeError(f"check: golden must be callable(case, inputs, grads) or None, got "
+                        f"{type(golden).__name__}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"check: progress must be callable(done, total) or None, got "
+                        f"{type(progress).__name__}")
     adapter = resolve_backend(target)
     chosen = select_cases(cases, dtypes=dtypes, filter=filter)
     golden = golden or shipped_golden()
