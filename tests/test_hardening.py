@@ -278,7 +278,7 @@ def test_exits_interrupts_and_odd_outputs_from_user_code_are_failures(body, reas
 
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(dtypes=["float8"]), ValueError, "dtypes"),
-    (dict(filter=3), TypeError, "filter must be a string"),
+    (dict(filter=3), TypeError, "filter must be a comma-separated string"),
     (dict(cases=[1]), TypeError, r"cases\[0\] must be a refmask Case"),
     (dict(golden=3), TypeError, "golden must be callable"),
     (dict(progress="x"), TypeError, "progress must be callable"),
