@@ -206,8 +206,8 @@ def _selection_rule(counts: np.ndarray, n: np.ndarray, rate: float) -> str | Non
     return None
 
 
-def check_probe(where: str, rows, length, epochs, seed, alpha) -> tuple[int, int, int, int,
-                                                                         float]:
+def check_probe(where: str, rows: int, length: int, epochs: int, seed: int,
+                alpha: float) -> tuple[int, int, int, int, float]:
     """The probe's size and the test level, checked: rows >= 1 (no rows would pass every check
     vacuously), length >= 8 (the probe's layout), epochs >= 2 (freshness compares epochs),
     seed >= 0, alpha in (0, 1)."""
