@@ -204,7 +204,3 @@ def spread_to_tokens(xp, unit_selected, unit_start):
     """bool (B, T): token t is selected iff its unit (start ``unit_start[t] >= 0``) is."""
     index = xp.clip(unit_start, 0, None)
     return take_rows(xp, unit_selected, index) & (unit_start >= 0)
-
-
-def positions_grid(xp, shape, like):
-    return xp.broadcast_to(arange_like(xp, shape[1], like)[None, :], shape)
