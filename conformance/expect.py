@@ -24,6 +24,7 @@ naming both, so an upgrade reads as "these verdicts changed with onnxruntime 1.3
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ def record(reports: Iterable) -> dict:
     return {"schema": SCHEMA, "backends": backends}
 
 
-def write(path, reports: Iterable, *, overwrite: bool = False) -> None:
+def write(path: str | os.PathLike, reports: Iterable, *, overwrite: bool = False) -> None:
     """Record the verdicts of ``reports`` in ``path`` (atomically; an existing file only with
     ``overwrite``)."""
     from refmask._files import write_atomic
@@ -78,7 +79,7 @@ def write(path, reports: Iterable, *, overwrite: bool = False) -> None:
                  name="--write-expect")
 
 
-def load(path) -> dict:
+def load(path: str | os.PathLike) -> dict:
     """Read and check an expectations file; ValueError naming the defect."""
     where = f"--expect {path}"
     try:
