@@ -223,12 +223,13 @@ def read_npz(path: Path, data, expected: Mapping) -> dict:
                     else:
                         raise ValueError(f"npy format version {version} is not used by corpora")
                     stored_shape, fortran, stored_dtype = header
+                    if stored_dtype.hasobject:
+                        raise bad(f"member {name!r} holds Python objects; refused unread "
+                                  "(a corpus is read without pickle)")
                     if stored_dtype != dtype or tuple(stored_shape) != tuple(shape) or fortran:
                         raise bad(f"member {name!r} is {stored_dtype.str} {tuple(stored_shape)}"
                                   f"{' (Fortran order)' if fortran else ''}, expected "
                                   f"{np.dtype(dtype).str} {tuple(shape)}")
-                    if stored_dtype.hasobject:
-                        raise bad(f"member {name!r} holds Python objects (pickle)")
                     remaining = info.file_size - member.tell()
                     if remaining != need:
                         raise bad(f"member {name!r} holds {remaining} data bytes, its header "
@@ -279,11 +280,15 @@ def fsync_directory(path: Path) -> None:
 
 
 def write_new_file(path: Path, data: bytes) -> None:
-    """Create ``path`` (it must not exist) with ``data``, fsynced."""
-    with open(path, "xb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Create ``path`` (it must not exist) with ``data``, fsynced; an OSError (disk full, file
+    size limit) names ``path``."""
+    try:
+        with open(path, "xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise type(error)(f"cannot write {str(path)!r}: {error.strerror or error}") from None
 
 
 def _temp_pattern(name: str):
@@ -295,7 +300,9 @@ def writer_lock(target: Path, *, where: str, reader: bool = False) -> Iterator[b
     """Hold the lock file ``.NAME.lock`` next to ``target``; yields True when held.
 
     A lock held by another process raises FileExistsError naming ``where`` -- or, for a
-    ``reader`` (recovery before reading), yields False instead.
+    ``reader`` (recovery before reading), yields False instead. The holder deletes the lock
+    file when done; an acquirer checks that the file it locked is still the one at the path
+    (else it retries), so deleting it never lets two holders in.
     """
     lock = target.parent / f".{target.name}.lock"
     try:
@@ -303,20 +310,57 @@ def writer_lock(target: Path, *, where: str, reader: bool = False) -> Iterator[b
     except ImportError:  # no flock (Windows): writers are not kept apart there
         yield True
         return
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
-    try:
+    for _ in range(100):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as error:
+            raise type(error)(f"{where}: cannot create the lock file {str(lock)!r} next to the "
+                              f"corpus {str(target)!r}: {error.strerror or error}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             if reader:
                 yield False
                 return
             raise FileExistsError(
                 f"{where}: another refmask process is writing the corpus {str(target)!r} (lock "
                 f"{str(lock)!r} is held); wait for it to finish") from None
+        try:
+            same = os.stat(lock, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder before us deleted it: lock the new file instead
+    else:
+        raise FileExistsError(f"{where}: could not lock {str(lock)!r}")
+    try:
         yield True
     finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
         os.close(fd)
+
+
+def recover_leftovers(target: Path) -> list[str]:
+    """:func:`recover` for a reader: under the lock if no writer holds it (else nothing, a
+    writer is at work). Returns the notes for the user."""
+    target = Path(target).absolute()
+    if not target.parent.is_dir():
+        return []
+    pattern = _temp_pattern(target.name)
+    stale_lock = (target.parent / f".{target.name}.lock").exists()
+    if not stale_lock and not any(pattern.fullmatch(p.name) for p in target.parent.iterdir()):
+        return []
+    try:
+        with writer_lock(target, where="recover", reader=True) as held:
+            # held: no writer at work, so a lock file was left by a killed one (it goes
+            # with this lock's release) and temporary directories are leftovers
+            return recover(target) if held else []
+    except OSError as error:
+        return [f"leftovers of an interrupted golden generate next to {str(target)!r} could "
+                f"not be recovered ({error.strerror or error})"]
 
 
 def _is_our_temp(path: Path) -> bool:

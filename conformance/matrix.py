@@ -6,8 +6,8 @@ runs the suite against each backend (every catalog case, every dtype) and render
 
 * the matrix: one row per case family, one column per backend; a cell is ``ok N`` when all
   N cases pass, else the worst verdict with its count and the conventions involved;
-* the divergences: per backend, each distinct ``policy``/``fail`` convention or reason with
-  the cases it hit;
+* the divergences: per backend, each ``policy``/``fail`` diagnosis (the summary's grouping,
+  :mod:`~refmask.conformance.summary`, as in the single-backend reports) with the cases it hit;
 * the versions measured on (refmask, numpy, Python, and each backend's own version notes).
 
 With ``--update FILE`` the block between ``<!-- matrix:begin -->`` and ``<!-- matrix:end -->``
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import platform
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -28,51 +27,38 @@ import numpy as np
 import refmask
 
 from .runner import Report, check
+from .summary import WORST_FIRST, Summary, summarize
 
 BEGIN, END = "<!-- matrix:begin -->", "<!-- matrix:end -->"
-_ORDER = ("fail", "policy", "unsupported", "pass")
 
 
-def _cell(results: list) -> str:
-    counts = {verdict: sum(r.verdict == verdict for r in results) for verdict in _ORDER}
-    total = len(results)
+def _cell(records: list) -> str:
+    counts = {verdict: sum(r.verdict == verdict for r in records) for verdict in WORST_FIRST}
+    total = len(records)
     if counts["fail"] == counts["policy"] == counts["unsupported"] == 0:
         return f"ok {total}"
     parts = []
     for verdict in ("fail", "policy", "unsupported"):
         if counts[verdict]:
-            names = sorted({r.convention for r in results
-                            if r.verdict == verdict and r.convention})
+            names = sorted({r.diagnosis for r in records
+                            if r.verdict == verdict and r.diagnosis_kind})
             label = {"fail": "**FAIL**", "policy": "policy", "unsupported": "n/a"}[verdict]
-            suffix = f" ({', '.join(names)})" if names and verdict != "unsupported" else ""
+            suffix = f" ({', '.join(names)})" if names else ""
             parts.append(f"{label} {counts[verdict]}{suffix}")
     if counts["pass"]:
         parts.append(f"ok {counts['pass']}")
     return " / ".join(parts) + f" of {total}"
 
 
-def _kind_of_failure(result) -> str:
-    """A short name for a fail no explanation matched: a crash, NaN/inf placement or error."""
-    if result.reason.startswith("the backend raised"):
-        return result.reason.split(":")[0]
-    bad = [c for c in result.checks if not c.ok]
-    if any(c.nonfinite_mismatch for c in bad):
-        return "NaN/inf placement in " + ", ".join(c.name for c in bad if c.nonfinite_mismatch)
-    return "error above tolerance in " + ", ".join(c.name for c in bad)
-
-
-def _divergences(report: Report) -> list[str]:
-    groups: dict = defaultdict(list)
-    for result in report.results:
-        if result.verdict in ("policy", "fail"):
-            key = (result.verdict, result.convention or _kind_of_failure(result))
-            groups[key].append(result)
+def _divergences(summary: Summary) -> list[str]:
     lines = []
-    for (verdict, name), results in sorted(groups.items()):
-        bases = sorted({r.case.name for r in results})
+    for group in summary.diagnoses():
+        if group.verdict not in ("policy", "fail"):
+            continue
+        bases = group.case_names
         shown = ", ".join(f"`{b}`" for b in bases[:6]) + (" ..." if len(bases) > 6 else "")
-        lines.append(f"- `{report.backend}` **{verdict}** `{name}`: {len(results)} cases "
-                     f"({shown}). {results[0].reason}")
+        lines.append(f"- `{summary.backend}` **{group.verdict}** `{group.name}`: "
+                     f"{len(group.records)} cases ({shown}). {group.records[0].reason}")
     return lines
 
 
@@ -99,21 +85,18 @@ def backend_versions(backend: str) -> str:
 
 def render(reports: list[Report]) -> str:
     """The Markdown block (without the markers)."""
-    families: list = []
-    for report in reports:
-        for result in report.results:
-            if result.case.family not in families:
-                families.append(result.case.family)
-    lines = ["| family | " + " | ".join(f"`{r.backend}`" for r in reports) + " |",
-             "|---|" + "---|" * len(reports)]
+    summaries = [summarize(report) for report in reports]
+    families = list(dict.fromkeys(f for s in summaries for f in s.families()))
+    lines = ["| family | " + " | ".join(f"`{s.backend}`" for s in summaries) + " |",
+             "|---|" + "---|" * len(summaries)]
     for family in families:
-        cells = [_cell([x for x in r.results if x.case.family == family]) for r in reports]
+        cells = [_cell(s.select(family=family)) for s in summaries]
         lines.append(f"| {family} | " + " | ".join(cells) + " |")
     lines += ["", "Totals:", ""]
-    for report in reports:
-        counts = report.counts()
-        lines.append(f"- `{report.backend}`: " + ", ".join(f"{counts[v]} {v}" for v in counts))
-    divergent = [line for report in reports for line in _divergences(report)]
+    for summary in summaries:
+        counts = summary.counts()
+        lines.append(f"- `{summary.backend}`: " + ", ".join(f"{counts[v]} {v}" for v in counts))
+    divergent = [line for summary in summaries for line in _divergences(summary)]
     if divergent:
         lines += ["", "Divergences (each explained below the matrix):", "", *divergent]
     lines += ["", f"Measured with refmask {refmask.__version__} (spec {refmask.SPEC_VERSION}), "
@@ -132,6 +115,9 @@ def read_block_file(path: str | os.PathLike[str]) -> str:
     markers (``refmask matrix --update`` checks this before measuring)."""
     from refmask._files import check_output_path
 
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"matrix --update {path}: no such file (it must exist and hold "
+                                f"the {BEGIN} ... {END} markers)")
     check_output_path(path, True, where="matrix", name="--update")
     try:
         with open(path, encoding="utf-8") as handle:

@@ -17,7 +17,6 @@ The attention corpus (``corpus/``) is separate and untouched by this module.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -29,7 +28,16 @@ from refmask import SPEC_VERSION, tokens
 from refmask._files import write_atomic
 from refmask.rng import randint
 
+from ._corpus_fs import (
+    MAX_MANIFEST_BYTES,
+    CorpusFileError,
+    member_bound,
+    read_npz,
+    read_regular_file,
+    strict_json,
+)
 from .golden import npz_bytes
+from .golden._format import _FILE_RE
 
 __all__ = ["CASES", "TokenCase", "generate", "inputs_of", "outputs_of", "shipped_path", "verify"]
 
@@ -137,9 +145,30 @@ def shipped_path() -> Path:
     return Path(__file__).resolve().parent / "token_corpus"
 
 
+def _refuse_foreign(target: Path) -> None:
+    """A token corpus is written only into a new directory or one holding nothing but token
+    corpus files: never among someone else's files (``generate /etc`` must not scatter npz)."""
+    where = "token golden generate"
+    if not os.path.lexists(target):
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise FileExistsError(f"{where}: {str(target)!r} exists and is not a directory")
+    ours = {_file_of(case) for case in CASES} | {"manifest.json"}
+    foreign = sorted(entry.name for entry in target.iterdir() if entry.name not in ours)
+    if foreign:
+        raise FileExistsError(f"{where}: {str(target)!r} holds files that are not a token "
+                              f"corpus's ({foreign[:5]}{' ...' if len(foreign) > 5 else ''}); "
+                              "refusing to write a corpus among them: give a new or empty "
+                              "directory")
+
+
 def generate(directory: str | os.PathLike[str] | None = None, *, overwrite: bool = False) -> Path:
-    """Write every case and the manifest (atomically, manifest last) into ``directory``."""
+    """Write every case and the manifest (atomically, manifest last) into ``directory``.
+
+    directory: created if absent; an existing one may hold only this corpus's files
+    (FileExistsError otherwise), and existing files are replaced only with ``overwrite``."""
     target = Path(directory) if directory is not None else shipped_path()
+    _refuse_foreign(target)
     target.mkdir(parents=True, exist_ok=True)
     entries = []
     for case in CASES:
@@ -157,39 +186,56 @@ def generate(directory: str | os.PathLike[str] | None = None, *, overwrite: bool
 
 
 def verify(directory: str | os.PathLike[str] | None = None) -> list[str]:
-    """Problems found (empty: the corpus is intact and still what refmask.tokens computes)."""
+    """Problems found (empty: the corpus is intact and still what refmask.tokens computes).
+
+    Files are read as a golden corpus's are (docs/spec.md section 4.2, ``corpus-files``):
+    regular files only, within a size bound (the manifest's fixed, a case file's from the
+    arrays its catalogue case needs), hashed while read, npy headers checked before any array
+    is allocated; a malformed manifest is one problem naming it, never an exception.
+    """
     target = Path(directory) if directory is not None else shipped_path()
+    path = target / "manifest.json"
     try:
-        manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        return [f"{target / 'manifest.json'}: unreadable ({error})"]
-    if manifest.get("schema_version") != SCHEMA_VERSION or manifest.get("kind") != \
-            "refmask.tokens":
+        raw, _ = read_regular_file(path, MAX_MANIFEST_BYTES,
+                                   missing="missing: not a refmask.tokens corpus")
+        manifest = strict_json(raw, path)
+    except CorpusFileError as error:
+        return [str(error)]
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION or \
+            manifest.get("kind") != "refmask.tokens" or not isinstance(manifest.get("cases"),
+                                                                        list):
         return [f"{target}: not a schema {SCHEMA_VERSION} refmask.tokens manifest"]
     problems = []
     known = {case.id: case for case in CASES}
-    for entry in manifest.get("cases", []):
-        path = target / entry["file"]
+    for index, entry in enumerate(manifest["cases"]):
+        fields = entry if isinstance(entry, dict) else {}
+        case_id, file, sha = (fields.get(key) for key in ("id", "file", "sha256"))
+        if not (isinstance(case_id, str) and isinstance(file, str) and isinstance(sha, str)
+                and _FILE_RE.fullmatch(file)):
+            problems.append(f"{path}: cases[{index}] must have a string id, sha256 and a plain "
+                            f"file name [A-Za-z0-9._-]+.npz, got {entry!r:.120}")
+            continue
+        case = known.get(case_id)
+        file_path = target / file
+        if case is None or case.to_json() != fields.get("case"):
+            problems.append(f"{file_path}: case {case_id!r} is not in this refmask's catalogue")
+            continue
+        expected = _members(case)
+        layout = {name: (array.dtype, array.shape) for name, array in expected.items()}
         try:
-            data = path.read_bytes()
-        except OSError as error:
-            problems.append(f"{path}: missing ({error})")
-            continue
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            problems.append(f"{path}: sha256 differs from the manifest")
-            continue
-        case = known.get(entry["id"])
-        if case is None or case.to_json() != entry["case"]:
-            problems.append(f"{path}: case {entry['id']!r} is not in this refmask's catalogue")
-            continue
-        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
-            expected = _members(case)
-            if sorted(stored.files) != sorted(expected):
-                problems.append(f"{path}: members {sorted(stored.files)} != {sorted(expected)}")
+            data, digest = read_regular_file(file_path, member_bound(layout),
+                                             missing="missing (listed in the manifest)")
+            if digest != sha:
+                problems.append(f"{file_path}: sha256 differs from the manifest")
                 continue
-            for name, array in expected.items():
-                if not np.array_equal(stored[name], array) or stored[name].dtype != array.dtype:
-                    problems.append(f"{path}: {name} is not what refmask.tokens computes now")
-    missing = sorted(set(known) - {e["id"] for e in manifest.get("cases", [])})
+            stored = read_npz(file_path, data, layout)
+        except CorpusFileError as error:
+            problems.append(str(error))
+            continue
+        for name, array in expected.items():
+            if not np.array_equal(stored[name], array):
+                problems.append(f"{file_path}: {name} is not what refmask.tokens computes now")
+    listed = {entry.get("id") for entry in manifest["cases"] if isinstance(entry, dict)}
+    missing = sorted(set(known) - listed)
     problems.extend(f"{target}: case {m!r} missing from the manifest" for m in missing)
     return problems

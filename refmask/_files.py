@@ -16,6 +16,9 @@ def _temp_file(directory: str, base: str, where: str) -> tuple[int, str]:
             return os.open(name, flags, 0o666), name
         except FileExistsError:
             continue
+        except OSError as error:  # name the user's path, not the temporary file
+            raise type(error)(f"{where}: cannot write {base!r} in {directory!r}: "
+                              f"{error.strerror or error}") from None
     raise FileExistsError(f"{where}: could not create a temporary file in {directory!r}")
 
 
@@ -27,18 +30,20 @@ def write_atomic(data: bytes, path, overwrite: bool, *, where: str = "to_png",
     ``overwrite`` an existing ``path`` is an error naming ``where`` and the argument ``name``,
     and the final step is ``os.link``, which fails if ``path`` appeared meanwhile.
     """
-    target = os.fspath(path)
+    target = check_output_path(path, overwrite, where=where, name=name)
     exists = (f"{where}: {name} {target!r} already exists; pass overwrite=True "
               f"(--overwrite) to replace it")
-    if not overwrite and os.path.lexists(target):
-        raise FileExistsError(exists)
     directory = os.path.dirname(os.path.abspath(target))
     fd, temp = _temp_file(directory, os.path.basename(target), where)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:  # disk full, quota, file size limit: name the user's path
+            raise type(error)(f"{where}: cannot write {name} {target!r}: "
+                              f"{error.strerror or error}") from None
         if overwrite:
             os.replace(temp, target)
             return
@@ -66,15 +71,19 @@ def check_output_path(path, overwrite: bool, *, where: str, name: str) -> str:
     Raises FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError or
     PermissionError, naming ``where`` and the argument ``name``.
     """
-    target = os.fspath(path)
+    try:
+        target = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"{where}: {name} must be a file path (str or os.PathLike), got "
+                        f"{type(path).__name__}") from None
     if not isinstance(target, str) or not target:
         raise ValueError(f"{where}: {name} must be a non-empty file path, got {path!r}")
-    if os.path.isdir(target):
-        raise IsADirectoryError(f"{where}: {name} {target!r} is a directory, expected a file "
-                                "path")
     if os.path.lexists(target) and not overwrite:
         raise FileExistsError(f"{where}: {name} {target!r} already exists; pass overwrite=True "
                               "(--overwrite) to replace it")
+    if os.path.isdir(target):
+        raise IsADirectoryError(f"{where}: {name} {target!r} is a directory, expected a file "
+                                "path")
     parent = os.path.dirname(os.path.abspath(target))
     if not os.path.exists(parent):
         raise FileNotFoundError(f"{where}: {name} {target!r}: the directory {parent!r} does not "

@@ -108,6 +108,17 @@ def check_real(where: str, name: str, value: Any, *, positive: bool = False,
     return value
 
 
+def check_rate(where: str, name: str, value: Any, *, open_low: bool = False) -> float:
+    """A probability: a real number in ``[0, 1]`` (``(0, 1]`` when ``open_low``), as a float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where}: {name} must be a float in [0, 1], got {value!r}")
+    value = float(value)
+    if not (0.0 <= value <= 1.0) or (open_low and value == 0.0):
+        interval = "(0, 1]" if open_low else "[0, 1]"
+        raise ValueError(f"{where}: {name} must be a float in {interval}, got {value}")
+    return value
+
+
 def check_flag(where: str, name: str, value: Any) -> bool:
     """A bool switch (Python or NumPy bool); 0/1 and None are refused, not read as False."""
     if not isinstance(value, (bool, np.bool_)):

@@ -75,6 +75,11 @@ FLAGS = {
     "Length0": "Tq or Tk is 0",
     "LargeMagnitude": "scores large enough to overflow a naive exp",
     "LowPrecision": "float16 or bfloat16",
+    "Varlen": "packed sequences with per-sequence alignment (cu_seqlens_q != cu_seqlens_k)",
+    "PagedKV": "keys in a paged KV cache (block table, page size, sequence lengths)",
+    "TreeMask": "speculative-decoding token tree over a cached prefix",
+    "SplitKV": "a partial result over one key range of a split-KV / cascade computation",
+    "MLA": "MLA-like head dims (Dqk 192 or 576, Dv 128 or 512)",
 }
 
 
@@ -179,7 +184,8 @@ _KIND_FLAGS = {
     "block_causal": "BlockCausal", "prefix_lm": "PrefixLM", "documents": "Documents",
     "key_padding": "KeyPadding", "query_padding": "QueryPadding", "left_padding": "LeftPadding",
     "strided": "Strided", "global_tokens": "GlobalTokens", "explicit": "ExplicitMask",
-    "per_head": "PerHeadMask", "per_batch": "PerBatchMask",
+    "per_head": "PerHeadMask", "per_batch": "PerBatchMask", "varlen": "Varlen",
+    "tree": "TreeMask",
 }
 
 
@@ -203,6 +209,9 @@ def derive_flags(case: Case) -> tuple:
         flags.add("GQA")
     if case.kv_heads == 1 < case.q_heads:
         flags.add("MQA")
+    if any(node.kind == "varlen" and node.layout.block_table is not None
+           for node in _nodes(case.mask)):
+        flags.add("PagedKV")
     flags.update(name for name, on in (
         ("CustomScale", case.scale is not None), ("Softcap", case.softcap is not None),
         ("SoftcapBeforeMask", case.softcap is not None and case.mask is not None),
@@ -366,9 +375,17 @@ def reference_outputs(case: Case, inputs: Mapping, *, float64: bool, grads: bool
                   "lse": np.asarray(result.lse, np.float64)}
         if grads:
             g = attention_vjp(values["q"], values["k"], values["v"], values["d_out"], **kwargs)
-            for name in GRAD_NAMES:
-                value = getattr(g, name)
-                if value is not None:
-                    value = np.asarray(value, np.float64)
-                    arrays[name] = to_bhtd(case, value) if name in ("dq", "dk", "dv") else value
+            arrays.update(gradient_arrays(case, g))
+    return arrays
+
+
+def gradient_arrays(case: Case, grads) -> dict:
+    """refmask's ``Grads`` as float64 NumPy arrays: dq, dk, dv in BHTD layout, dbias and
+    dsinks when present (the keys of :data:`GRAD_NAMES` that are not None)."""
+    arrays = {}
+    for name in GRAD_NAMES:
+        value = getattr(grads, name)
+        if value is not None:
+            value = np.asarray(value, np.float64)
+            arrays[name] = to_bhtd(case, value) if name in ("dq", "dk", "dv") else value
     return arrays

@@ -3,7 +3,10 @@
 (a) no import cycle among the modules of refmask/, adapters/ and conformance/;
 (b) no source file there above 600 lines;
 (c) the arrows point conformance -> adapters -> refmask: adapters never import the suite,
-    refmask never imports adapters, the suite or a framework.
+    refmask never imports adapters, the suite or a framework;
+(d) refmask's own dependencies: at module level only NumPy, Numba (with its llvmlite),
+    array-api-compat and the standard library; the optional extras (ml_dtypes for bfloat16,
+    SciPy's BLAS for the fast path) only inside the functions that need them.
 
 The import graph is built from the AST of every file: absolute and relative imports,
 ``from package import submodule``, and imports inside functions (a lazy import still ties two
@@ -13,6 +16,7 @@ modules together for the reader and for the next refactoring).
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -204,4 +208,43 @@ def test_exact_and_fast_paths_import_nothing_from_each_other():
     found += [f"{module} imports {name}" for module in fast
               for name in sorted(imported_names(module))
               if _under(name, [*exact, "refmask.attention.dispatch"])]
+    assert found == []
+
+
+#: What refmask/ may import at module level (besides the standard library and itself) ...
+CORE_DEPENDENCIES = {"numpy", "numba", "llvmlite", "array_api_compat"}
+#: ... and what only inside a function (optional extras of pyproject.toml).
+OPTIONAL_DEPENDENCIES = {"ml_dtypes", "scipy"}
+
+
+def _third_party_imports(module: str) -> tuple:
+    """(module-level, function-level) top-level names of third-party packages imported."""
+    path, _ = MODULES[module]
+    tree = ast.parse(path.read_text(), filename=str(path))
+    top, inner = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module]
+        else:
+            continue
+        roots = {name.split(".")[0] for name in names} - set(sys.stdlib_module_names) - {
+            "refmask"}
+        (top if node in tree.body else inner).update(roots)
+    return top, inner
+
+
+def test_refmask_depends_only_on_its_core_and_lazily_on_extras():
+    # the reader sees both kinds: refmask.case imports NumPy at the top, ml_dtypes in a function
+    assert _third_party_imports("refmask.case") == ({"numpy"}, {"ml_dtypes"})
+    found = []
+    for module in MODULES:
+        if module.startswith(("refmask.adapters", "refmask.conformance")):
+            continue
+        top, inner = _third_party_imports(module)
+        found += [f"{module} imports {name} at module level"
+                  for name in sorted(top - CORE_DEPENDENCIES)]
+        found += [f"{module} imports {name}" for name in
+                  sorted(inner - CORE_DEPENDENCIES - OPTIONAL_DEPENDENCIES)]
     assert found == []

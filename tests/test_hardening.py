@@ -80,10 +80,9 @@ def test_from_json_imports_no_module_unless_trusted(planted_module):  # rule: tr
 
 
 def test_a_trusted_module_cannot_reach_functions_defined_elsewhere():  # rule: trust
-    # refmask.conformance.golden._write imports shutil; shutil.rmtree is not refmask's.
+    # refmask._files imports os; os.remove is not refmask's.
     with pytest.raises(ValueError, match="defined elsewhere"):
-        m.from_json({"kind": "predicate",
-                     "fn": "refmask.conformance.golden._write:shutil.rmtree"}, trust=["refmask"])
+        m.from_json({"kind": "predicate", "fn": "refmask._files:os.remove"}, trust=["refmask"])
     with pytest.raises(TypeError, match="trust must be a list"):
         m.from_json({"kind": "full"}, trust="refmask")
 
@@ -106,7 +105,7 @@ def test_cli_never_puts_the_working_directory_on_sys_path_for_data(tmp_path, mon
                                                                    capsys):  # rule: trust
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    assert main(["golden", "verify", str(tmp_path), "--no-regenerate"]) == 1
+    assert main(["golden", "verify", str(tmp_path), "--no-regenerate"]) == 2  # no manifest
     assert main(["render", '{"kind": "causal", "align": "top_left"}', "--q-len", "2",
                  "--k-len", "2"]) == 0
     assert str(tmp_path) not in sys.path and os.getcwd() not in sys.path
@@ -277,6 +276,40 @@ def test_exits_interrupts_and_odd_outputs_from_user_code_are_failures(body, reas
     assert reason in report.results[0].reason and not report.interrupted
 
 
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(dtypes=["float8"]), ValueError, "dtypes"),
+    (dict(filter=3), TypeError, "filter must be a comma-separated string"),
+    (dict(cases=[1]), TypeError, r"cases\[0\] must be a refmask Case"),
+    (dict(golden=3), TypeError, "golden must be callable"),
+    (dict(progress="x"), TypeError, "progress must be callable"),
+])
+def test_check_arguments_are_refused_not_misread(kwargs, error, match):  # rule: user-code
+    from refmask.conformance.runner import check
+
+    with pytest.raises(error, match=match):
+        check("numpy", **kwargs)
+
+
+def test_a_dtype_string_is_a_dtype_name_never_its_characters():  # rule: user-code
+    from refmask.conformance.runner import check, select_cases
+
+    report = check("numpy", dtypes="float64", filter="full/square")
+    assert report.results and {r.case.dtype for r in report.results} == {"float64"}
+    with pytest.raises(TypeError, match="dtypes must be a list"):
+        select_cases(dtypes="float64")
+
+
+def test_corpus_functions_refuse_a_directory_that_is_not_a_path():  # rule: corpus-files
+    from refmask.conformance import golden
+
+    for call in (lambda: golden.load(3), lambda: golden.verify(None),
+                 lambda: golden.generate(3, _one_case()), lambda: golden.corpus_engine(2.5)):
+        with pytest.raises(TypeError, match="directory must be a path"):
+            call()
+    with pytest.raises(TypeError, match="progress must be callable"):
+        golden.verify(golden.shipped_corpus_path(), regenerate=False, progress=3)
+
+
 def test_a_hanging_backend_fails_on_its_timeout():  # rule: user-code
     from refmask.adapters.user import from_function
     from refmask.conformance.runner import check
@@ -297,6 +330,17 @@ def test_impl_module_that_exits_on_import_is_a_refusal(tmp_path, monkeypatch, ca
     monkeypatch.syspath_prepend(str(tmp_path))
     assert main(["check", "--impl", "exits_on_import:f", "--filter", SMALL]) == 2
     assert "raised SystemExit" in capsys.readouterr().err
+
+
+def test_user_code_that_exits_outside_a_case_cannot_end_the_command(tmp_path, monkeypatch,
+                                                                   capsys):  # user-code
+    (tmp_path / "exiting_masker.py").write_text(
+        "def masker(*args, **kwargs):\n    raise SystemExit(0)\n")
+    (tmp_path / "exits_on_import_2.py").write_text("raise SystemExit(0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _refused(["check-masking", "--impl", "exits_on_import_2:masker"], capsys, "SystemExit")
+    _refused(["check-masking", "--impl", "exiting_masker:masker", "--rows", "2", "--length",
+              "8", "--epochs", "2"], capsys, "sys.exit")
 
 
 def test_impl_function_that_exits_gives_a_failing_exit_code(tmp_path, monkeypatch, capsys):
@@ -345,11 +389,43 @@ def test_output_paths_are_checked_before_the_run(tmp_path, capsys):  # rule: cli
     _refused(["render", '{"kind": "full"}', "--q-len", "2", "--k-len", "2", "--png",
               str(missing / "x.png")], capsys, "--png")
     _refused(["render", '{"kind": "full"}', "--q-len", "2", "--k-len", "2", "--png",
-              str(tmp_path)], capsys, "is a directory")
+              str(tmp_path), "--overwrite"], capsys, "is a directory")
+    _refused(["render", '{"kind": "full"}', "--q-len", "2", "--k-len", "2", "--png",
+              str(tmp_path)], capsys, "already exists")
     _refused(["matrix", "numpy", "--update", str(missing / "m.md")], capsys, "--update")
     text = tmp_path / "plain.md"
     text.write_text("no markers here\n")
     _refused(["matrix", "numpy", "--update", str(text)], capsys, "matrix:begin")
+
+
+def _limited_run(argv, limit_bytes):
+    """``refmask ARGV`` in a fresh interpreter that may not write files over ``limit_bytes``
+    (RLIMIT_FSIZE: the write fails with EFBIG, as a full disk fails with ENOSPC)."""
+    import subprocess
+
+    code = ("import resource, signal, sys; from refmask.conformance.cli import main; "
+            "import refmask.conformance.golden, refmask.conformance.runner; "
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit_bytes}, {limit_bytes})); "
+            f"sys.exit(main({argv!r}))")
+    return subprocess.run([sys.executable, "-I", "-B", "-c", code], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE and SIGXFSZ")
+def test_a_full_disk_is_a_one_line_refusal_that_leaves_nothing_behind(tmp_path):  # rule: cli
+    png = tmp_path / "mask.png"
+    run = _limited_run(["render", '{"kind": "causal", "align": "top_left"}', "--q-len", "64",
+                        "--k-len", "64", "--png", str(png), "--cell", "8"], 2000)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(png) in lines[0] and "Traceback" not in run.stderr
+    corpus = tmp_path / "corpus"
+    run = _limited_run(["golden", "generate", str(corpus), "--engine", "reference", "--filter",
+                        SMALL, "--dtype", "float64"], 2000)
+    assert run.returncode == 2 and "cannot write" in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no PNG, no corpus, no temp
 
 
 def test_os_errors_are_one_line_refusals(tmp_path, capsys):  # rule: cli
@@ -360,9 +436,261 @@ def test_os_errors_are_one_line_refusals(tmp_path, capsys):  # rule: cli
     _refused(["check", "numpy", "--corpus", str(tmp_path / "missing")], capsys, "missing")
 
 
+# --- class 4: corpus files are checked before they are trusted --------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    from refmask.conformance import golden
+
+    return golden.generate(tmp_path_factory.mktemp("tiny") / "corpus", _one_case(),
+                           engine="reference")
+
+
+@pytest.fixture
+def corpus(tiny_corpus, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(tiny_corpus, tmp_path / "corpus"))
+
+
+def _entry(corpus):
+    return json.loads((corpus / "manifest.json").read_text())["cases"][0]
+
+
+@pytest.mark.parametrize("replacement", ["symlink_dev_zero", "fifo", "directory", "oversized"])
+def test_corpus_files_must_be_regular_and_within_their_bound(corpus, replacement):
+    # rule: corpus-files
+    from refmask.conformance import golden
+
+    file = corpus / _entry(corpus)["file"]
+    file.unlink()
+    if replacement == "symlink_dev_zero":
+        file.symlink_to("/dev/zero")
+        why = "symbolic link"
+    elif replacement == "fifo":
+        os.mkfifo(file)
+        why = "FIFO"
+    elif replacement == "directory":
+        file.mkdir()
+        why = "directory"
+    else:
+        with open(file, "wb") as handle:  # sparse: 1 GiB of nothing, refused unread
+            handle.truncate(1 << 30)
+        why = "more than the"
+    start = time.perf_counter()
+    with pytest.raises(golden.CorpusError, match=why) as error:
+        golden.load(corpus)
+    assert error.value.path == file
+    problems = golden.verify(corpus)
+    assert any(why in problem for problem in problems)
+    assert time.perf_counter() - start < 30  # nothing blocked, nothing read
+
+
+def test_manifest_must_be_a_regular_file(corpus):  # rule: corpus-files
+    from refmask.conformance import golden
+
+    (corpus / "manifest.json").unlink()
+    (corpus / "manifest.json").symlink_to("/dev/zero")
+    with pytest.raises(golden.CorpusError, match="symbolic link"):
+        golden.load(corpus)
+
+
+def _npz_with(members: dict, *, compress: bool = False) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    mode = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buffer, "w", compression=mode) as archive:
+        for name, payload in members.items():
+            archive.writestr(name + ".npy", payload)
+    return buffer.getvalue()
+
+
+def _npy(array: np.ndarray, *, claim_shape=None) -> bytes:
+    """npy bytes of ``array``, optionally with a header that claims another shape."""
+    import io
+
+    data = io.BytesIO()
+    np.lib.format.write_array(data, array)
+    raw = data.getvalue()
+    if claim_shape is None:
+        return raw
+    header = {"descr": array.dtype.str, "fortran_order": False, "shape": claim_shape}
+    data = io.BytesIO()
+    np.lib.format.write_array_header_1_0(data, header)
+    return data.getvalue() + raw[len(raw) - array.nbytes:]
+
+
+@pytest.mark.parametrize("defect, why", [
+    ("huge_header_shape", "expected"),
+    ("short_data", "data bytes"),
+    ("compressed", "compressed"),
+    ("duplicate_member", "twice"),
+])
+def test_npz_headers_are_checked_before_any_array_is_allocated(corpus, defect, why):
+    # rule: corpus-files
+    import hashlib
+
+    from refmask.conformance import golden
+
+    entry = _entry(corpus)
+    file = corpus / entry["file"]
+    with np.load(file) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    members = {name: _npy(value) for name, value in arrays.items()}
+    if defect == "huge_header_shape":  # would allocate 8 * 10**12 bytes if trusted
+        members["exact.out"] = _npy(arrays["exact.out"], claim_shape=(10**12,))
+    elif defect == "short_data":
+        members["exact.out"] = members["exact.out"][:-8]
+    data = _npz_with(members, compress=defect == "compressed")
+    if defect == "duplicate_member":
+        import io
+        import zipfile
+
+        buffer = io.BytesIO(data)
+        with zipfile.ZipFile(buffer, "a") as archive, __import__("warnings").catch_warnings():
+            __import__("warnings").simplefilter("ignore")
+            archive.writestr("exact.out.npy", members["exact.out"])
+        data = buffer.getvalue()
+    file.write_bytes(data)
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    manifest["cases"][0]["sha256"] = hashlib.sha256(data).hexdigest()
+    _reseal(corpus, manifest)
+    loaded = golden.load(corpus)  # the hash matches: the defect is in the content
+    with pytest.raises(golden.CorpusError, match=why):
+        loaded[entry["id"]]
+
+
+def _reseal(corpus, manifest):
+    """Write ``manifest`` with its manifest_sha256 recomputed by the documented rule."""
+    import hashlib
+
+    body = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    body["manifest_sha256"] = hashlib.sha256(canonical.encode()).hexdigest()
+    (corpus / "manifest.json").write_text(json.dumps(body))
+
+
+def test_every_manifest_field_that_steers_verification_is_hashed(corpus):  # rule: corpus-files
+    from refmask.conformance import golden
+
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    for key, value in (("engine", "exact"), ("spec_version", "9.9"), ("schema_version", 1)):
+        edited = {**manifest, key: value}
+        if key == "schema_version":
+            edited["cases"] = [{**manifest["cases"][0], "id": "renamed"}]
+            edited["cases"][0]["case"] = {**edited["cases"][0]["case"], "id": "renamed"}
+        (corpus / "manifest.json").write_text(json.dumps(edited))
+        with pytest.raises(golden.CorpusError, match="manifest_sha256"):
+            golden.load(corpus)
+    legacy = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+    (corpus / "manifest.json").write_text(json.dumps(legacy))  # engine "reference", unsealed
+    with pytest.raises(golden.CorpusError, match="not covered by a manifest_sha256"):
+        golden.load(corpus)
+    assert "manifest_sha256" in json.loads(
+        (golden.shipped_corpus_path() / "manifest.json").read_text())
+
+
+def test_the_token_corpus_reader_follows_the_same_rules(tmp_path):
+    # rule: corpus-files
+    import shutil
+
+    from refmask.conformance import token_golden
+
+    corpus = Path(shutil.copytree(token_golden.shipped_path(), tmp_path / "tokens"))
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    first = corpus / manifest["cases"][0]["file"]
+    first.unlink()
+    first.symlink_to("/dev/zero")
+    manifest["cases"][1]["file"] = "../../etc/passwd"
+    (corpus / "manifest.json").write_text(json.dumps(manifest))
+    problems = token_golden.verify(corpus)
+    assert "symbolic link" in problems[0] and "plain file name" in problems[1]
+    (corpus / "manifest.json").write_text("[" * 100000)
+    assert "manifest.json" in token_golden.verify(corpus)[0]
+
+
+# --- class 5: golden generate is crash-safe, locked, and deletes only what it wrote ------------
+
+def _generate_cli(directory, filter_text, env=None):
+    """`refmask golden generate DIR --overwrite` in a fresh interpreter (-I: no cwd on path)."""
+    import subprocess
+
+    code = ("import sys; from refmask.conformance.cli import main; "
+            f"sys.exit(main(['golden', 'generate', {str(directory)!r}, '--engine', "
+            f"'reference', '--dtype', 'float64', '--filter', {filter_text!r}, "
+            "'--overwrite']))")
+    return subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def _ids(directory):
+    return [entry["id"] for entry in
+            json.loads((Path(directory) / "manifest.json").read_text())["cases"]]
+
+
+NEW_FILTER = "full/square,full/wide"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exchange", [True, False])
+def test_generate_killed_at_every_step_leaves_the_old_or_the_new_corpus(tmp_path, capsys,
+                                                                        exchange):
+    # rule: corpus-write
+    from refmask.conformance import _corpus_fs, golden
+
+    old = golden.generate(tmp_path / "corpus", _one_case(), engine="reference")
+    old_ids = _ids(old)
+    env = {} if exchange else {"REFMASK_TEST_NO_EXCHANGE": "1"}
+    new_ids = None
+    for step in _corpus_fs.CRASH_POINTS:
+        run = _generate_cli(old, NEW_FILTER, {**env, "REFMASK_TEST_CRASH_AT": step})
+        assert run.returncode in (0, 99), run.stderr
+        if old.exists():  # at every step on Linux; absent only between the fallback's renames
+            assert golden.verify(old, regenerate=False) == []
+            assert _ids(old) in (old_ids, new_ids or _ids(old))
+        else:
+            assert not exchange and step == "half-swapped"
+        assert main(["golden", "verify", str(old), "--no-regenerate"]) == 0  # recovers
+        err = capsys.readouterr().err
+        leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+        assert leftovers == [], (step, leftovers, err)
+        if run.returncode == 99 and step not in ("locked",):
+            assert "interrupted golden generate" in err or step in ("old-removed",), (step, err)
+        new_ids = new_ids or (_ids(old) if _ids(old) != old_ids else None)
+        # back to the old corpus for the next step
+        golden.generate(old, _one_case(), engine="reference", overwrite=True)
+    assert new_ids is not None and sorted(new_ids) != sorted(old_ids)
+
+
+def test_a_second_writer_is_refused_while_the_lock_is_held(tmp_path):  # rule: corpus-write
+    from refmask.conformance import _corpus_fs, golden
+
+    target = tmp_path / "corpus"
+    with _corpus_fs.writer_lock(target, where="test") as held:
+        assert held
+        with pytest.raises(FileExistsError, match="another refmask process is writing"):
+            golden.generate(target, _one_case(), engine="reference")
+    golden.generate(target, _one_case(), engine="reference")  # free again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
+
+
+def test_overwrite_deletes_nothing_the_corpus_did_not_write(corpus, capsys):  # rule: corpus-write
+    from refmask.conformance import golden
+
+    (corpus / "my_notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="my_notes.txt"):
+        golden.generate(corpus, _one_case(), engine="reference", overwrite=True)
+    assert (corpus / "my_notes.txt").read_text() == "mine"
+    _refused(["golden", "generate", str(corpus), "--overwrite", "--engine", "reference",
+              "--filter", SMALL, "--dtype", "float64"], capsys, "my_notes.txt")
+
+
 # --- the spec lists every rule, and this file exercises each ------------------------------------
 
-RULES = ("trust", "mask-lengths", "int-bounds", "dtypes", "json", "user-code", "cli")
+RULES = ("trust", "mask-lengths", "int-bounds", "dtypes", "json", "user-code", "cli",
+         "corpus-files", "corpus-write")
 
 
 def test_spec_section_4_lists_exactly_the_rules_exercised_here():

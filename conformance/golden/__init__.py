@@ -47,6 +47,11 @@ A UTF-8 JSON object (strict JSON: no NaN/Infinity) with the keys::
         sha256   lowercase hex SHA-256 of the file's bytes
         case     the case's JSON (``Case.to_json()``): everything needed to rebuild the case
                  and regenerate its inputs; its "id" equals the entry's id
+    manifest_sha256  lowercase hex SHA-256 of the manifest's canonical JSON without this key
+                 (``json.dumps(body, sort_keys=True, separators=(",", ":"),
+                 ensure_ascii=True)``): it covers every field that steers verification.
+                 Written since refmask 0.1.x; a manifest without it is read only when its
+                 engine is "exact" (absent or explicit).
 
 Readers ignore keys they do not know. Writers name each file after its id: "/" -> "__",
 "@" -> ".", any other character outside [A-Za-z0-9._-] -> "_", a leading "." -> "_", then
@@ -79,16 +84,21 @@ exactly where the semantics put them.
 
 Integrity rules
 ---------------
-* :func:`load` checks the manifest and the SHA-256 of every file *before* parsing any array,
-  and parses only with ``allow_pickle=False``; every defect (missing, truncated, corrupted or
-  modified file or manifest, unknown schema version, wrong members, dtypes or shapes) raises
-  :class:`CorpusError` naming the file and the defect.
+* :func:`load` checks the manifest (and its manifest_sha256) and the SHA-256 of every file
+  *before* parsing any array; files are read only if they are regular files within a size
+  bound derived from their case, hashed while read, and parsed by hand without pickle, every
+  npy header checked against the case before its array is allocated (docs/spec.md section
+  4.2, rule ``corpus-files``); every defect (missing, truncated, corrupted or modified file or
+  manifest, a symlink, FIFO or device, unknown schema version, wrong members, dtypes or
+  shapes) raises :class:`CorpusError` naming the file and the defect.
 * :func:`verify` lists every defect instead of stopping at the first, and (by default)
   regenerates every case's inputs and outputs with the corpus's engine and compares them: bit
   for bit for an exact corpus; inputs bit for bit and outputs by the reference rule above for a
   reference corpus (each problem names the rule it broke).
-* :func:`generate` never leaves a partial corpus under the target name: it writes a hidden
-  temporary sibling directory (each file fsynced), then renames it into place.
+* :func:`generate` never leaves a partial corpus under the target name: under a lock it
+  writes a hidden temporary sibling directory (each file fsynced) and swaps it into place
+  atomically; a killed run's leftovers are recovered by the next command
+  (:func:`recover_leftovers`; rule ``corpus-write``).
 
 Only the exact engine (``generate(engine="exact")``, ``verify(regenerate=True)`` of an exact
 corpus) needs mpmath; reading needs NumPy (and ml_dtypes for bfloat16 inputs).
@@ -96,6 +106,7 @@ corpus) needs mpmath; reading needs NumPy (and ml_dtypes for bfloat16 inputs).
 
 from __future__ import annotations
 
+from .._corpus_fs import recover_leftovers
 from ._engines import ENGINES, GENERATOR, REFERENCE_GENERATOR
 from ._format import (
     EXACT_NAMES,
@@ -125,5 +136,5 @@ __all__ = [
     "REFERENCE_GENERATOR",
     "REFERENCE_RTOL", "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "Corpus", "CorpusError",
     "GoldenCase", "case_file_name", "case_from_json", "corpus_engine", "generate", "load",
-    "npz_bytes", "shipped_corpus_path", "verify",
+    "npz_bytes", "recover_leftovers", "shipped_corpus_path", "verify",
 ]

@@ -8,7 +8,6 @@ import contextlib
 import hashlib
 import importlib.resources
 import io
-import json
 import os
 import re
 import zipfile
@@ -19,6 +18,14 @@ import numpy as np
 
 from refmask import __version__
 from refmask.case import Case
+
+from .._corpus_fs import (
+    MAX_MANIFEST_BYTES,
+    CorpusFileError,
+    manifest_digest,
+    read_regular_file,
+    strict_json,
+)
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
@@ -109,10 +116,21 @@ def npz_bytes(members: Mapping) -> bytes:
 
 
 def expected_members(case_json: Mapping) -> dict:
-    """Member name -> (dtype, shape) required by a case's JSON."""
+    """Member name -> (dtype, shape) required by a case's JSON.
+
+    Raises ValueError unless the JSON's dtype is a case dtype, its layout BTHD or BHTD and
+    every dimension an int >= 0 (so nothing a hostile manifest says can name another dtype)."""
     shape = case_json["shape"]
-    b, hq, hkv, tq, tk = shape["B"], shape["Hq"], shape["Hkv"], shape["Tq"], shape["Tk"]
-    dqk, dv = shape["Dqk"], shape["Dv"]
+    dims = [shape[key] for key in ("B", "Hq", "Hkv", "Tq", "Tk", "Dqk", "Dv")]
+    for key, dim in zip(("B", "Hq", "Hkv", "Tq", "Tk", "Dqk", "Dv"), dims, strict=True):
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+            raise ValueError(f"shape.{key} must be an int >= 0, got {dim!r:.40}")
+    b, hq, hkv, tq, tk, dqk, dv = dims
+    if case_json["layout"] not in ("BTHD", "BHTD"):
+        raise ValueError(f"layout must be 'BTHD' or 'BHTD', got {case_json['layout']!r:.40}")
+    if case_json["dtype"] not in ("float64", "float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be float64, float32, float16 or bfloat16, got "
+                         f"{case_json['dtype']!r:.40}")
 
     def laid(heads, length, dim):
         return (b, length, heads, dim) if case_json["layout"] == "BTHD" else (b, heads, length,
@@ -142,42 +160,62 @@ def expected_members(case_json: Mapping) -> dict:
 
 # --- the manifest ------------------------------------------------------------------------------
 
-def read_bytes(path: Path, what: str) -> bytes:
+def as_directory(where: str, directory: object) -> Path:
+    """``directory`` as a Path; anything that is not a path (str or os.PathLike) is a
+    TypeError naming ``where``."""
+    if isinstance(directory, bytes) or not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"{where}: directory must be a path (str or os.PathLike), got "
+                        f"{type(directory).__name__}")
+    if not os.fspath(directory):
+        raise ValueError(f"{where}: directory must be a non-empty path")
+    return Path(directory)
+
+
+def read_file(path: Path, what: str, max_bytes: int) -> tuple[bytearray, str]:
+    """``(bytes, sha256 hex)`` of a corpus file, read safely (regular files only, at most
+    ``max_bytes``, hashed while read; see :mod:`.._corpus_fs`); CorpusError otherwise."""
+    missing = (f"missing ({what} listed in the manifest)" if what != MANIFEST
+               else "missing: no manifest.json, not a refmask golden corpus")
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise CorpusError(path, f"missing ({what} listed in the manifest)" if what != MANIFEST
-                          else "missing: no manifest.json, not a refmask golden corpus") from None
-    except IsADirectoryError:
-        raise CorpusError(path, "is a directory, expected a file") from None
-    except OSError as error:
-        raise CorpusError(path, f"cannot be read ({error.strerror or error})") from None
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"non-standard JSON constant {name}")
+        return read_regular_file(path, max_bytes, missing=missing)
+    except CorpusFileError as error:
+        raise CorpusError(error.path, error.problem) from None
 
 
 def read_manifest(directory: Path) -> dict:
-    """Parse and validate ``directory/manifest.json`` (structure only, not the files)."""
+    """Parse and validate ``directory/manifest.json`` (structure only, not the files).
+
+    A manifest with "manifest_sha256" must hash to it (:func:`manifest_digest`); one without
+    (refmask 0.1 corpora) is read only when nothing in it loosens verification: its engine
+    must be absent or "exact" (whose bit-for-bit regeneration checks every other field).
+    """
     if not directory.exists():
         raise CorpusError(directory, "does not exist")
     if not directory.is_dir():
         raise CorpusError(directory, "is not a directory")
     path = directory / MANIFEST
-    raw = read_bytes(path, MANIFEST)
+    raw, _ = read_file(path, MANIFEST, MAX_MANIFEST_BYTES)
     try:
-        manifest = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except UnicodeDecodeError as error:
-        raise CorpusError(path, f"is not UTF-8 ({error})") from None
-    except ValueError as error:
-        raise CorpusError(path, f"is not valid JSON ({error}); truncated or corrupted?") from None
+        manifest = strict_json(raw, path)
+    except CorpusFileError as error:
+        raise CorpusError(error.path, error.problem) from None
 
     def bad(problem):
         return CorpusError(path, problem)
 
     if not isinstance(manifest, dict):
         raise bad(f"must hold a JSON object, got {type(manifest).__name__}")
+    if "manifest_sha256" in manifest:
+        stated = manifest["manifest_sha256"]
+        actual = manifest_digest(manifest)
+        if stated != actual:
+            raise bad(f"manifest_sha256 is {str(stated)[:64]!r} but the manifest hashes to "
+                      f"{actual}: it was edited after it was written (engine, versions or "
+                      "case entries changed)")
+    elif manifest.get("engine", "exact") != "exact":
+        raise bad(f"engine {manifest.get('engine')!r:.40} is not covered by a manifest_sha256: "
+                  "only an exact corpus may omit the hash (a manifest edit must not loosen "
+                  "verification)")
     version = manifest.get("schema_version")
     if isinstance(version, bool) or not isinstance(version, int):
         raise bad(f"schema_version must be an int, got {version!r}")
@@ -211,7 +249,7 @@ def read_manifest(directory: Path) -> dict:
         try:
             expected_members(case)
         except (KeyError, TypeError, ValueError) as error:
-            raise bad(f"{where}.case is malformed ({error!r})") from None
+            raise bad(f"{where}.case is malformed ({error})") from None
         if case_id in ids:
             raise bad(f"{where}: duplicate case id")
         if file.lower() in files:
@@ -228,7 +266,7 @@ def corpus_engine(corpus) -> str:
     :class:`CorpusError` if it is unusable).
     """
     if not isinstance(corpus, Mapping):
-        corpus = read_manifest(Path(corpus))
+        corpus = read_manifest(as_directory("corpus_engine", corpus))
     return corpus.get("engine", "exact")
 
 

@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import io
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,16 +14,17 @@ from refmask import SPEC_VERSION, __version__
 from refmask.case import Case, numpy_dtype
 from refmask.case import case_from_json as _case_from_json
 
+from .._corpus_fs import CorpusFileError, member_bound, read_npz
 from ._engines import ENGINES, compute
 from ._format import (
     MANIFEST,
     CorpusError,
+    as_directory,
     case_members,
     corpus_engine,
     expected_members,
-    read_bytes,
+    read_file,
     read_manifest,
-    sha256_hex,
 )
 
 #: Modules whose predicate functions a corpus's case JSON may name without the caller's
@@ -117,10 +116,12 @@ class Corpus(Mapping):
         return f"Corpus({str(self.directory)!r}, {len(self)} cases)"
 
 
-def checked_bytes(directory: Path, entry: dict) -> tuple[Path, bytes]:
+def checked_bytes(directory: Path, entry: dict) -> tuple[Path, bytearray]:
+    """The hash-checked bytes of one case file: a regular file no larger than its case's
+    members can need (:func:`member_bound`), hashed while it is read."""
     path = directory / entry["file"]
-    data = read_bytes(path, f"case {entry['id']!r}")
-    digest = sha256_hex(data)
+    bound = member_bound(expected_members(entry["case"]))
+    data, digest = read_file(path, f"case {entry['id']!r}", bound)
     if digest != entry["sha256"]:
         raise CorpusError(path, f"sha256 is {digest}, the manifest says {entry['sha256']} "
                           f"(file of {len(data)} bytes is corrupted, truncated or modified, or "
@@ -129,35 +130,15 @@ def checked_bytes(directory: Path, entry: dict) -> tuple[Path, bytes]:
 
 
 def read_case(directory: Path, entry: dict) -> GoldenCase:
-    """Hash-check, parse (no pickle) and validate one case file."""
+    """Hash-check, parse (no pickle; every npy header checked before its array is allocated)
+    and validate one case file."""
     path, data = checked_bytes(directory, entry)
-    arrays = {}
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            for name in archive.files:
-                try:
-                    arrays[name] = archive[name]
-                except ValueError as error:  # object arrays: "allow_pickle=False"
-                    raise CorpusError(path, f"member {name!r} cannot be loaded without pickle "
-                                      f"({error})") from None
-    except CorpusError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
-        raise CorpusError(path, f"is not a valid .npz archive ({error})") from None
     expected = expected_members(entry["case"])
-    missing = sorted(set(expected) - set(arrays))
-    unknown = sorted(set(arrays) - set(expected))
-    if missing or unknown:
-        raise CorpusError(path, f"members do not match case {entry['id']!r}: missing {missing}, "
-                          f"unexpected {unknown}")
-    for name, (dtype, shape) in expected.items():
-        array = arrays[name]
-        if array.dtype != dtype or array.shape != shape:
-            raise CorpusError(path, f"member {name!r} is {array.dtype.str} {array.shape}, "
-                              f"expected {dtype.str} {shape}")
-        array.flags.writeable = False
-    ordered = {name: arrays[name] for name in expected}
-    return GoldenCase(id=entry["id"], file=path, case_json=entry["case"], arrays=ordered)
+    try:
+        arrays = read_npz(path, data, expected)
+    except CorpusFileError as error:
+        raise CorpusError(error.path, f"{error.problem} (case {entry['id']!r})") from None
+    return GoldenCase(id=entry["id"], file=path, case_json=entry["case"], arrays=arrays)
 
 
 def load(directory) -> Corpus:
@@ -167,7 +148,7 @@ def load(directory) -> Corpus:
     listed SHA-256. Arrays are parsed (``allow_pickle=False``) and validated when a case is
     looked up in the returned :class:`Corpus`, again from hash-checked bytes.
     """
-    directory = Path(directory)
+    directory = as_directory("load", directory)
     manifest = read_manifest(directory)
     for entry in manifest["cases"]:
         checked_bytes(directory, entry)
@@ -262,7 +243,10 @@ def verify(directory, *, regenerate: bool = True, processes: int | None = None,
     trust: modules whose functions predicate masks may name besides CATALOG_TRUST (see
     :func:`case_from_json`); a corpus naming any other module is reported, never imported.
     """
-    directory = Path(directory)
+    directory = as_directory("verify", directory)
+    if progress is not None and not callable(progress):
+        raise TypeError(f"verify: progress must be callable(done, total) or None, got "
+                        f"{type(progress).__name__}")
     try:
         manifest = read_manifest(directory)
     except CorpusError as error:
@@ -302,16 +286,23 @@ def verify(directory, *, regenerate: bool = True, processes: int | None = None,
     fresh = compute([case for _, case in readable], engine, processes)
     if progress is not None:
         progress(0, len(readable))
-    for done, ((entry, _), (case, inputs, outputs)) in enumerate(
-            zip(readable, fresh, strict=True), start=1):
-        try:
-            golden = read_case(directory, entry)
-        except CorpusError as error:  # changed since the first pass
-            problems.append(str(error))
-        else:
-            problems.extend(compare_members(golden, case_members(case, inputs, outputs), engine))
-        if progress is not None:
-            progress(done, len(readable))
+    done = 0
+    try:
+        for (entry, _), (case, inputs, outputs) in zip(readable, fresh, strict=True):
+            try:
+                golden = read_case(directory, entry)
+            except CorpusError as error:  # changed since the first pass
+                problems.append(str(error))
+            else:
+                problems.extend(compare_members(golden, case_members(case, inputs, outputs),
+                                                engine))
+            done += 1
+            if progress is not None:
+                progress(done, len(readable))
+    except MemoryError:
+        entry = readable[done][0]
+        problems.append(f"{directory / entry['file']}: regenerating case {entry['id']!r} does "
+                        "not fit in memory; the remaining cases were not re-derived")
     return problems
 
 

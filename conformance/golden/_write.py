@@ -1,5 +1,7 @@
 """Writing a corpus (:func:`generate`): every file fsynced in a hidden temporary sibling
-directory that is renamed into place, so no partial corpus ever carries the target name.
+directory that replaces the target crash-safely under a lock
+(:func:`refmask.conformance._corpus_fs.replace_directory`), so no partial corpus ever carries
+the target name.
 """
 
 from __future__ import annotations
@@ -7,37 +9,25 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import secrets
-import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from refmask import SPEC_VERSION, __version__
 from refmask.case import Case
 
+from .._corpus_fs import crash_point, manifest_digest, replace_directory, write_new_file
 from ._engines import ENGINES, check_engine, compute
-from ._format import MANIFEST, SCHEMA_VERSION, case_file_name, case_members, npz_bytes, sha256_hex
-
-
-def _fsync_directory(path: Path) -> None:
-    """fsync a directory entry (POSIX; a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "xb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+from ._format import (
+    MANIFEST,
+    SCHEMA_VERSION,
+    CorpusError,
+    as_directory,
+    case_file_name,
+    case_members,
+    npz_bytes,
+    read_manifest,
+    sha256_hex,
+)
 
 
 def generate(directory, cases: Iterable[Case], *, overwrite: bool = False,
@@ -56,10 +46,14 @@ def generate(directory, cases: Iterable[Case], *, overwrite: bool = False,
       "reference" (the float64 reference, for long sequences); recorded in the manifest's
       "engine" and "generator" and decides how :func:`verify` compares (module docstring).
 
-    Atomic: files go to a hidden temporary sibling ``.<name>.<random>.tmp`` (each fsynced),
-    which is renamed to ``directory`` at the end; an existing corpus is first renamed to
-    ``.<name>.<random>.old`` and deleted after the swap (restored if the swap fails). On any
-    error the temporary directory is removed and ``directory`` is left as it was.
+    Crash-safe (:mod:`refmask.conformance._corpus_fs`): a lock file ``.<name>.lock`` next to
+    ``directory`` keeps writers apart (a second writer gets FileExistsError); leftovers of an
+    interrupted run are recovered first; files go to a hidden sibling ``.<name>.<random>.tmp``
+    (each fsynced), which becomes ``directory`` in one atomic exchange (Linux; elsewhere two
+    renames that the next run completes), so ``directory`` holds the old or the new complete
+    corpus at every instant; the old corpus is deleted last. With ``overwrite`` an existing
+    corpus is replaced only if it holds nothing but the files its manifest lists. On any error
+    the temporary directory is removed and ``directory`` is left as it was.
     """
     where = "generate"
     if not isinstance(overwrite, bool):
@@ -68,7 +62,7 @@ def generate(directory, cases: Iterable[Case], *, overwrite: bool = False,
         raise TypeError(f"{where}: progress must be callable(done, total) or None, got "
                         f"{progress!r}")
     check_engine(where, engine)
-    target = Path(directory)
+    target = as_directory(where, directory)
     cases = list(cases)
     seen, files = {}, {}
     for index, case in enumerate(cases):
@@ -84,31 +78,35 @@ def generate(directory, cases: Iterable[Case], *, overwrite: bool = False,
                              f"the same file name {file!r}")
         files[file.lower()] = case.id
 
-    def check_target() -> bool:
-        """True when ``target`` exists (and may be replaced)."""
-        if not target.exists() and not target.is_symlink():
-            return False
+    def may_replace() -> None:
+        """Refuse a ``target`` that is not absent, empty, or (with ``overwrite``) a corpus
+        holding only the files its manifest lists: --overwrite deletes nothing it did not
+        write."""
+        if not os.path.lexists(target):
+            return
         if not target.is_dir() or target.is_symlink():
             raise FileExistsError(f"{where}: directory {str(target)!r} exists and is not a "
                                   "directory")
-        if any(target.iterdir()):
-            if not overwrite:
-                raise FileExistsError(f"{where}: directory {str(target)!r} is not empty; pass "
-                                      "overwrite=True to replace the corpus in it")
-            if not (target / MANIFEST).is_file():
-                raise FileExistsError(f"{where}: directory {str(target)!r} is not empty and "
-                                      f"holds no {MANIFEST}: refusing to replace a directory "
-                                      "that is not a golden corpus")
-        return True
+        present = sorted(p.name for p in target.iterdir())
+        if not present:
+            return
+        if not overwrite:
+            raise FileExistsError(f"{where}: directory {str(target)!r} is not empty; pass "
+                                  "overwrite=True to replace the corpus in it")
+        try:
+            listed = {entry["file"] for entry in read_manifest(target)["cases"]} | {MANIFEST}
+        except CorpusError as error:
+            raise FileExistsError(f"{where}: directory {str(target)!r} is not empty and holds "
+                                  f"no readable {MANIFEST} ({error.problem}): refusing to "
+                                  "replace a directory that is not a golden corpus") from None
+        foreign = [name for name in present if name not in listed]
+        if foreign:
+            raise FileExistsError(f"{where}: {str(target)!r} holds files its corpus did not "
+                                  f"write ({foreign[:5]}{' ...' if len(foreign) > 5 else ''}); "
+                                  "refusing to delete them with the old corpus: move them "
+                                  "away first")
 
-    check_target()
-    parent = target.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(6)
-    temp = parent / f".{target.name}.{token}.tmp"
-    backup = parent / f".{target.name}.{token}.old"
-    temp.mkdir()
-    try:
+    def fill(temp: Path) -> None:
         total = len(cases)
         if progress is not None:
             progress(0, total)
@@ -117,7 +115,8 @@ def generate(directory, cases: Iterable[Case], *, overwrite: bool = False,
                 compute(cases, engine, processes), start=1):
             data = npz_bytes(case_members(case, inputs, outputs))
             file = case_file_name(case.id)
-            _write_file(temp / file, data)
+            write_new_file(temp / file, data)
+            crash_point("file-written")
             entries.append({"id": case.id, "file": file, "sha256": sha256_hex(data),
                             "case": case.to_json()})
             if progress is not None:
@@ -128,24 +127,11 @@ def generate(directory, cases: Iterable[Case], *, overwrite: bool = False,
             "created": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
             "cases": entries,
         }
+        manifest["manifest_sha256"] = manifest_digest(manifest)
         text = json.dumps(manifest, indent=1, ensure_ascii=True, allow_nan=False) + "\n"
-        _write_file(temp / MANIFEST, text.encode("utf-8"))
-        _fsync_directory(temp)
-        if check_target():
-            if any(target.iterdir()):
-                os.rename(target, backup)
-            else:
-                target.rmdir()
-        try:
-            os.rename(temp, target)
-        except BaseException:
-            if backup.exists() and not target.exists():
-                os.rename(backup, target)
-            raise
-        _fsync_directory(parent)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
-    if backup.exists():
-        shutil.rmtree(backup, ignore_errors=True)
+        write_new_file(temp / MANIFEST, text.encode("utf-8"))
+        crash_point("manifest-written")
+
+    may_replace()
+    replace_directory(target, fill, where=where, may_replace=may_replace)
     return target

@@ -72,14 +72,22 @@ def pack_flashinfer_batch(keeps: Iterable[ArrayLike]) -> tuple[np.ndarray, np.nd
     (qo_len[n] * kv_len[n] + 7) // 8`` (in bytes); request n is
     ``pack_flashinfer(keeps[n]) == packed[packed_indptr[n]:packed_indptr[n+1]]``.
     """
+    where = "pack_flashinfer_batch"
+    if isinstance(keeps, (str, bytes)) or not isinstance(keeps, Iterable) or (
+            isinstance(keeps, np.ndarray) and keeps.ndim < 3):
+        raise TypeError(f"{where}: keeps must be a sequence of bool (qo_len, kv_len) arrays, "
+                        f"got {type(keeps).__name__}")
     parts = []
     for n, keep in enumerate(keeps):
-        array = check_bool_numpy("pack_flashinfer_batch", f"keeps[{n}]", keep, min_ndim=2)
+        array = check_bool_numpy(where, f"keeps[{n}]", keep, min_ndim=2)
         if array.ndim != 2:
-            raise ValueError(f"pack_flashinfer_batch: keeps[{n}] must have shape (qo_len, "
-                             f"kv_len), got {array.shape}")
+            raise ValueError(f"{where}: keeps[{n}] must have shape (qo_len, kv_len), got "
+                             f"{array.shape}")
         parts.append(array)
     sizes = np.array([p.size for p in parts], dtype=np.int64)
+    if int(sizes.sum()) >= 2**31:  # FlashInfer's indptr arrays are int32: never wrap
+        raise ValueError(f"{where}: the masks hold {int(sizes.sum())} bits in all, more than "
+                         "the int32 mask_indptr can address (2**31 - 1)")
     packed = [np.packbits(p.reshape(-1), bitorder="little") for p in parts]
     mask_indptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
     packed_indptr = np.concatenate([[0], np.cumsum((sizes + 7) // 8)]).astype(np.int32)

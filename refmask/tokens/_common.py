@@ -7,12 +7,12 @@ docstrings below. ``B`` is the batch size, ``T`` the padded sequence length.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import array_api_compat
 import numpy as np
 
+from .._validate import check_choice, check_flag, check_int, check_rate
 from ._streams import masking_epoch, stream_words
 
 SELECTION_RULES = ("bernoulli", "exact_count")
@@ -40,49 +40,66 @@ def check_ids(where: str, input_ids):
     return xp, input_ids
 
 
-def check_int(where: str, name: str, value, lo: int | None = None, hi: int | None = None,
-              rule: str = "an int") -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{where}: {name} must be {rule}, got {value!r} ({type(value).__name__})")
-    value = int(value)
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ValueError(f"{where}: {name} must be {rule}, got {value}")
-    return value
+def check_ids_below(where: str, xp, input_ids, bound, *, rule: str, among=None) -> None:
+    """Refuse ids outside ``[0, bound)`` (bound: an int or a (B,) array, one per row), among the
+    positions ``among`` (bool (B, T); default all): an id the vocabulary does not have would
+    otherwise pass through the masker unnoticed."""
+    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        return
+    limit = bound if isinstance(bound, int) else bound[:, None]
+    bad = (input_ids < 0) | (input_ids >= limit)
+    if among is not None:
+        bad = bad & among
+    if bool(xp.any(bad)):
+        row, column = (int(i) for i in np.argwhere(_host(bad))[0])
+        raise ValueError(f"{where}: input_ids must lie in {rule}, got "
+                         f"{int(_host(input_ids)[row, column])} at index ({row}, {column})")
 
 
-def check_rate(where: str, name: str, value, *, open_low: bool = False) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{where}: {name} must be a float in [0, 1], got {value!r}")
-    value = float(value)
-    if not (0.0 <= value <= 1.0) or (open_low and value == 0.0):
-        interval = "(0, 1]" if open_low else "[0, 1]"
-        raise ValueError(f"{where}: {name} must be a float in {interval}, got {value}")
-    return value
-
-
-def check_choice(where: str, name: str, value, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{where}: {name} must be one of {', '.join(map(repr, choices))}, "
-                         f"got {value!r}")
-    return value
+def _host(array) -> np.ndarray:
+    return np.asarray(array.cpu() if hasattr(array, "cpu") else array)
 
 
 def check_id_set(where: str, name: str, ids) -> tuple[int, ...]:
     if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence | np.ndarray | frozenset
                                                            | set):
         raise TypeError(f"{where}: {name} must be a sequence of ints, got {ids!r}")
-    return tuple(sorted({check_int(where, f"{name}[...]", i, 0, None, "an int >= 0")
+    return tuple(sorted({check_int(where, f"{name}[...]", i, minimum=0, rule="an int >= 0")
                          for i in (ids.tolist() if isinstance(ids, np.ndarray) else ids)}))
+
+
+def check_common(where: str, input_ids, special_ids, pad_id, example_ids, rate,
+                 selection: str | None):
+    """The arguments every selecting masker shares, checked in one order:
+    ``(xp, input_ids, special_ids, pad_id, example rows, rate)``; ``selection=None`` for a
+    masker without that choice (spans)."""
+    xp, input_ids = check_ids(where, input_ids)
+    specials = check_id_set(where, "special_ids", special_ids)
+    if pad_id is not None:
+        pad_id = check_int(where, "pad_id", pad_id, minimum=0, rule="None or an int >= 0")
+    rows = check_example_ids(where, example_ids, input_ids.shape[0])
+    rate = check_rate(where, "rate", rate)
+    if selection is not None:
+        check_choice(where, "selection", selection, SELECTION_RULES)
+    return xp, input_ids, specials, pad_id, rows, rate
 
 
 def check_example_ids(where: str, example_ids, batch: int) -> np.ndarray:
     """(B,) distinct ints in [0, 2**63): the dataset index of each row (keys the streams)."""
+    if isinstance(example_ids, range) or (isinstance(example_ids, np.ndarray)
+                                          and example_ids.dtype.kind in "iu"):
+        fast = np.asarray(example_ids)  # integer arrays: checked as a whole, not per item
+        if fast.shape == (batch,) and (fast.size == 0 or (
+                int(fast.min()) >= 0 and int(fast.max()) <= 2**63 - 1)) and \
+                np.unique(fast).size == fast.size:
+            return fast.astype(np.int64)
     ids = np.asarray(example_ids.tolist() if hasattr(example_ids, "tolist") else example_ids,
                      dtype=object)
     if ids.shape != (batch,):
         raise ValueError(f"{where}: example_ids must have shape ({batch},) (one id per row), "
                          f"got {ids.shape}")
-    values = [check_int(where, "example_ids[...]", v, 0, 2**63 - 1, "an int >= 0")
+    values = [check_int(where, "example_ids[...]", v, minimum=0, maximum=2**63 - 1,
+                        rule="an int >= 0")
               for v in ids.tolist()]
     if len(set(values)) != len(values):
         raise ValueError(f"{where}: example_ids must be distinct (two rows with the same id "
@@ -126,10 +143,12 @@ def take_rows(xp, table, index):
 # --------------------------------------------------------------------------- eligibility
 
 
-def eligibility(xp, input_ids, special_ids: tuple, pad_id: int | None, *,
+def eligibility(where: str, xp, input_ids, special_ids: tuple, pad_id: int | None, *,
                 specials_eligible: bool, padding_eligible: bool):
     """bool (B, T): ``not (id in special_ids and not specials_eligible) and
-    not (id == pad_id and not padding_eligible)``."""
+    not (id == pad_id and not padding_eligible)`` (the switches must be bools)."""
+    specials_eligible = check_flag(where, "specials_eligible", specials_eligible)
+    padding_eligible = check_flag(where, "padding_eligible", padding_eligible)
     eligible = xp.ones(input_ids.shape, dtype=xp.bool, device=array_api_compat.device(input_ids))
     if not specials_eligible:
         for special in special_ids:
@@ -180,6 +199,8 @@ def smallest_k(xp, candidate, words, k):
     random among the ``C(#candidates, k)`` subsets (up to the 2**-32 granularity of words).
     """
     n = candidate.shape[1]
+    if n == 0:  # no candidates (T = 0): nothing to choose, and no k-th key to look up
+        return candidate
     index = arange_like(xp, n, candidate)[None, :]
     keys = xp.where(candidate, words * n + index, _WORD_SPAN * n + index)
     ordered = xp.sort(keys, axis=1)
@@ -199,7 +220,3 @@ def spread_to_tokens(xp, unit_selected, unit_start):
     """bool (B, T): token t is selected iff its unit (start ``unit_start[t] >= 0``) is."""
     index = xp.clip(unit_start, 0, None)
     return take_rows(xp, unit_selected, index) & (unit_start >= 0)
-
-
-def positions_grid(xp, shape, like):
-    return xp.broadcast_to(arange_like(xp, shape[1], like)[None, :], shape)

@@ -17,11 +17,11 @@ bit-identical on every namespace.
 from __future__ import annotations
 
 import hashlib
-import numbers
 
 import numpy as np
 from numba import njit
 
+from .._validate import check_int
 from ..rng import PHILOX_M4X32, PHILOX_W32
 
 __all__ = ["PURPOSES", "masking_epoch", "stream_name", "stream_words"]
@@ -34,26 +34,17 @@ _M0, _M1 = PHILOX_M4X32
 _W0, _W1 = PHILOX_W32
 
 
-def _check_int(where: str, name: str, value, lo: int, hi: int | None, rule: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{where}: {name} must be {rule}, got {value!r} ({type(value).__name__})")
-    value = int(value)
-    if value < lo or (hi is not None and value >= hi):
-        raise ValueError(f"{where}: {name} must be {rule}, got {value}")
-    return value
-
-
 def masking_epoch(where: str, epoch, static_copies) -> int:
     """The epoch that keys the streams: ``epoch`` (dynamic) or ``epoch mod static_copies``."""
-    epoch = _check_int(where, "epoch", epoch, 0, 2**63, "an int >= 0")
+    epoch = check_int(where, "epoch", epoch, minimum=0, maximum=2**63 - 1, rule="an int >= 0")
     if static_copies is None:
         return epoch
-    copies = _check_int(where, "static_copies", static_copies, 1, 2**63,
-                        "None (dynamic masking) or an int >= 1 (static masking)")
+    copies = check_int(where, "static_copies", static_copies, minimum=1, maximum=2**63 - 1,
+                       rule="None (dynamic masking) or an int >= 1 (static masking)")
     return epoch % copies
 
 
-def stream_name(purpose: str, epoch: int, example: int) -> str:
+def stream_name(purpose: str, epoch: int, example: int | str) -> str:
     """``"refmask.tokens/<purpose>/epoch=<epoch>/example=<example>"``."""
     return f"refmask.tokens/{purpose}/epoch={epoch}/example={example}"
 
@@ -97,14 +88,18 @@ def stream_words(where: str, seed, purpose: str, epoch: int, example_ids: np.nda
 
     Equal, word for word, to ``refmask.rng.random_words(seed, stream_name(...), n_words)``.
     """
-    seed = _check_int(where, "seed", seed, 0, 2**64, "an int with 0 <= seed < 2**64")
+    seed = check_int(where, "seed", seed, minimum=0, maximum=2**64 - 1,
+                     rule="an int with 0 <= seed < 2**64")
     if purpose not in PURPOSES:
         raise ValueError(f"{where}: unknown stream purpose {purpose!r}")
-    h0 = np.empty(len(example_ids), dtype=np.uint64)
-    h1 = np.empty(len(example_ids), dtype=np.uint64)
-    for row, example in enumerate(example_ids.tolist()):
-        digest = hashlib.sha256(stream_name(purpose, epoch, example).encode("utf-8")).digest()
-        h0[row] = int.from_bytes(digest[0:4], "little")
-        h1[row] = int.from_bytes(digest[4:8], "little")
+    # SHA-256 of "<prefix><example id>": hash the shared prefix once, then copy per row
+    prefix = hashlib.sha256(stream_name(purpose, epoch, "").encode("utf-8"))
+    digests = []
+    for example in example_ids.tolist():
+        row = prefix.copy()
+        row.update(str(example).encode("utf-8"))
+        digests.append(row.digest()[:8])
+    words = np.frombuffer(b"".join(digests), dtype="<u4").reshape(-1, 2).astype(np.uint64)
+    h0, h1 = np.ascontiguousarray(words[:, 0]), np.ascontiguousarray(words[:, 1])
     return _philox_rows(np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32), h0, h1,
                         int(n_words))

@@ -21,10 +21,10 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .._validate import check_choice, check_int
 from ..masks import documents, documents_from_position_ids, key_padding
 from ..masks.documents import Documents
 from ..masks.padding import KeyPadding
-from ._common import check_choice, check_int
 
 __all__ = ["documents_from_eos_ids", "documents_from_position_ids", "key_padding_from_pad_ids",
            "segment_ids_from_eos_ids"]
@@ -42,7 +42,7 @@ def key_padding_from_pad_ids(input_ids: ArrayLike, pad_id: int, *, side: str) ->
     """``key_padding(lengths, side=side)`` with ``lengths[b]`` = the non-pad tokens of row b."""
     where = "key_padding_from_pad_ids"
     ids = _ids(where, input_ids)
-    pad_id = check_int(where, "pad_id", pad_id, 0, None, "an int >= 0")
+    pad_id = check_int(where, "pad_id", pad_id, minimum=0, rule="an int >= 0")
     check_choice(where, "side", side, ("left", "right"))
     real = ids != pad_id
     lengths = real.sum(axis=1)
@@ -61,7 +61,7 @@ def segment_ids_from_eos_ids(input_ids: ArrayLike, eos_id: int) -> np.ndarray:
     """int64 (B, T): the number of ``eos_id`` tokens strictly before each position."""
     where = "documents_from_eos_ids"
     ids = _ids(where, input_ids)
-    eos_id = check_int(where, "eos_id", eos_id, 0, None, "an int >= 0")
+    eos_id = check_int(where, "eos_id", eos_id, minimum=0, rule="an int >= 0")
     ends = (ids == eos_id).astype(np.int64)
     return np.cumsum(ends, axis=1) - ends
 

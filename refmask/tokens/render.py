@@ -20,8 +20,8 @@ import os
 import numpy as np
 
 from .._files import write_atomic
+from .._validate import check_flag, check_int
 from ..render import GRID_RGB, MAX_PIXELS, _encode_rgb
-from ._common import check_int
 from .replacement import KEEP, MASK, NOT_SELECTED, RANDOM, MaskedBatch
 
 __all__ = ["KEEP_RGB", "MASK_RGB", "PADDING_RGB", "RANDOM_RGB", "UNSELECTED_RGB",
@@ -63,7 +63,7 @@ def batch_to_png(batch: MaskedBatch, path: str | os.PathLike[str] | None = None,
     """Draw ``batch`` as an RGB PNG (module docstring); write it atomically to ``path``."""
     where = "batch_to_png"
     ids, codes = _host(where, batch)
-    cell = check_int(where, "cell", cell, 1, 256, "an int in [1, 256]")
+    cell = check_int(where, "cell", cell, minimum=1, maximum=256, rule="an int in [1, 256]")
     rows, length = codes.shape
     if rows == 0 or length == 0:
         raise ValueError(f"{where}: the batch has shape {codes.shape}; a PNG needs at least "
@@ -86,5 +86,5 @@ def batch_to_png(batch: MaskedBatch, path: str | os.PathLike[str] | None = None,
         pixels[:, xs % pitch == cell] = 5
     data = _encode_rgb(palette[pixels])
     if path is not None:
-        write_atomic(data, path, bool(overwrite), where=where)
+        write_atomic(data, path, check_flag(where, "overwrite", overwrite), where=where)
     return data

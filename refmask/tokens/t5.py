@@ -32,13 +32,13 @@ import array_api_compat
 from numpy.typing import ArrayLike
 
 from .._typing import Array, Namespace
+from .._validate import check_int, check_rate
 from ._common import (
     Words,
     arange_like,
     check_example_ids,
     check_ids,
-    check_int,
-    check_rate,
+    check_ids_below,
     smallest_k,
     take_rows,
 )
@@ -82,6 +82,10 @@ def _segment_starts(xp, words, items, segments, like):
 
 def _compact(xp, keep, values, fill: int, extra):
     """Rows of ``values[keep]`` left-aligned, then ``extra`` (or nothing), padded by ``fill``."""
+    if keep.shape[1] == 0:  # no token to take: a fill column keeps take_rows in bounds
+        device = array_api_compat.device(keep)
+        keep = xp.zeros((keep.shape[0], 1), dtype=xp.bool, device=device)
+        values = xp.full((keep.shape[0], 1), fill, dtype=values.dtype, device=device)
     width2 = keep.shape[1]
     index = arange_like(xp, width2, keep)[None, :]
     order = xp.sort(xp.where(keep, index, width2), axis=1)
@@ -110,10 +114,11 @@ def corrupt_spans(input_ids: Array, *, seed: int, epoch: int, example_ids: Array
     where = "corrupt_spans"
     xp, ids = check_ids(where, input_ids)
     rows = check_example_ids(where, example_ids, ids.shape[0])
-    vocab = check_int(where, "vocab_size", vocab_size, 1, 2**31 - 1, "an int in [1, 2**31)")
-    pad_id = check_int(where, "pad_id", pad_id, 0, None, "an int >= 0")
+    vocab = check_int(where, "vocab_size", vocab_size, minimum=1, maximum=2**31 - 1,
+                      rule="an int in [1, 2**31)")
+    pad_id = check_int(where, "pad_id", pad_id, minimum=0, rule="an int >= 0")
     if eos_id is not None:
-        eos_id = check_int(where, "eos_id", eos_id, 0, None, "None or an int >= 0")
+        eos_id = check_int(where, "eos_id", eos_id, minimum=0, rule="None or an int >= 0")
     density = check_rate(where, "noise_density", noise_density, open_low=True)
     if density >= 1.0:
         raise ValueError(f"{where}: noise_density must be in (0, 1), got {density}")
@@ -130,6 +135,9 @@ def corrupt_spans(input_ids: Array, *, seed: int, epoch: int, example_ids: Array
                          f"pad_id={pad_id} in a row")
     words = Words(where, xp, ids, seed, epoch, static_copies, rows)
     noise_count, spans = t5_counts(xp, lengths, density, float(mean_span_length))
+    check_ids_below(where, xp, ids, vocab - spans, among=real,
+                    rule=f"[0, vocab_size - M) (vocab_size={vocab}; the ids from vocab_size - M "
+                         "up are the sentinels of the row's M noise spans)")
     noise_starts = _segment_starts(xp, words("t5_noise_cuts", width), noise_count, spans, ids)
     plain_starts = _segment_starts(xp, words("t5_nonnoise_cuts", width), lengths - noise_count,
                                    spans, ids)

@@ -22,14 +22,8 @@ from numpy.typing import ArrayLike
 
 from .._typing import Array
 from ._common import (
-    SELECTION_RULES,
     Words,
-    check_choice,
-    check_example_ids,
-    check_id_set,
-    check_ids,
-    check_int,
-    check_rate,
+    check_common,
     eligibility,
     select_units,
     spread_to_tokens,
@@ -83,19 +77,14 @@ def mask_whole_words(input_ids: Array, *, seed: int, epoch: int, example_ids: Ar
     ints) and continuation ((B, T) bools). ``rate`` is the probability (or share) of words.
     """
     where = "mask_whole_words"
-    xp, ids = check_ids(where, input_ids)
-    specials = check_id_set(where, "special_ids", special_ids)
-    if pad_id is not None:
-        pad_id = check_int(where, "pad_id", pad_id, 0, None, "None or an int >= 0")
-    rows = check_example_ids(where, example_ids, ids.shape[0])
-    rate = check_rate(where, "rate", rate)
-    check_choice(where, "selection", selection, SELECTION_RULES)
+    xp, ids, specials, pad_id, rows, rate = check_common(
+        where, input_ids, special_ids, pad_id, example_ids, rate, selection)
     units = _word_ids(where, xp, ids, word_ids, continuation)
     rule = ReplacementRule(mask_id, vocab_size, mask_rate, random_rate, random_vocabulary,
                            labels, ignore_index).checked(where, specials)
     words = Words(where, xp, ids, seed, epoch, static_copies, rows)
-    eligible = eligibility(xp, ids, specials, pad_id, specials_eligible=bool(specials_eligible),
-                           padding_eligible=bool(padding_eligible))
+    eligible = eligibility(where, xp, ids, specials, pad_id,
+                           specials_eligible=specials_eligible, padding_eligible=padding_eligible)
     starts = unit_starts(xp, eligible, units)
     chosen = select_units(xp, starts, words("select", ids.shape[1]), rate, selection)
     selected = spread_to_tokens(xp, chosen, unit_of_token(xp, starts, eligible))
