@@ -499,3 +499,11 @@ def test_word_ids_that_are_not_an_array_name_the_argument():
         T.mask_whole_words(batch(), word_ids=batch().tolist(), seed=0, epoch=0,
                            example_ids=range(4), mask_id=MASK_ID, vocab_size=VOCAB,
                            special_ids=SPECIALS, pad_id=PAD)
+
+
+def test_stream_name_checks_its_arguments():
+    assert T.stream_name("select", 2, 7) == "refmask.tokens/select/epoch=2/example=7"
+    for args, error in [(("pick", 0, 0), ValueError), (("select", -1, 0), ValueError),
+                        (("select", True, 0), TypeError), (("select", 0, "7"), TypeError)]:
+        with pytest.raises(error, match="stream_name"):
+            T.stream_name(*args)
