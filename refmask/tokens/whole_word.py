@@ -49,8 +49,13 @@ def _word_ids(where: str, xp, ids, word_ids, continuation):
         raise ValueError(f"{where}: give exactly one of word_ids and continuation")
     given = word_ids if continuation is None else continuation
     name = "word_ids" if continuation is None else "continuation"
-    if array_api_compat.array_namespace(given) is not xp and type(given) is not type(ids):
-        raise TypeError(f"{where}: {name} must be in the namespace of input_ids")
+    try:
+        namespace = array_api_compat.array_namespace(given)
+    except TypeError:
+        namespace = None
+    if namespace is None or (namespace is not xp and type(given) is not type(ids)):
+        raise TypeError(f"{where}: {name} must be an array in the namespace of input_ids "
+                        f"({type(ids).__name__}), got {type(given).__name__}")
     if tuple(given.shape) != tuple(ids.shape):
         raise ValueError(f"{where}: {name} must have the shape of input_ids {tuple(ids.shape)}, "
                          f"got {tuple(given.shape)}")
