@@ -75,6 +75,9 @@ FLAGS = {
     "Length0": "Tq or Tk is 0",
     "LargeMagnitude": "scores large enough to overflow a naive exp",
     "LowPrecision": "float16 or bfloat16",
+    "LongRow": "rows of at least 2048 keys (float16 accumulation of the denominator shows)",
+    "MaskedKeysScoreHigh": "masked keys score >= 2e4 above every kept key of their row "
+                           "(a finite -1e4 mask does not hide them)",
 }
 
 
@@ -211,6 +214,7 @@ def derive_flags(case: Case) -> tuple:
         ("BTHD", case.layout == "BTHD"), ("Length1", 1 in (case.q_len, case.k_len)),
         ("Length0", 0 in (case.q_len, case.k_len)), ("LargeMagnitude", case.input_scale >= 8),
         ("LowPrecision", case.dtype in ("float16", "bfloat16")),
+        ("LongRow", case.k_len >= 2048),
     ) if on)
     unknown = flags - set(FLAGS)
     if unknown:
@@ -352,6 +356,10 @@ def reference_outputs(case: Case, inputs: Mapping, *, float64: bool, grads: bool
     """refmask's result for the case: in float64 (``float64=True``) or naively in the case
     dtype (inputs and arithmetic in that dtype), as float64 NumPy arrays in BHTD layout.
 
+    Always the exact path (``path="exact"``, the array-API definition), whatever the size:
+    these values are golden values or yardsticks, and ``refmask.fast`` is judged against
+    them like any backend, never used to make them.
+
     Keys: out, lse, and with ``grads`` dq, dk, dv (+ dbias, dsinks when the case has them)."""
     def cast(x):
         if x.dtype == np.bool_:
@@ -361,11 +369,12 @@ def reference_outputs(case: Case, inputs: Mapping, *, float64: bool, grads: bool
     values = {name: cast(x) for name, x in inputs.items()}
     kwargs = attention_kwargs(case, values)
     with np.errstate(all="ignore"):
-        result = attention(values["q"], values["k"], values["v"], **kwargs)
+        result = attention(values["q"], values["k"], values["v"], **kwargs, path="exact")
         arrays = {"out": to_bhtd(case, np.asarray(result.out, np.float64)),
                   "lse": np.asarray(result.lse, np.float64)}
         if grads:
-            g = attention_vjp(values["q"], values["k"], values["v"], values["d_out"], **kwargs)
+            g = attention_vjp(values["q"], values["k"], values["v"], values["d_out"], **kwargs,
+                              path="exact")
             for name in GRAD_NAMES:
                 value = getattr(g, name)
                 if value is not None:
