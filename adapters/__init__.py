@@ -64,6 +64,7 @@ ALIASES = {
     "keras": ("keras.mha", "keras.dpa"),
     "onnxruntime": ("onnxruntime.attention23", "onnxruntime.attention24"),
     "hf": ("hf.masks",),
+    "xformers": ("xformers.attn_bias",),
     "gpu": ("cupy", "torch.sdpa.cuda.flash", "torch.sdpa.cuda.efficient",
             "torch.sdpa.cuda.cudnn", "torch.sdpa.cuda.math", "torch.flex.cuda",
             "jax.dpa.cudnn", "jax.dpa.xla"),

@@ -201,6 +201,7 @@ def base_cases() -> list[Case]:
            q_heads=4, kv_heads=2, q_len=5, k_len=9, qk_dim=8, v_dim=6, softcap=4.0,
            input_scale=3.0, sinks=True, layout="BTHD", bias=True),
     ]
+    cases += varlen_cases() + paged_cases() + tree_cases() + split_kv_cases() + mla_cases()
     cases += _coverage_cases() + _long_row_cases()
     names = [case.name for case in cases]
     duplicates = {n for n in names if names.count(n) > 1}
@@ -284,6 +285,9 @@ def _coverage_cases() -> list[Case]:
         _c("alibi/softcap_signed_kv_cache", "alibi", m.sliding_window(3, 0, align=4),
            softcap=4.0, alibi=Alibi(2, convention="signed", align=4), input_scale=2.0,
            q_len=3, k_len=8),
+        # -- MLA head dims with a KV-cache offset (the third MLA case, see mla_cases)
+        _c("mla/prefill_192_128_kv_cache", "mla", m.causal(align=2), batch=1, q_heads=2,
+           kv_heads=2, q_len=3, k_len=5, qk_dim=192, v_dim=128, extra_flags=("MLA",)),
     ]
 
 
@@ -339,6 +343,118 @@ def _long_row_cases() -> list[Case]:
            alibi=Alibi([24.0], convention="signed", align=1000), extra_flags=high,
            notes="a 256-key window after 1000 cached tokens; future keys score up to 2.5e4 "
                  "above it"),
+    ]
+
+
+# --- inference-time families (docs/spec.md 2.4.14-2.4.16, 3.8) ----------------------------------
+
+def varlen_cases() -> list[Case]:
+    """Packed sequences aligned per sequence: FlashAttention varlen and xformers BlockDiagonal*."""
+    br, tl = "bottom_right", "top_left"
+    fa = m.varlen_layout([0, 1, 4, 6], [0, 3, 5, 9])  # 1/3, 3/2 (empty rows), 2/4
+    return [
+        _c("varlen/fa_causal_per_sequence", "varlen", m.varlen(m.causal(align=br), fa),
+           batch=1, q_len=6, k_len=9,
+           notes="FlashAttention varlen causal: bottom-right per sequence; sequence 1 has 3 "
+                 "queries and 2 keys, so its first row is empty"),
+        _c("varlen/fa_window_per_sequence", "varlen",
+           m.varlen(m.sliding_window(1, 0, align=br), fa), batch=1, q_len=6, k_len=9,
+           notes="FlashAttention varlen window_size=(1, 0)"),
+        _c("varlen/chunked_per_sequence", "varlen",
+           m.varlen(m.chunked(2, align=br) & m.causal(align=br),
+                    m.varlen_layout([0, 3, 7], [0, 5, 9])), batch=1, q_len=7, k_len=9,
+           notes="Llama 4 chunks restart at every sequence (attention_chunk with varlen)"),
+        _c("varlen/xformers_block_causal_top_left", "varlen",
+           m.varlen(m.causal(align=tl), m.varlen_layout([0, 2, 5], [0, 4, 7])),
+           batch=1, q_len=5, k_len=7, notes="xformers BlockDiagonalCausalMask"),
+        _c("varlen/xformers_padded_keys_causal_offset", "varlen",
+           m.varlen(m.causal(align=br), m.padded_keys_layout([1, 3, 2], 4, [3, 4, 2])),
+           batch=1, q_len=6, k_len=12,
+           notes="xformers BlockDiagonalCausalWithOffsetPaddedKeysMask"),
+        _c("varlen/seqused_k_gqa", "varlen",
+           m.varlen(m.causal(align=br), m.varlen_layout([0, 2, 4], [0, 5, 10],
+                                                        seqused_k=[3, 5])),
+           batch=1, q_heads=4, kv_heads=2, q_len=4, k_len=10,
+           notes="FlashAttention seqused_k: the tail of each key span is unused"),
+    ]
+
+
+def paged_cases() -> list[Case]:
+    """Paged KV caches: decode and chunked prefill on logical positions."""
+    br = "bottom_right"
+    return [
+        _c("paged/decode_partial_pages", "paged",
+           m.varlen(m.causal(align=br), m.paged_layout([[2, 0, 5], [4, 1, 3]], 3, [7, 4],
+                                                       num_pages=6)),
+           q_len=1, k_len=18,
+           notes="decode: batch 0 fills pages 2, 0 and one token of page 5; batch 1 fills "
+                 "page 4 and one token of page 1 (last pages of one token)"),
+        _c("paged/shared_prefix_chunked_prefill", "paged",
+           m.varlen(m.causal(align=br), m.paged_layout([[0, 1, 2], [0, 1, 3]], 2, [6, 5],
+                                                       num_pages=4)),
+           q_len=2, k_len=8, q_heads=4, kv_heads=2,
+           notes="two requests share prefix pages 0 and 1; chunked prefill of 2 tokens"),
+        _c("paged/packed_prefill_gappy", "paged",
+           m.varlen(m.causal(align=br), m.paged_layout([[3, 1, 0], [2, 4, 5]], 2, [5, 3],
+                                                       num_pages=6, cu_seqlens_q=[0, 2, 5],
+                                                       first_slots=[0, 1])),
+           batch=1, q_len=5, k_len=12,
+           notes="packed queries over pages (xformers PagedBlockDiagonal*): sequence 1 starts "
+                 "at slot 1 of its first page; 3 queries over 3 keys"),
+        _c("paged/window_sinks_decode", "paged",
+           m.varlen(m.sliding_window(3, 0, align=br), m.paged_layout([[3, 1], [0, 2]], 4,
+                                                                     [8, 5], num_pages=4)),
+           q_len=1, k_len=16, sinks=True,
+           notes="gpt-oss-style decode: a 4-key window and a sink, over pages"),
+    ]
+
+
+def tree_cases() -> list[Case]:
+    """Speculative-decoding trees verified over a cached prefix."""
+    return [
+        _c("tree/medusa_prefix", "tree", m.tree([-1, 0, 0, 1, 1, 2], align="bottom_right"),
+           batch=1, q_len=6, k_len=9,
+           notes="6 draft tokens in a tree over 3 cached keys; siblings never see each other"),
+        _c("tree/per_batch_prefix", "tree", m.tree([[-1, 0, 1, 0], [-1, -1, 0, 1]],
+                                                   align=[2, 5]),
+           q_len=4, k_len=9, notes="per-request trees and prefix lengths; slots past the "
+                                    "tree are unused"),
+        _c("tree/varlen_requests", "tree",
+           m.varlen(m.tree([-1, 0, 0], align="bottom_right"),
+                    m.varlen_layout([0, 3, 6], [0, 5, 9])), batch=1, q_len=6, k_len=9,
+           notes="two packed requests verify the same tree over 2 and 1 cached keys"),
+    ]
+
+
+def split_kv_cases() -> list[Case]:
+    """Partial results over key ranges (split-KV decode, cascade attention): each part is
+    judged on its own (out and lse), and refmask.attention.merge combines them (spec 3.8)."""
+    whole = m.causal(align="bottom_right") & m.sliding_window(5, 0, align="bottom_right")
+
+    def part(start, stop):
+        return whole & m.key_padding(stop, side="right") & ~m.key_padding(start, side="right")
+
+    return [
+        _c(f"split_kv/keys_{start}_{stop}", "split_kv", part(start, stop), q_len=3, k_len=10,
+           extra_flags=("SplitKV",),
+           notes=f"keys [{start}, {stop}) of a causal 6-key window: a split-KV partial, out "
+                 "and lse judged like any case (tests/test_split_kv.py merges backends' "
+                 "partials over shared inputs)")
+        for start, stop in ((0, 4), (4, 7), (7, 10))
+    ]
+
+
+def mla_cases() -> list[Case]:
+    """Head dims of MLA models (DeepSeek-V2/V3): prefill Dqk 192 / Dv 128, absorbed decode
+    Dqk 576 / Dv 512 with one shared latent kv head."""
+    br = "bottom_right"
+    return [
+        _c("mla/prefill_192_128", "mla", m.causal(align=br), batch=1, q_heads=2, kv_heads=2,
+           q_len=3, k_len=5, qk_dim=192, v_dim=128, extra_flags=("MLA",)),
+        _c("mla/decode_576_512", "mla", m.causal(align=br), batch=1, q_heads=2, kv_heads=1,
+           q_len=1, k_len=4, qk_dim=576, v_dim=512, scale=192 ** -0.5, extra_flags=("MLA",),
+           notes="absorbed MLA decode: scale is 1/sqrt(192) of the unabsorbed head, not "
+                 "1/sqrt(576)"),
     ]
 
 

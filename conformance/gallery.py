@@ -29,7 +29,7 @@ def gallery() -> list[GalleryEntry]:
         GalleryEntry("full", "keep all", m.full(), 4, 6),
         GalleryEntry("causal, top-left (SDPA is_causal, JAX, Keras)", "pk <= pq, offset 0",
                      m.causal(align="top_left"), 4, 6),
-        GalleryEntry("causal, bottom-right (FlashAttention >= 2.1, ONNX >= 1.23)",
+        GalleryEntry("causal, bottom-right (FlashAttention >= 2.1, xformers *FromBottomRight)",
                      "pk <= pq, offset Tk - Tq", m.causal(align="bottom_right"), 4, 6),
         GalleryEntry("causal, bottom-right, Tq > Tk: empty rows", "pk <= pq, offset Tk - Tq",
                      m.causal(align="bottom_right"), 6, 4),

@@ -78,6 +78,11 @@ FLAGS = {
     "LongRow": "rows of at least 2048 keys (float16 accumulation of the denominator shows)",
     "MaskedKeysScoreHigh": "masked keys score >= 2e4 above every kept key of their row "
                            "(a finite -1e4 mask does not hide them)",
+    "Varlen": "packed sequences with per-sequence alignment (cu_seqlens_q != cu_seqlens_k)",
+    "PagedKV": "keys in a paged KV cache (block table, page size, sequence lengths)",
+    "TreeMask": "speculative-decoding token tree over a cached prefix",
+    "SplitKV": "a partial result over one key range of a split-KV / cascade computation",
+    "MLA": "MLA-like head dims (Dqk 192 or 576, Dv 128 or 512)",
 }
 
 
@@ -182,7 +187,8 @@ _KIND_FLAGS = {
     "block_causal": "BlockCausal", "prefix_lm": "PrefixLM", "documents": "Documents",
     "key_padding": "KeyPadding", "query_padding": "QueryPadding", "left_padding": "LeftPadding",
     "strided": "Strided", "global_tokens": "GlobalTokens", "explicit": "ExplicitMask",
-    "per_head": "PerHeadMask", "per_batch": "PerBatchMask",
+    "per_head": "PerHeadMask", "per_batch": "PerBatchMask", "varlen": "Varlen",
+    "tree": "TreeMask",
 }
 
 
@@ -206,6 +212,9 @@ def derive_flags(case: Case) -> tuple:
         flags.add("GQA")
     if case.kv_heads == 1 < case.q_heads:
         flags.add("MQA")
+    if any(node.kind == "varlen" and node.layout.block_table is not None
+           for node in _nodes(case.mask)):
+        flags.add("PagedKV")
     flags.update(name for name, on in (
         ("CustomScale", case.scale is not None), ("Softcap", case.softcap is not None),
         ("SoftcapBeforeMask", case.softcap is not None and case.mask is not None),

@@ -23,17 +23,20 @@ from refmask.conformance.runner import check  # noqa: E402
 TOP_LEFT = {
     "causal/bottom_right/wide", "causal/bottom_right/tall", "causal/decode_q_len_1",
     "window/fa_2_0/bottom_right_wide", "window/left_unbounded_right_1", "gqa/6_to_3_window",
-    "mqa/4_to_1", "alibi/abs_causal_bottom_right",
+    "mqa/4_to_1", "alibi/abs_causal_bottom_right", "split_kv/keys_0_4",
 }
 #: masked logits are replaced by -0.7 * finfo(float32).max: empty rows are the mean of V.
 UNIFORM = {
     "padding/queries_left_keys_left_causal", "padding/all_keys_padded",
     "explicit/articles_empty_first_row", "empty_rows/all_masked",
     "empty_rows/every_other_query_padded",
+    # FlashAttention varlen: a sequence with more queries than keys has empty rows
+    "varlen/fa_causal_per_sequence", "varlen/fa_window_per_sequence",
 }
 #: top-left window on a tall bottom-right case: the realigned rows are empty, and JAX fills
 #: them with the mean of V -- two conventions at once, which the runner names together.
-TOP_LEFT_AND_UNIFORM = {"window/fa_2_0/bottom_right_tall"}
+TOP_LEFT_AND_UNIFORM = {"window/fa_2_0/bottom_right_tall", "split_kv/keys_4_7",
+                        "split_kv/keys_7_10"}
 
 
 def _assert_expected(report, top_left, uniform, combined=frozenset()):

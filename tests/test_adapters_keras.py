@@ -31,6 +31,13 @@ UNIFORM = {"padding/queries_right", "padding/queries_left_keys_left_causal",
            "empty_rows/all_masked", "empty_rows/every_other_query_padded"}
 
 
+#: FlashAttention varlen: a sequence with more queries than keys has empty rows
+VARLEN_EMPTY = {"varlen/fa_causal_per_sequence", "varlen/fa_window_per_sequence"}
+#: split-KV partials of a bottom-right causal window: top-left, and emptied rows
+SPLIT_TOP_LEFT = {"split_kv/keys_0_4"}
+SPLIT_BOTH = {"split_kv/keys_4_7", "split_kv/keys_7_10"}
+
+
 #: a top-left window on the tall bottom-right case empties rows that keras fills with the
 #: mean of V: both conventions at once.
 TOP_LEFT_AND_UNIFORM = "causal=top_left + empty_rows=uniform"
@@ -60,9 +67,11 @@ def test_keras_dpa_matrix():
     report = check("keras.dpa", dtypes=LOW)
     # the tall bottom-right window has no switch in ops.dot_product_attention: it goes dense
     # with the right alignment, and only its empty rows differ.
-    _assert_expected(report, TOP_LEFT, UNIFORM | {"window/fa_2_0/bottom_right_tall"},
-                     fails={"mqa/4_to_1"})
-    mqa = [r for r in report.results if r.case.name == "mqa/4_to_1"]
+    _assert_expected(report, TOP_LEFT | {"mla/prefill_192_128"},
+                     UNIFORM | VARLEN_EMPTY | SPLIT_TOP_LEFT
+                     | {"window/fa_2_0/bottom_right_tall"},
+                     fails={"mqa/4_to_1", "mla/decode_576_512"})
+    mqa = [r for r in report.results if r.case.name in ("mqa/4_to_1", "mla/decode_576_512")]
     # keras' TF backend repeats kv heads only when K > 1; K = 1 reaches tf.einsum unbroadcast
     assert all("InvalidArgumentError" in r.reason for r in mqa)
 
@@ -79,8 +88,10 @@ def test_keras_dpa_gradients():
 
 def test_keras_mha_matrix():
     report = check("keras.mha", dtypes=LOW)
-    _assert_expected(report, TOP_LEFT | {"window/fa_2_0/bottom_right_wide"}, UNIFORM,
-                     combined={"window/fa_2_0/bottom_right_tall"})
+    _assert_expected(report, TOP_LEFT | SPLIT_TOP_LEFT | {"window/fa_2_0/bottom_right_wide",
+                                                          "mla/prefill_192_128"},
+                     UNIFORM | VARLEN_EMPTY,
+                     combined=SPLIT_BOTH | {"window/fa_2_0/bottom_right_tall"})
     verdicts = {r.case.id: r for r in report.results}
     for name in ("window/fa_2_0/square", "window/fa_3_0/square", "window/symmetric_2_2",
                  "padding/keys_left", "documents/packed_causal"):

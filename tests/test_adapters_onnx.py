@@ -22,7 +22,8 @@ from refmask.conformance.runner import check  # noqa: E402
 NAMES = ["onnxruntime.attention23", "onnxruntime.attention24"]
 #: is_causal without past_key / nonpad_kv_seqlen aligns top-left (offset 0), measured.
 TOP_LEFT = {"causal/bottom_right/wide", "causal/bottom_right/tall", "causal/decode_q_len_1",
-            "mqa/4_to_1", "alibi/abs_causal_bottom_right"}
+            "mqa/4_to_1", "alibi/abs_causal_bottom_right", "mla/prefill_192_128",
+            "mla/decode_576_512"}
 
 
 @pytest.fixture(params=NAMES)

@@ -30,7 +30,7 @@ CODES = {"E": Block.EMPTY, "P": Block.PARTIAL, "F": Block.FULL}
 PRIMITIVE_KINDS = (
     "full", "causal", "sliding_window", "chunked", "block_causal", "prefix_lm", "documents",
     "key_padding", "query_padding", "strided", "global_tokens", "explicit", "predicate",
-    "per_batch", "per_head",
+    "per_batch", "per_head", "varlen", "tree",
 )
 
 

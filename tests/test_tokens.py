@@ -416,3 +416,23 @@ def test_text_and_png_of_a_masked_batch(tmp_path):
     assert colours == [UNSELECTED_RGB, MASK_RGB, RANDOM_RGB, KEEP_RGB, PADDING_RGB]
     with pytest.raises(FileExistsError, match="already exists"):
         T.batch_to_png(batch_, path)
+
+
+@pytest.mark.gpu
+def test_bit_identical_on_a_cuda_device():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    ids = batch(rows=5, length=40)
+    ref = call(ids, rate=0.3, random_vocabulary="non_special")
+    got = call(torch.asarray(ids, device="cuda"), rate=0.3, random_vocabulary="non_special")
+    assert got.input_ids.device.type == "cuda"
+    np.testing.assert_array_equal(got.input_ids.cpu().numpy(), ref.input_ids)
+    np.testing.assert_array_equal(got.labels.cpu().numpy(), ref.labels)
+    spans = T.mask_spans(torch.asarray(ids, device="cuda"), seed=1, epoch=0,
+                         example_ids=range(5), mask_id=MASK_ID, vocab_size=VOCAB,
+                         special_ids=SPECIALS, pad_id=PAD)
+    np.testing.assert_array_equal(
+        spans.selected.cpu().numpy(),
+        T.mask_spans(ids, seed=1, epoch=0, example_ids=range(5), mask_id=MASK_ID,
+                     vocab_size=VOCAB, special_ids=SPECIALS, pad_id=PAD).selected)

@@ -17,6 +17,9 @@ from ._inputs import DEFAULT_EMPTY_ROWS, DEFAULT_LAYOUT, EMPTY_ROW_POLICIES, LAY
 from ._results import AttentionResult, Grads
 from .alibi import ALIBI_CONVENTIONS, Alibi, alibi_slopes
 from .dispatch import attention, attention_vjp
+from .merge import LSE_BASES, merge
+from .scores import ONNX_QK_MATMUL_OUTPUT_MODES, SCORE_STAGES, attention_scores
+from .temperature import llama4_query_scale
 
 __all__ = [
     "ALIBI_CONVENTIONS",
@@ -24,10 +27,16 @@ __all__ = [
     "DEFAULT_LAYOUT",
     "EMPTY_ROW_POLICIES",
     "LAYOUTS",
+    "LSE_BASES",
+    "ONNX_QK_MATMUL_OUTPUT_MODES",
+    "SCORE_STAGES",
     "Alibi",
     "AttentionResult",
     "Grads",
     "alibi_slopes",
     "attention",
+    "attention_scores",
     "attention_vjp",
+    "llama4_query_scale",
+    "merge",
 ]

@@ -20,6 +20,7 @@ import numpy as np
 from .._typing import Array, Device, DType, Namespace
 from .._validate import check_choice, check_int, check_rows
 from ..masks.alignment import Alignment, as_alignment
+from ..masks.varlen import SequenceLayout, sequence_distance
 
 ALIBI_CONVENTIONS = ("abs", "signed")
 
@@ -78,7 +79,7 @@ def _as_slopes(slopes) -> tuple:
 class Alibi:
     """An immutable ALiBi specification; every choice is named, none is defaulted.
 
-    Alibi(slopes, *, convention, align)
+    Alibi(slopes, *, convention, align, layout=None)
 
     slopes: an int ``H`` (use :func:`alibi_slopes` for ``H`` heads), or explicit slopes of
       shape ``(H,)`` or ``(B, H)`` (one row per batch). ``H`` is the number of *query* heads.
@@ -88,18 +89,30 @@ class Alibi:
       ``"bottom_right"`` (offset ``Tk - Tq``, FlashAttention), an int (a KV cache of that many
       past tokens), one int per batch, or an :class:`~refmask.masks.alignment.Alignment`.
       Use the same alignment as the mask: attention itself never shifts positions.
+    layout: None, or a :class:`~refmask.masks.varlen.SequenceLayout` for positions that
+      restart per packed sequence (FlashAttention varlen ``alibi_slopes``): ``pq`` and ``pk``
+      are then sequence-local and ``align`` is resolved per sequence, exactly as inside
+      :func:`~refmask.masks.varlen.varlen`; pairs of two different sequences get 0 (the mask
+      drops them).
     """
 
     slopes: tuple
     convention: str
     align: Alignment
+    layout: SequenceLayout | None
 
-    def __init__(self, slopes, *, convention, align):
+    def __init__(self, slopes, *, convention, align, layout=None):
         object.__setattr__(self, "slopes", _as_slopes(slopes))
         object.__setattr__(
             self, "convention", check_choice("Alibi", "convention", convention, ALIBI_CONVENTIONS)
         )
         object.__setattr__(self, "align", as_alignment(align, "Alibi"))
+        if layout is not None and not isinstance(layout, SequenceLayout):
+            raise TypeError(f"Alibi: layout must be None or a SequenceLayout, got "
+                            f"{type(layout).__name__}")
+        object.__setattr__(self, "layout", layout)
+        if layout is not None:
+            layout.per_sequence_alignment(self.align, "Alibi")  # validates align per sequence
         per_batch_slopes = len(self.slopes) if isinstance(self.slopes[0], tuple) else None
         if per_batch_slopes not in (None, 1) and self.align.batch_size not in (
             None, per_batch_slopes
@@ -120,6 +133,15 @@ class Alibi:
         if isinstance(self.slopes[0], tuple) and len(self.slopes) > 1:
             return len(self.slopes)
         return self.align.batch_size
+
+    def query_minus_key(self, batch: int, q_len: int, k_len: int) -> np.ndarray:
+        """``pq - pk`` as NumPy int64 of shape (B or 1, Tq, Tk): ``i + offset(b) - j``, or the
+        sequence-local distance of ``layout`` (0 across sequences)."""
+        if self.layout is not None:
+            return sequence_distance(self.layout, self.align, batch, q_len, k_len)
+        offsets = self.align.offset_table(q_len, k_len).astype(np.int64)
+        return (np.arange(q_len)[None, :, None] + offsets[:, None, None]
+                - np.arange(k_len)[None, None, :])
 
     def bias(self, batch: int, heads: int, q_len: int, k_len: int, *, xp: Namespace | None = None,
              dtype: DType | None = None,
@@ -164,17 +186,19 @@ def alibi_bias(where: str, name: str, alibi: Alibi, batch: int, heads: int, q_le
             f"{where}: {name} is defined per batch for {alibi.batch_size} batches (slopes or "
             f"align) but the batch size is {batch}"
         )
-    offsets = [int(x) for x in alibi.align.offset_table(q_len, k_len)]
     slopes = alibi.slopes if isinstance(alibi.slopes[0], tuple) else (alibi.slopes,)
 
     start, stop = (0, q_len) if rows is None else check_rows(where, rows, q_len)
-    offset = xp.reshape(xp.asarray(offsets, device=device), (len(offsets), 1, 1, 1))
-    pq = xp.reshape(xp.arange(start, stop, device=device), (1, 1, stop - start, 1)) + offset
-    pk = xp.reshape(xp.arange(k_len, device=device), (1, 1, 1, k_len))
-    if alibi.convention == "abs":
-        distance = -xp.abs(pq - pk)
+    if alibi.layout is not None:  # sequence-local positions (a (B | 1, Tq, Tk) table)
+        pq_minus_pk = alibi.query_minus_key(batch, q_len, k_len)[:, start:stop]
+        pq_minus_pk = xp.asarray(pq_minus_pk[:, None], device=device)
+        distance = -xp.abs(pq_minus_pk) if alibi.convention == "abs" else -pq_minus_pk
     else:
-        distance = pk - pq
+        offsets = [int(x) for x in alibi.align.offset_table(q_len, k_len)]
+        offset = xp.reshape(xp.asarray(offsets, device=device), (len(offsets), 1, 1, 1))
+        pq = xp.reshape(xp.arange(start, stop, device=device), (1, 1, stop - start, 1)) + offset
+        pk = xp.reshape(xp.arange(k_len, device=device), (1, 1, 1, k_len))
+        distance = -xp.abs(pq - pk) if alibi.convention == "abs" else pk - pq
     slope = xp.reshape(xp.asarray(slopes, dtype=dtype, device=device), (len(slopes), heads, 1, 1))
     bias = slope * xp.astype(distance, dtype)
     return xp.broadcast_to(bias, (batch, heads, stop - start, k_len))

@@ -13,6 +13,7 @@ When "auto" hands a call to the fast path is decided in ``refmask.fast._dispatch
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .._typing import Array
@@ -22,6 +23,7 @@ from ._results import AttentionResult, Grads
 from .alibi import Alibi
 from .backward import exact_attention_vjp
 from .forward import exact_attention
+from .temperature import scaled_queries
 
 if TYPE_CHECKING:
     from ..masks import Mask
@@ -37,7 +39,8 @@ def attention(q: Array, k: Array, v: Array, *, mask: Mask | Array | None = None,
               alibi: Alibi | None = None, sinks: Array | None = None,
               dropout_keep: Array | None = None, dropout_rate: float | None = None,
               empty_rows: str = DEFAULT_EMPTY_ROWS, layout: str = DEFAULT_LAYOUT,
-              return_probs: bool = False, path: str = DEFAULT_PATH) -> AttentionResult:
+              return_probs: bool = False, path: str = DEFAULT_PATH,
+              query_scale: Array | None = None) -> AttentionResult:
     """Reference scaled dot-product attention (see the module docstring for the formulas).
 
     Letters: B batch, Hq query heads, Hkv kv heads (Hq % Hkv == 0; query head h reads kv head
@@ -78,6 +81,9 @@ def attention(q: Array, k: Array, v: Array, *, mask: Mask | Array | None = None,
         "auto" takes the fast path for NumPy float64 inputs with
         B * Hq * Tq * Tk >= ``refmask.fast._dispatch.AUTO_MIN_SCORES`` and covered
         features, the exact path otherwise. Both agree to ~1e-12 relative in float64.
+      query_scale: per-query temperature (Llama 4), (Tq,) or (B, Tq) in q's namespace and
+        dtype: row i of q is multiplied by it (rounded to q's dtype) before the scores, as in
+        :mod:`refmask.attention.temperature`; default None = no temperature.
 
     Returns:
       AttentionResult(out, lse, probs) in q's namespace, dtype and device.
@@ -86,6 +92,8 @@ def attention(q: Array, k: Array, v: Array, *, mask: Mask | Array | None = None,
     the outputs they touch; no floating-point warning is ever emitted.
     """
     path = check_choice("attention", "path", path, PATHS)
+    if query_scale is not None:
+        q, _ = scaled_queries("attention", q, query_scale, layout)
     if not isinstance(return_probs, bool):
         raise TypeError(f"attention: return_probs must be a bool, got {return_probs!r}")
     kwargs = dict(mask=mask, scale=scale, softcap=softcap, bias=bias, alibi=alibi, sinks=sinks,
@@ -106,7 +114,7 @@ def attention_vjp(q: Array, k: Array, v: Array, d_out: Array, *, d_lse: Array | 
                   alibi: Alibi | None = None, sinks: Array | None = None,
                   dropout_keep: Array | None = None, dropout_rate: float | None = None,
                   empty_rows: str = DEFAULT_EMPTY_ROWS, layout: str = DEFAULT_LAYOUT,
-                  path: str = DEFAULT_PATH) -> Grads:
+                  path: str = DEFAULT_PATH, query_scale: Array | None = None) -> Grads:
     """Gradients of :func:`~refmask.attention.attention` (formulas in the module docstring).
 
     Args:
@@ -115,6 +123,8 @@ def attention_vjp(q: Array, k: Array, v: Array, d_out: Array, *, d_lse: Array | 
       d_out: the upstream gradient of ``out``: same shape (in the same layout), namespace and
         dtype as ``out``.
       d_lse: optional upstream gradient of ``lse``, shape (B, Hq, Tq); default None = 0.
+      query_scale: as in :func:`~refmask.attention.attention`; then ``dq = query_scale *
+        dq'`` (the gradient reaches q through the scaled rows).
       path: "auto" (default), "exact" or "fast", as in :func:`~refmask.attention.attention`;
         the fast path (FlashAttention-2 recomputation on the forward's tiles) also leaves
         gradients under empty_rows="nan" and dbias of a broadcast bias to the exact path.
@@ -127,6 +137,13 @@ def attention_vjp(q: Array, k: Array, v: Array, d_out: Array, *, d_lse: Array | 
     Computed in q's dtype by recomputing the forward pass; NaN/inf propagate, never raise.
     """
     path = check_choice("attention_vjp", "path", path, PATHS)
+    if query_scale is not None:
+        scaled, factor = scaled_queries("attention_vjp", q, query_scale, layout)
+        grads = attention_vjp(scaled, k, v, d_out, d_lse=d_lse, mask=mask, scale=scale,
+                              softcap=softcap, bias=bias, alibi=alibi, sinks=sinks,
+                              dropout_keep=dropout_keep, dropout_rate=dropout_rate,
+                              empty_rows=empty_rows, layout=layout, path=path)
+        return replace(grads, dq=grads.dq * factor)
     kwargs = dict(mask=mask, scale=scale, softcap=softcap, bias=bias, alibi=alibi, sinks=sinks,
                   dropout_keep=dropout_keep, dropout_rate=dropout_rate, empty_rows=empty_rows,
                   layout=layout)

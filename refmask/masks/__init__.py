@@ -21,12 +21,23 @@ from .select import per_batch, per_head
 from .serialize import from_json
 from .sliding_window import sliding_window
 from .strided import strided
+from .tree import ancestor_matrix, parents_from_ancestors, tree
+from .varlen import (
+    SequenceLayout,
+    gappy_keys_layout,
+    padded_keys_layout,
+    paged_layout,
+    varlen,
+    varlen_layout,
+)
 
 __all__ = [
     "Alignment",
     "Block",
     "Mask",
+    "SequenceLayout",
     "all_of",
+    "ancestor_matrix",
     "any_of",
     "as_alignment",
     "block_causal",
@@ -39,8 +50,12 @@ __all__ = [
     "explicit",
     "from_json",
     "full",
+    "gappy_keys_layout",
     "global_tokens",
     "key_padding",
+    "padded_keys_layout",
+    "paged_layout",
+    "parents_from_ancestors",
     "per_batch",
     "per_head",
     "predicate",
@@ -48,4 +63,7 @@ __all__ = [
     "query_padding",
     "sliding_window",
     "strided",
+    "tree",
+    "varlen",
+    "varlen_layout",
 ]

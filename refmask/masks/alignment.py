@@ -4,12 +4,13 @@ Masks are defined on positions, not indices: key j has position ``pk = j`` and q
 position ``pq = i + offset(b)``. The alignment is the choice of ``offset``:
 
 * ``"top_left"``: ``offset = 0`` -- query 0 lines up with key 0 (PyTorch SDPA ``is_causal``,
-  JAX, Flax, Keras, ONNX <= 1.22).
+  JAX, Flax, Keras, ONNX ``Attention`` without a KV cache).
 * ``"bottom_right"``: ``offset = Tk_valid(b) - Tq_valid(b)`` -- the last query lines up with the
-  last key (FlashAttention >= 2.1, xformers ``*FromBottomRight``, ONNX >= 1.23, FlashInfer).
+  last key (FlashAttention >= 2.1, xformers ``*FromBottomRight``, FlashInfer).
   ``Tk_valid``/``Tq_valid`` default to the full lengths ``Tk``/``Tq``; pass per-batch valid
   lengths with :func:`bottom_right` for right-padded batches.
-* an int, or one int per batch: a KV cache of ``past`` tokens is ``offset = past``.
+* an int, or one int per batch: a KV cache of ``past`` tokens is ``offset = past`` (ONNX
+  ``Attention`` with ``past_key``: offset = past length).
 
 No mask picks an alignment for the caller: every position-dependent mask takes ``align=``
 as a required keyword.

@@ -17,8 +17,9 @@
       3 ██
 
 Peers: top-left is SDPA ``is_causal=True`` and ``causal_upper_left``, JAX/Flax/Keras, xformers
-``LowerTriangularMask``, ONNX <= 1.22. Bottom-right is FlashAttention >= 2.1, SDPA
-``causal_lower_right``, xformers ``*FromBottomRight``, FlashInfer, ONNX >= 1.23.
+``LowerTriangularMask``, ONNX ``Attention`` without a KV cache (its offset is the past
+length). Bottom-right is FlashAttention >= 2.1, SDPA ``causal_lower_right``, xformers
+``*FromBottomRight``, FlashInfer. Per sequence of a packed batch: :func:`varlen`.
 """
 
 from __future__ import annotations

@@ -38,6 +38,8 @@ def _schemas() -> dict:
     from .select import per_batch, per_head
     from .sliding_window import sliding_window
     from .strided import strided
+    from .tree import tree
+    from .varlen import layout_from_json, varlen
 
     def parts(d, child):
         masks = d["masks"]
@@ -75,6 +77,9 @@ def _schemas() -> dict:
         "not": (("mask",), (), lambda d, child: ~child(d["mask"])),
         "per_batch": (("masks",), (), lambda d, child: per_batch(*parts(d, child))),
         "per_head": (("masks",), (), lambda d, child: per_head(*parts(d, child))),
+        "tree": (("parents", "align"), (), lambda d, child: tree(d["parents"], align=d["align"])),
+        "varlen": (("mask", "layout"), (),
+                   lambda d, child: varlen(child(d["mask"]), layout_from_json(d["layout"]))),
     }
 
 

@@ -50,6 +50,13 @@ def check_id_set(where: str, name: str, ids) -> tuple[int, ...]:
 
 def check_example_ids(where: str, example_ids, batch: int) -> np.ndarray:
     """(B,) distinct ints in [0, 2**63): the dataset index of each row (keys the streams)."""
+    if isinstance(example_ids, range) or (isinstance(example_ids, np.ndarray)
+                                          and example_ids.dtype.kind in "iu"):
+        fast = np.asarray(example_ids)  # integer arrays: checked as a whole, not per item
+        if fast.shape == (batch,) and (fast.size == 0 or (
+                int(fast.min()) >= 0 and int(fast.max()) <= 2**63 - 1)) and \
+                np.unique(fast).size == fast.size:
+            return fast.astype(np.int64)
     ids = np.asarray(example_ids.tolist() if hasattr(example_ids, "tolist") else example_ids,
                      dtype=object)
     if ids.shape != (batch,):
