@@ -40,6 +40,26 @@ def check_ids(where: str, input_ids):
     return xp, input_ids
 
 
+def check_ids_below(where: str, xp, input_ids, bound, *, rule: str, among=None) -> None:
+    """Refuse ids outside ``[0, bound)`` (bound: an int or a (B,) array, one per row), among the
+    positions ``among`` (bool (B, T); default all): an id the vocabulary does not have would
+    otherwise pass through the masker unnoticed."""
+    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        return
+    limit = bound if isinstance(bound, int) else bound[:, None]
+    bad = (input_ids < 0) | (input_ids >= limit)
+    if among is not None:
+        bad = bad & among
+    if bool(xp.any(bad)):
+        row, column = (int(i) for i in np.argwhere(_host(bad))[0])
+        raise ValueError(f"{where}: input_ids must lie in {rule}, got "
+                         f"{int(_host(input_ids)[row, column])} at index ({row}, {column})")
+
+
+def _host(array) -> np.ndarray:
+    return np.asarray(array.cpu() if hasattr(array, "cpu") else array)
+
+
 def check_id_set(where: str, name: str, ids) -> tuple[int, ...]:
     if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence | np.ndarray | frozenset
                                                            | set):
@@ -163,6 +183,8 @@ def smallest_k(xp, candidate, words, k):
     random among the ``C(#candidates, k)`` subsets (up to the 2**-32 granularity of words).
     """
     n = candidate.shape[1]
+    if n == 0:  # no candidates (T = 0): nothing to choose, and no k-th key to look up
+        return candidate
     index = arange_like(xp, n, candidate)[None, :]
     keys = xp.where(candidate, words * n + index, _WORD_SPAN * n + index)
     ordered = xp.sort(keys, axis=1)
