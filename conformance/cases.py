@@ -226,8 +226,8 @@ def _coverage_cases() -> list[Case]:
         _c("scale/alibi_abs_top_left_tall", "scale", causal_tl, scale=0.9, q_len=7, k_len=4,
            alibi=Alibi(2, convention="abs", align=tl),
            notes="an explicit scale that is neither 1/sqrt(Dqk) nor 1/Dqk, with ALiBi"),
-        _c("window/large_magnitude", "sliding_window", m.sliding_window(2, 0, align=br),
-           input_scale=30.0, q_len=5, k_len=8),
+        _c("window/large_magnitude", "sliding_window", m.sliding_window(2, 0, align=tl),
+           input_scale=30.0, q_len=8, k_len=8),
         # -- windows with KV-cache offsets
         _c("window/kv_cache_per_batch", "sliding_window", m.sliding_window(2, 0, align=[3, 5]),
            q_len=3, k_len=9, notes="a 3-key window after 3 resp. 5 cached tokens"),
@@ -321,9 +321,10 @@ def _long_row_cases() -> list[Case]:
         _c("long_rows/mqa_explicit_scale", "gqa", None, **{**long, "q_heads": 2, "q_len": 2},
            scale=0.35),
         # near-flat scores over 4096 keys: a float16 running sum stops growing at 2048
-        _c("long_rows/flat_causal_bottom_right_4096", "causal", m.causal(align=br),
+        _c("long_rows/flat_causal_kv_cache_4096", "causal", m.causal(align=2 * LONG_ROW - 2),
            **{**long, "q_len": 2, "k_len": 2 * LONG_ROW}, input_scale=0.25,
-           notes="weights near 1 on 4096 keys: a float16 denominator stalls at 2048"),
+           notes="two decode steps after 4094 cached tokens, weights near 1 on 4095-4096 "
+                 "keys: a float16 denominator stalls at 2048"),
         _c("long_rows/flat_valid_lengths_sinks_4096", "sinks",
            m.key_padding([3500], side="right")
            & m.causal(align=m.bottom_right(q_lengths=[2], k_lengths=[3500])),
