@@ -46,8 +46,7 @@ power at the per-test level ``alpha / tests`` (Bonferroni, conservative for Holm
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -469,11 +468,6 @@ def check_masker(masker: Masker, spec: MaskingSpec | None = None, *, name: str =
     passed = all(c.passed for c in checks)
     return MaskingVerdict(name, passed, tuple(conventions), tuple(checks), alpha, sample,
                           picture, histograms)
-
-
-def with_declared(spec: MaskingSpec, **changes: Any) -> MaskingSpec:
-    """``spec`` with fields replaced (a convenience for adapters and tests)."""
-    return replace(spec, **changes)
 
 
 reference_t5 = reference.reference_t5
