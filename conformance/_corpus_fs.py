@@ -280,11 +280,15 @@ def fsync_directory(path: Path) -> None:
 
 
 def write_new_file(path: Path, data: bytes) -> None:
-    """Create ``path`` (it must not exist) with ``data``, fsynced."""
-    with open(path, "xb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Create ``path`` (it must not exist) with ``data``, fsynced; an OSError (disk full, file
+    size limit) names ``path``."""
+    try:
+        with open(path, "xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise type(error)(f"cannot write {str(path)!r}: {error.strerror or error}") from None
 
 
 def _temp_pattern(name: str):

@@ -1,12 +1,16 @@
 """The ``refmask`` command line.
 
-    refmask check BACKEND... [--impl module:function] [--dtype D ...] [--filter TEXT]
-                  [--grads] [--corpus DIR] [--report out.html|.md|.json] [--overwrite]
-                  [--quiet]                           the conformance suite; exit 1 on a fail
+    refmask check BACKEND... [--impl module:function] [--dtype D,...] [--filter TEXT,...]
+                  [--grads] [--allow-policy NAME] [--framework F] [--device D]
+                  [--backward module:function] [--corpus DIR]
+                  [--report out.html|.md|.json] [--expect FILE] [--write-expect FILE]
+                  [--overwrite] [--quiet] [-v]        the conformance suite; exit 1 on a fail
+                                                      (with --expect: on a changed verdict)
+    refmask cases [--filter TEXT,...] [--dtype D,...] the case ids, families and flags
     refmask golden generate DIR [--sweep NAME] [--engine E] [--dtype D ...] [--filter TEXT]
                    [--overwrite]                      default: the catalog, exact engine
     refmask golden verify [DIR] [--no-regenerate]     default DIR: the shipped corpus
-    refmask fuzz BACKEND [--examples N] [--seed S] [--dtype D ...]
+    refmask fuzz BACKEND [--examples N] [--seed S] [--dtype D,...] [--grads] ...
                                                       random cases; prints a reproducer
     refmask matrix BACKEND... [--update docs/conformance.md] [--dtype D ...]
                                                       the published backend x family matrix
@@ -21,6 +25,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from refmask import SPEC_VERSION, __version__, render
@@ -68,67 +73,91 @@ def _render(args) -> int:
     return 0
 
 
-def _report_paths(args, targets: list) -> list:
-    """The --report path of each target (one file per target when there are several),
-    checked before anything runs."""
-    if not args.report:
-        return [None] * len(targets)
+def _judging(args, *, corpus: bool = True):
+    """The one :class:`~.judging.Judging` of a command line (check, fuzz, matrix, cases)."""
+    from .judging import Judging
+
+    def get(name):
+        return getattr(args, name, None)
+
+    return Judging(dtypes=_joined(get("dtype")), filter=get("filter"),
+                   grads=bool(get("grads")), allow_policy=_joined(get("allow_policy")) or (),
+                   corpus=get("corpus") if corpus else None, framework=get("framework"),
+                   device=get("device"), backward=get("backward"),
+                   timeout=get("timeout") if get("timeout") is not None else
+                   DEFAULT_CASE_TIMEOUT, trust=tuple(get("trust") or ()))
+
+
+def _joined(values):
+    """Repeatable options that may also hold comma-separated lists -> one tuple (or None)."""
+    if not values:
+        return None
+    return tuple(part.strip() for value in values for part in value.split(",") if part.strip())
+
+
+def _check_output_paths(args) -> None:
+    """Refuse before the run (not after it) an output path that exists without --overwrite,
+    whose folder does not exist or cannot be written, or whose suffix names no format."""
     from . import report as reports
 
-    reports.check_suffix(args.report)
-    if len(targets) == 1:
-        paths = [args.report]
-    else:
-        stem, suffix = os.path.splitext(args.report)
-        paths = [f"{stem}.{n}-{str(target).replace(':', '_').replace('/', '_')}{suffix}"
-                 for n, target in enumerate(targets)]
-    for path in paths:
-        check_output_path(path, args.overwrite, where="check", name="--report")
-    return paths
+    if args.report is not None:
+        reports.check_suffix(args.report)
+        check_output_path(args.report, args.overwrite, where="check", name="--report")
+    if args.write_expect is not None:
+        check_output_path(args.write_expect, args.overwrite, where="check",
+                          name="--write-expect")
+    if args.expect is not None and not os.path.isfile(args.expect):
+        raise ValueError(f"--expect {args.expect}: no such file (record one with "
+                         "--write-expect)")
 
 
 def _check(args) -> int:
     from refmask.adapters import expand
 
+    from . import expect
     from . import report as reports
-    from .cases import DTYPES
     from .runner import check
 
     targets = expand(list(args.backends)) + list(args.impl or [])
     if not targets:
         raise ValueError("check: name at least one BACKEND or --impl module:function")
-    for dtype in args.dtype or ():
-        if dtype not in DTYPES:
-            raise ValueError(f"check: --dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    if args.timeout is not None and not args.timeout > 0:
-        raise ValueError(f"check: --timeout must be a number of seconds > 0, got {args.timeout}")
-    report_paths = _report_paths(args, targets)
+    judging = _judging(args)
+    if not args.impl and any(x is not None for x in (args.framework, args.device,
+                                                     args.backward)):
+        raise ValueError("check: --framework, --device and --backward apply to --impl "
+                         "functions; none is given")
+    _check_output_paths(args)
+    expected = expect.load(args.expect) if args.expect else None
+    if not judging.cases():
+        raise ValueError(f"check: no case matches --filter {args.filter!r} and --dtype "
+                         f"{args.dtype}")
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-    corpus = {}
-    if args.corpus:  # exactly the corpus's cases, judged against its stored golden values
-        from .golden import case_from_json, load, recover_leftovers
-        from .runner import corpus_golden
+    if args.corpus:  # what recovery did to an interrupted golden generate there
+        from .golden import recover_leftovers
 
         _notes(recover_leftovers(Path(args.corpus)))
-        loaded = load(args.corpus)
-        corpus = {"cases": [case_from_json(loaded.manifest_entry(i)["case"],
-                                           trust=args.trust or ()) for i in loaded],
-                  "golden": corpus_golden(loaded)}
-    failed = False
-    for target, path in zip(targets, report_paths, strict=True):
-        result = check(target, dtypes=args.dtype, filter=args.filter, grads=args.grads,
-                       timeout=args.timeout, **corpus)
-        if not result.results:
-            raise ValueError(f"check: no case matches --filter {args.filter!r} and --dtype "
-                             f"{args.dtype}")
-        print(reports.terminal(result, colour=colour, details=not args.quiet))
-        if path is not None:
-            reports.write(result, path, overwrite=args.overwrite)
-            print(f"wrote {path}")
-        failed = failed or result.failed or result.interrupted
+    golden = judging.golden()
+    adapters = [judging.adapter(target) for target in targets]  # every name, before running
+    results = []
+    for adapter in adapters:
+        with progress_bar(f"check {adapter.name}") as progress:
+            result = check(adapter, judging=judging, golden=golden, progress=progress)
+        print(reports.terminal(result, colour=colour, details=not args.quiet,
+                               verbose=args.verbose))
+        results.append(result)
         if result.interrupted:
             break
-    return 1 if failed else 0
+    if args.report:
+        reports.write_many(results, args.report, overwrite=args.overwrite)
+        print(f"wrote {args.report}")
+    if args.write_expect:
+        expect.write(args.write_expect, results, overwrite=args.overwrite)
+        print(f"wrote {args.write_expect}")
+    if expected is not None:
+        changes, warnings = expect.compare(results, expected)
+        print(expect.summary(changes, warnings))
+        return 1 if changes else 0
+    return 1 if any(r.failed or r.interrupted for r in results) else 0
 
 
 def _notes(notes: list) -> None:
@@ -137,19 +166,48 @@ def _notes(notes: list) -> None:
         print(f"refmask: note: {note}", file=sys.stderr)
 
 
-def _progress_bar(label: str):
-    """A one-line progress bar on stderr (only when stderr is a terminal)."""
+def _cases(args) -> int:
+    """``refmask cases``: the ids, families and flags of the cases a check would run."""
+    judging = _judging(args)
+    chosen = judging.cases()
+    if not chosen:
+        raise ValueError(f"cases: no case matches --filter {args.filter!r} and --dtype "
+                         f"{args.dtype}")
+    width = max(len(c.id) for c in chosen)
+    family = max(len(c.family) for c in chosen)
+    for case in chosen:
+        print(f"{case.id:<{width}}  {case.family:<{family}}  {' '.join(case.flags)}")
+    print(f"{len(chosen)} cases")
+    return 0
+
+
+@contextmanager
+def progress_bar(label: str):
+    """``progress(done, total)`` drawing a tqdm bar with rate and ETA on stderr when stderr is
+    a terminal (and tqdm is installed); None otherwise."""
     if not sys.stderr.isatty():
-        return None
+        yield None
+        return
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        yield None
+        return
+    bar = None
 
     def show(done: int, total: int) -> None:
-        filled = int(30 * done / max(total, 1))
-        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
-        if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=label, unit="case", leave=False, file=sys.stderr)
+        elif done < bar.n or total != bar.total:  # the next backend of a matrix run
+            bar.reset(total=total)
+        bar.update(done - bar.n)
 
-    return show
+    try:
+        yield show
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _golden(args) -> int:
@@ -168,20 +226,22 @@ def _golden(args) -> int:
                                  f"{list(sweep_names())}, got {args.sweep!r}")
             source = sweep(args.sweep)
         engine = args.engine or ("exact" if source is None else "reference")
-        cases = select_cases(source, dtypes=args.dtype, filter=args.filter)
+        cases = select_cases(source, dtypes=_joined(args.dtype), filter=args.filter)
         if not cases:
             raise ValueError(f"golden generate: no case matches --filter {args.filter!r} and "
                              f"--dtype {args.dtype}")
         _notes(golden.recover_leftovers(Path(args.directory)))
-        path = golden.generate(args.directory, cases, overwrite=args.overwrite, engine=engine,
-                               progress=_progress_bar(f"generating ({engine})"))
+        with progress_bar(f"generating ({engine})") as progress:
+            path = golden.generate(args.directory, cases, overwrite=args.overwrite,
+                                   engine=engine, progress=progress)
         print(f"wrote {len(cases)} cases to {path} (engine {engine})")
         return 0
     directory = args.directory or golden.shipped_corpus_path()
     _notes(golden.recover_leftovers(Path(directory)))
     golden.corpus_engine(directory)  # no readable manifest: a refusal (exit 2), not a defect
-    problems = golden.verify(directory, regenerate=not args.no_regenerate,
-                             progress=_progress_bar("verifying"), trust=args.trust or ())
+    with progress_bar("verifying") as progress:
+        problems = golden.verify(directory, regenerate=not args.no_regenerate,
+                                 progress=progress, trust=args.trust or ())
     for problem in problems:
         print(f"problem: {problem}")
     what = "hashes"
@@ -199,22 +259,23 @@ def _golden(args) -> int:
 
 
 def _fuzz(args) -> int:
-    from .cases import DTYPES
     from .strategies import fuzz
 
     if args.examples < 1:
         raise ValueError(f"fuzz: --examples must be an int >= 1, got {args.examples}")
-    found = fuzz(args.backend, max_examples=args.examples, seed=args.seed,
-                 dtypes=args.dtype or DTYPES)
-    if found is None:
-        print(f"no failing case in {args.examples} random cases")
+    judging = _judging(args, corpus=False)
+    with progress_bar(f"fuzz {args.backend}") as progress:
+        found = fuzz(args.backend, max_examples=args.examples, seed=args.seed,
+                     judging=judging, progress=progress)
+    if found.case is None:
+        print(f"no failing case: {found.summary()}")
         return 0
-    case, result, code = found
-    print(f"fail on {case.id}: {result.reason}")
-    if result.picture:
-        print(result.picture)
+    print(f"fail on {found.case.id}: {found.result.reason}")
+    if found.result.picture:
+        print(found.result.picture)
+    print(f"({found.summary()})")
     print("\nreproducer:\n")
-    print(code)
+    print(found.code)
     return 1
 
 
@@ -225,8 +286,9 @@ def _matrix(args) -> int:
 
     if args.update:
         matrix.read_block_file(args.update)  # refuse a bad --update FILE before measuring
-    reports = matrix.measure(expand(args.backends), dtypes=args.dtype,
-                             progress=_progress_bar("measuring"))
+    with progress_bar("measuring") as progress:
+        reports = matrix.measure(expand(args.backends), dtypes=_joined(args.dtype),
+                                 progress=progress)
     block = matrix.render(reports)
     if args.update:
         matrix.update_file(args.update, block)
@@ -234,6 +296,36 @@ def _matrix(args) -> int:
     else:
         print(block)
     return 1 if any(r.failed for r in reports) else 0
+
+
+FILTER_HELP = ("only cases whose id contains one of these comma-separated texts, or whose "
+               "family or a flag equals one (e.g. sliding_window,EmptyRow)")
+
+
+def _add_judging(parser, *, filters: bool = True) -> None:
+    """The options of :class:`~.judging.Judging`, the same on every command that judges."""
+    parser.add_argument("--dtype", action="append", metavar="DTYPE",
+                        help="only these dtypes (repeatable or comma-separated; default: all)")
+    if filters:
+        parser.add_argument("--filter", help=FILTER_HELP)
+    parser.add_argument("--grads", action="store_true",
+                        help="also judge dq, dk, dv (and dbias, dsinks where the case has them)")
+    parser.add_argument("--allow-policy", action="append", metavar="NAME",
+                        help="accept this named convention as policy although the backend "
+                             "does not declare it (repeatable, e.g. empty_rows=nan)")
+    parser.add_argument("--framework", choices=["numpy", "torch", "jax", "cupy"],
+                        help="--impl: the arrays the function receives (default: its "
+                             "refmask_framework attribute, else numpy)")
+    parser.add_argument("--device", choices=["cpu", "cuda"],
+                        help="--impl: the device of those arrays (default: its refmask_device "
+                             "attribute, else cpu)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_CASE_TIMEOUT,
+                        metavar="SECONDS", help="per-case time limit of the backend's call; a "
+                        f"case over it fails (default {DEFAULT_CASE_TIMEOUT:g})")
+    parser.add_argument("--backward", metavar="MODULE:FUNCTION",
+                        help="--impl: a hand-written backward(q, k, v, d_out, call, saved) "
+                             "for --grads (default: refmask_backward, else the framework's "
+                             "autograd)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,23 +340,32 @@ def build_parser() -> argparse.ArgumentParser:
                           "keras, onnxruntime, hf, gpu)")
     run.add_argument("--impl", action="append", metavar="MODULE:FUNCTION",
                      help="check your own function fn(q, k, v, call) (see README)")
-    run.add_argument("--dtype", action="append", metavar="DTYPE",
-                     help="only these dtypes (repeatable; default: all)")
-    run.add_argument("--filter", help="only cases whose id or flags contain one of these "
-                     "comma-separated texts")
-    run.add_argument("--grads", action="store_true", help="also check gradients")
+    _add_judging(run)
     run.add_argument("--corpus", metavar="DIR", help="run exactly the cases of this golden "
                      "corpus (e.g. from 'golden generate --sweep') against its stored values")
-    run.add_argument("--report", help="write a report: .json, .md or .html")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    run.add_argument("--report", help="write one report of every backend: .json, .md or .html")
+    run.add_argument("--expect", metavar="FILE", help="exit 1 only on verdicts that differ "
+                     "from those recorded in FILE (see --write-expect)")
+    run.add_argument("--write-expect", metavar="FILE", help="record the verdicts and the "
+                     "backend versions in FILE (for --expect)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace an existing --report / --write-expect file")
     run.add_argument("--quiet", action="store_true", help="only the summary table")
-    run.add_argument("--timeout", type=float, default=DEFAULT_CASE_TIMEOUT, metavar="SECONDS",
-                     help="per-case time limit of the backend's call; a case over it fails "
-                     f"(default {DEFAULT_CASE_TIMEOUT:g})")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="one line per non-passing case, besides the groups")
     run.add_argument("--trust", action="append", metavar="MODULE",
                      help="--corpus: let its predicate masks import functions of MODULE "
                      "(repeatable; nothing named in a corpus is imported otherwise)")
     run.set_defaults(run=_check)
+
+    listing = commands.add_parser("cases", help="list the catalog's case ids, families, flags")
+    listing.add_argument("--dtype", action="append", metavar="DTYPE",
+                         help="only these dtypes (repeatable or comma-separated)")
+    listing.add_argument("--filter", help=FILTER_HELP)
+    listing.add_argument("--corpus", metavar="DIR", help="list this golden corpus's cases")
+    listing.add_argument("--trust", action="append", metavar="MODULE",
+                         help="--corpus: modules its predicate masks may import")
+    listing.set_defaults(run=_cases)
 
     gold = commands.add_parser("golden", help="generate or verify a golden corpus")
     gold.add_argument("action", choices=["generate", "verify"])
@@ -292,14 +393,15 @@ def build_parser() -> argparse.ArgumentParser:
     fz.add_argument("backend", help="backend name or module:function")
     fz.add_argument("--examples", type=int, default=200, help="random cases (default 200)")
     fz.add_argument("--seed", type=int, default=None, help="seed for reproducible runs")
-    fz.add_argument("--dtype", action="append", metavar="DTYPE", help="only these dtypes")
+    _add_judging(fz, filters=False)
     fz.set_defaults(run=_fuzz)
 
     mx = commands.add_parser("matrix", help="the backend x family conformance matrix")
     mx.add_argument("backends", nargs="+", help="backend names")
     mx.add_argument("--update", metavar="FILE",
                     help="replace the <!-- matrix:begin/end --> block of FILE")
-    mx.add_argument("--dtype", action="append", metavar="DTYPE", help="only these dtypes")
+    mx.add_argument("--dtype", action="append", metavar="DTYPE",
+                    help="only these dtypes (repeatable or comma-separated)")
     mx.set_defaults(run=_matrix)
 
     show = commands.add_parser("gallery", help="draw every mask primitive")

@@ -442,12 +442,15 @@ def check_masker(masker: Masker, spec: MaskingSpec | None = None, *, name: str =
     rejected = holm([p for _, p, _ in stat], alpha)
     for (check_name, p, detail), bad in zip(stat, rejected, strict=True):
         checks.append(Check(check_name, "statistical", not bad, detail, p))
-    picture = tokens.batch_to_text(tokens.MaskedBatch(
-        masked0[:4], None, None,
-        np.where(is_mask[0], 1, np.where(is_random[0], 2, np.where(is_keep[0], 3, 0)))[:4]))
+    codes = np.where(is_mask[0], tokens.MASK, np.where(
+        is_random[0], tokens.RANDOM, np.where(is_keep[0], tokens.KEEP, tokens.NOT_SELECTED)))
+    shown = tokens.MaskedBatch(masked0[:16], None, None, codes[:16].astype(np.int8))
+    picture = tokens.batch_to_text(tokens.MaskedBatch(shown.input_ids[:4], None, None,
+                                                      shown.replacement[:4]))
+    histograms["batch"] = shown
     sample = {"rows": rows, "length": length, "epochs": epochs, "seed": seed,
               "eligible_units": int(n_units.sum()) * epochs, "selected_tokens": n_sel,
-              "statistical_tests": len(stat)}
+              "statistical_tests": len(stat), "pad_id": spec.pad_id}
     passed = all(c.passed for c in checks)
     return MaskingVerdict(name, passed, tuple(conventions), tuple(checks), alpha, sample,
                           picture, histograms)

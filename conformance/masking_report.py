@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from refmask import tokens
 from refmask._files import write_atomic
 
 from .masking import MaskingVerdict
@@ -85,14 +86,15 @@ def to_markdown(verdicts: Sequence[MaskingVerdict], pictures: dict[str, str] | N
                        f"{c.detail} |")
         out += ["", "```", v.picture, "```", ""]
         if pictures and v.masker in pictures:
-            out += [f"![{v.masker}]({pictures[v.masker]})", ""]
+            out += [f"![{v.masker}]({image})" for image in pictures[v.masker]] + [""]
     return "\n".join(out)
 
 
 def write_report(verdicts: Sequence[MaskingVerdict], path: str | os.PathLike, *,
                  overwrite: bool = False, plots: bool = True, rate: float = 0.15) -> list[str]:
-    """Write ``path`` (.json or .md); with ``plots``, PNG histograms next to a .md report.
-    Returns the files written (histograms skipped without matplotlib)."""
+    """Write ``path`` (.json or .md); next to a .md report, the first rows of each masked batch
+    as a PNG (refmask.tokens.batch_to_png) and, with ``plots``, PNG histograms (skipped
+    without matplotlib). Returns the files written."""
     target = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(folder):
@@ -104,13 +106,21 @@ def write_report(verdicts: Sequence[MaskingVerdict], path: str | os.PathLike, *,
         return [target]
     if not target.endswith(".md"):
         raise ValueError(f"check-masking: --report must end in .json or .md, got {target!r}")
-    pictures = {}
-    if plots:
-        stem = target[:-3]
-        for v in verdicts:
-            png = f"{stem}.{v.masker.replace('/', '_')}.png"
+    pictures: dict[str, list[str]] = {}
+    stem = target[:-3]
+    for v in verdicts:
+        name = v.masker.replace("/", "_").replace(":", "_")
+        images = pictures.setdefault(v.masker, [])
+        if "batch" in v.histograms:  # the masked batch, drawn (no matplotlib needed)
+            png = f"{stem}.{name}.batch.png"
+            tokens.batch_to_png(v.histograms["batch"], png, pad_id=v.sample.get("pad_id"),
+                                cell=6, overwrite=overwrite)
+            images.append(os.path.basename(png))
+            written.append(png)
+        if plots:
+            png = f"{stem}.{name}.png"
             if plot_histograms(v, png, rate=rate, overwrite=overwrite) is not None:
-                pictures[v.masker] = os.path.basename(png)
+                images.append(os.path.basename(png))
                 written.append(png)
     write_atomic(to_markdown(verdicts, pictures).encode(), target, overwrite,
                  where="check-masking", name="--report")

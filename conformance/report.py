@@ -19,6 +19,7 @@ import html as html_lib
 import json
 
 from refmask import render
+from refmask.case import DTYPES
 
 from .runner import VERDICTS, Report
 from .summary import Diagnosis, Record, Summary, summarize, worst
@@ -47,14 +48,97 @@ def _group_title(group: Diagnosis) -> str:
         "s" if len(group.records) != 1 else "")
 
 
+def _group_line(group: Diagnosis) -> str:
+    """One diagnosis group in one line: title, dtypes, an example and what it means."""
+    dtypes = [d for d in DTYPES if any(r.dtype == d for r in group.records)]
+    example = group.records[0]
+    hint = example.reason
+    if hint.startswith(group.name + ": "):
+        hint = hint[len(group.name) + 2:]
+    worst = _worst_error(example)
+    return (f"{_group_title(group)} [{', '.join(dtypes)}], e.g. {example.case_id}"
+            + (f" ({worst})" if worst else "") + f" -- {hint}")
+
+
+def _worst_error(record: Record) -> str:
+    """``out[0, 1, 3, 2]: error 1.9 = 9.2e+18 ulps``: the worst element of the first failing
+    tensor (the largest error; NaN/inf placement counts as infinite)."""
+    w = record.worst
+    if w is None:
+        return ""
+    return f"{w.tensor}{list(w.index)}: error {w.error:.3g} = {w.ulps:.3g} ulps"
+
+
+def rerun_command(report: Report, record: Record) -> str:
+    """The ``refmask check`` command that judges this one case again, as this run did."""
+    import shlex
+
+    judging = report.judging or {}
+    target = (["--impl", report.backend] if ":" in report.backend else [report.backend])
+    words = ["refmask", "check", *target, "--filter", record.case_id]
+    if judging.get("grads"):
+        words.append("--grads")
+    for key in ("framework", "device", "backward", "corpus"):
+        if isinstance(judging.get(key), str):
+            words += [f"--{key}", judging[key]]
+    if judging.get("allow_policy"):
+        words += ["--allow-policy", ",".join(judging["allow_policy"])]
+    return shlex.join(words)
+
+
+#: characters of a text heatmap, from exact to the largest error; "!" marks NaN/inf
+_SHADES = " .:-=+*#%@"
+
+
+def text_heatmap(error_map, *, limit: int = 24) -> list:
+    """An error map (rows, cols) as lines of :data:`_SHADES` characters scaled to its largest
+    finite value, "!" where NaN/inf placement differs; at most ``limit`` rows and columns
+    (the rest elided with "...")."""
+    import numpy as np
+
+    grid = np.asarray(error_map, np.float64)
+    shown = grid[:limit, :limit]
+    special = ~np.isfinite(shown)
+    finite = np.where(np.isfinite(grid), grid, 0.0)
+    top = finite.max() if finite.size else 0.0
+    levels = np.zeros(shown.shape, int) if top <= 0 else np.minimum(
+        len(_SHADES) - 1, np.ceil(np.where(special, 0, shown) / top * (len(_SHADES) - 1)))
+    lines = ["".join("!" if bad else _SHADES[level]
+                     for bad, level in zip(row_bad, row_levels, strict=True))
+             for row_bad, row_levels in zip(special, levels.astype(int).tolist(), strict=True)]
+    if grid.shape[1] > limit:
+        lines = [line + "..." for line in lines]
+    if grid.shape[0] > limit:
+        lines.append("...")
+    return lines
+
+
+def _example_lines(record: Record) -> list:
+    """Worst element, mask rows and text heatmap of a group's example (plain text lines)."""
+    lines = []
+    if record.worst is not None:
+        w = record.worst
+        b, h = w.index[0], w.index[1]
+        lines.append(f"worst element {_worst_error(record)}")
+        lines.append(f"error map of {w.tensor}[{b}, {h}] (rows: query i, columns: "
+                     f"{'d' if w.error_map.shape[0] > 1 or w.tensor != 'lse' else 'i'}; "
+                     f"'{_SHADES[-1]}' = largest, '!' = NaN/inf placement):")
+        lines += ["  |" + row + "|" for row in text_heatmap(w.error_map)]
+    if record.picture:
+        lines += record.picture.splitlines()
+    return lines
+
+
 def _totals(summary: Summary) -> str:
     counts = summary.counts()
     return ", ".join(f"{counts[v]} {v}" for v in VERDICTS)
 
 
-def terminal(report: Report, *, colour: bool = False, details: bool = True) -> str:
-    """One line per family x dtype, then (with ``details``) the non-pass verdicts grouped by
-    diagnosis, each case with its reason (and the mask rows of a fail), then the totals."""
+def terminal(report: Report, *, colour: bool = False, details: bool = True,
+             verbose: bool = False) -> str:
+    """One line per family x dtype, then (with ``details``) one line per diagnosis group --
+    verdict, name, count, dtypes, an example case and what to do -- and with ``verbose`` every
+    case of the group with its reason (and the mask rows of a fail), then the totals."""
     summary = summarize(report)
     dtypes = summary.dtypes()
     families = summary.families()
@@ -68,24 +152,53 @@ def terminal(report: Report, *, colour: bool = False, details: bool = True) -> s
             cells.append(_paint(f"{_cell_text(records):>14}", worst(records) or "unsupported",
                                 colour))
         lines.append(f"{family:<{width}}  " + "  ".join(cells))
-    if details:
-        for group in summary.diagnoses():
-            lines += ["", _paint(_group_title(group), group.verdict, colour)]
+    groups = summary.diagnoses() if details else []
+    if groups:
+        lines.append("")
+    for group in groups:
+        lines.append(_paint(_group_line(group), group.verdict, colour))
+        if verbose:
             for r in group.records:
-                lines.append(f"  {r.case_id}: {r.reason}")
+                lines.append(f"    {r.case_id}: {r.reason}")
                 if r.verdict == "fail" and r.picture:
                     lines.extend("      " + row for row in r.picture.splitlines())
+    if groups and not verbose:
+        lines.append("(-v: every case of each group with its reason and mask rows)")
     lines += ["", _totals(summary) + f" ({len(summary.records)} cases)"]
     return "\n".join(lines)
 
 
-def to_json(report: Report) -> str:
-    """Everything, for machines: the run (backend, counts, environment, every result with its
-    tensor checks) and the summary's records and diagnosis groups."""
+#: The version of the JSON report document; its JSON Schema ships as
+#: ``refmask/conformance/schema/report.schema.json`` (:func:`json_schema_path`).
+SCHEMA_VERSION = 2
+
+
+def json_schema_path():
+    """The published JSON Schema of :func:`to_json`'s document."""
+    from pathlib import Path
+
+    return Path(__file__).parent / "schema" / "report.schema.json"
+
+
+def _report_json(report: Report) -> dict:
+    """One run: backend, counts, environment, judging, every result with its tensor checks,
+    and the summary's records and diagnosis groups."""
     summary = summarize(report)
-    data = {**report.to_json(), "records": [r.to_json() for r in summary.records],
+    return {**report.to_json(), "records": [r.to_json() for r in summary.records],
             "diagnoses": [g.to_json() for g in summary.diagnoses()]}
-    return json.dumps(data, indent=2, sort_keys=False, allow_nan=False, default=str)
+
+
+def document(reports) -> dict:
+    """The JSON report document of one or several reports (one per backend)."""
+    reports = [reports] if isinstance(reports, Report) else list(reports)
+    return {"schema": "refmask-report", "schema_version": SCHEMA_VERSION,
+            "reports": [_report_json(r) for r in reports]}
+
+
+def to_json(reports) -> str:
+    """:func:`document` as JSON text (no NaN: non-finite numbers are written as strings)."""
+    return json.dumps(document(reports), indent=2, sort_keys=False, allow_nan=False,
+                      default=str)
 
 
 def markdown(report: Report) -> str:
@@ -110,12 +223,19 @@ def markdown(report: Report) -> str:
     if groups:
         lines += ["", "## Divergences by diagnosis"]
         for group in groups:
-            lines += ["", f"### {_group_title(group)}", ""]
-            for r in group.records:
-                lines.append(f"- `{r.case_id}` ({r.mask}): {r.reason}")
-                if r.picture:
-                    lines += ["", "  ```", *("  " + p for p in r.picture.splitlines()),
-                              "  ```"]
+            example = group.records[0]
+            dtypes_hit = [d for d in dtypes if any(r.dtype == d for r in group.records)]
+            lines += ["", f"### {_group_title(group)}", "", example.reason, "",
+                      f"dtypes: {', '.join(dtypes_hit)}; cases: "
+                      + ", ".join(f"`{r.case_id}`" for r in group.records[:12])
+                      + (f" and {len(group.records) - 12} more" if len(group.records) > 12
+                         else "")]
+            detail = _example_lines(example)
+            if group.verdict != "unsupported":
+                lines += ["", f"Example `{example.case_id}` ({example.mask}):"]
+                if detail:
+                    lines += ["", "```", *detail, "```"]
+                lines += ["", f"Re-run: `{rerun_command(report, example)}`"]
     return "\n".join(lines) + "\n"
 
 
@@ -127,6 +247,15 @@ def _png_data_uri(r: Record) -> str:
     b, h = (first[0], first[1]) if first is not None and len(first) >= 2 else (0, 0)
     cell = max(2, min(12, 240 // max(case.q_len, case.k_len)))
     data = render.to_png(case.keep()[b, h], cell=cell)
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _heatmap_data_uri(r: Record) -> str:
+    if r.worst is None or r.worst.error_map.size == 0:
+        return ""
+    rows, cols = r.worst.error_map.shape
+    cell = max(2, min(12, 240 // max(rows, cols)))
+    data = render.heatmap_png(r.worst.error_map, cell=cell)
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
@@ -146,15 +275,35 @@ def html(report: Report) -> str:
         rows.append(f"<tr><th>{esc(family)}</th>{''.join(cells)}</tr>")
     sections = []
     for group in summary.diagnoses():
-        items = []
-        for r in group.records:
-            picture = _png_data_uri(r)
-            image = f'<img alt="mask" src="{picture}">' if picture else ""
-            items.append(f"<li><code>{esc(r.case_id)}</code> <code>{esc(r.mask)}</code><br>"
-                         f"{esc(r.reason)}<br>{image}"
-                         + (f"<pre>{esc(r.picture)}</pre>" if r.picture else "") + "</li>")
+        example = group.records[0]
+        dtypes_hit = [d for d in dtypes if any(r.dtype == d for r in group.records)]
+        body = [f"<p>{esc(example.reason)}</p>",
+                f"<p>dtypes: {esc(', '.join(dtypes_hit))}; cases: "
+                + ", ".join(f"<code>{esc(r.case_id)}</code>" for r in group.records) + "</p>"]
+        if group.verdict != "unsupported":
+            mask_png = _png_data_uri(example)
+            heat = _heatmap_data_uri(example)
+            body.append(f"<p>Example <code>{esc(example.case_id)}</code> "
+                        f"<code>{esc(example.mask)}</code></p>")
+            if example.worst is not None:
+                w = example.worst
+                body.append(f"<p>worst element {esc(_worst_error(example))}</p>")
+            figures = []
+            if mask_png:
+                figures.append(f'<figure><img alt="mask" src="{mask_png}"><figcaption>mask '
+                               "(blue = attend)</figcaption></figure>")
+            if heat:
+                figures.append(f'<figure><img alt="error heatmap" src="{heat}"><figcaption>'
+                               f"|error| of {esc(w.tensor)}[{w.index[0]}, {w.index[1]}] "
+                               "(white = exact, red = largest, black = NaN/inf)"
+                               "</figcaption></figure>")
+            if figures:
+                body.append('<div style="display:flex;gap:2em">' + "".join(figures) + "</div>")
+            if example.picture:
+                body.append(f"<pre>{esc(example.picture)}</pre>")
+            body.append(f"<p>Re-run: <code>{esc(rerun_command(report, example))}</code></p>")
         sections.append(f'<h3 style="background:{colour[group.verdict]}">'
-                        f"{esc(_group_title(group))}</h3><ul>{''.join(items)}</ul>")
+                        f"{esc(_group_title(group))}</h3>{''.join(body)}")
     env = report.environment
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
@@ -187,12 +336,31 @@ def check_suffix(path: str) -> str:
     return suffix
 
 
+def write_many(reports, path: str, *, overwrite: bool = False) -> None:
+    """Write every report into one file in the format its suffix names (.json, .md, .html),
+    atomically; an existing file is kept unless ``overwrite``."""
+    from refmask._files import write_atomic
+
+    reports = [reports] if isinstance(reports, Report) else list(reports)
+    suffix = check_suffix(path)
+    if suffix == ".json":
+        text = to_json(reports)
+    elif suffix == ".md":
+        text = "\n".join(markdown(r) for r in reports)
+    else:
+        pages = [html(r) for r in reports]
+        text = pages[0] if len(pages) == 1 else _join_pages(pages)
+    write_atomic(text.encode("utf-8"), path, overwrite, where="refmask check", name="--report")
+
+
+def _join_pages(pages: list) -> str:
+    """Several HTML reports as one page: the first page's head, every body in turn."""
+    head = pages[0].split("<body>", 1)[0]
+    bodies = [page.split("<body>", 1)[1].rsplit("</body>", 1)[0] for page in pages]
+    return head + "<body>" + "<hr>".join(bodies) + "</body></html>\n"
+
+
 def write(report: Report, path: str, *, overwrite: bool = False) -> None:
     """Write the report in the format its suffix names (.json, .md, .html), atomically; an
     existing file is kept unless ``overwrite``."""
-    from refmask._files import write_atomic
-
-    formats = {".json": to_json, ".md": markdown, ".html": html}
-    suffix = check_suffix(path)
-    write_atomic(formats[suffix](report).encode("utf-8"), path, overwrite,
-                 where="refmask check", name="--report")
+    write_many([report], path, overwrite=overwrite)

@@ -24,14 +24,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 import refmask
 from refmask import render
 from refmask.adapters import Adapter, Output, Unsupported
-from refmask.adapters import load as load_adapter
 from refmask.case import (
     GRAD_NAMES,
     Case,
@@ -43,6 +42,7 @@ from refmask.case import (
 
 from .cases import catalog
 from .explanations import Explanation, explanations
+from .judging import DEFAULT_CASE_TIMEOUT, Judging
 from .tolerance import TensorCheck, check_tensor, score_sensitivity
 
 if TYPE_CHECKING:
@@ -50,10 +50,56 @@ if TYPE_CHECKING:
 
 
 VERDICTS = ("pass", "policy", "fail", "unsupported")
-#: Per-case time limit (seconds) of the backend's call in :func:`check` and ``refmask check
-#: --timeout``: far above what any catalog or sweep case takes on a naive NumPy implementation
-#: (well under a second for the catalog), short enough that a hung kernel cannot stall a run.
-DEFAULT_CASE_TIMEOUT = 300.0
+#: "not given" for run_case's keyword overrides (None is a meaningful timeout).
+_UNSET = object()
+
+
+@dataclass(frozen=True)
+class Worst:
+    """The worst element of the first failing tensor, and where that tensor is off.
+
+    tensor: its name; index: (b, h, i, d) of the largest error (a NaN/inf where the golden
+    value is finite, or the reverse, counts as the largest); error: |actual - golden| there;
+    ulps: the same in units in the last place of the case dtype; error_map: (rows, cols)
+    |actual - golden| of the (b, h) slice holding it (a 1 x Tq row for the LSE), inf where
+    NaN/inf placement differs.
+    """
+
+    tensor: str
+    index: tuple
+    error: float
+    ulps: float
+    error_map: np.ndarray
+
+    def to_json(self) -> dict:
+        def number(x):
+            return float(x) if np.isfinite(x) else str(float(x))
+
+        return {"tensor": self.tensor, "index": [int(i) for i in self.index],
+                "error": number(self.error), "ulps": number(self.ulps)}
+
+
+def worst_element(name: str, actual, golden: np.ndarray, dtype: str) -> Worst | None:
+    """The :class:`Worst` of one tensor (None when it has no element or a shape mismatch)."""
+    from .tolerance import ulp_distance
+
+    actual = np.asarray(actual, np.float64)
+    golden = np.asarray(golden, np.float64)
+    if actual.shape != golden.shape or actual.size == 0 or golden.ndim < 3:
+        return None
+    with np.errstate(invalid="ignore"):
+        error = np.abs(actual - golden)
+    same_special = (np.isnan(actual) & np.isnan(golden)) | (
+        np.isinf(actual) & (actual == golden))
+    error = np.where(same_special, 0.0, np.where(np.isnan(error), np.inf, error))
+    index = np.unravel_index(int(np.argmax(error)), error.shape)
+    b, h = index[0], index[1]
+    picture = error[b, h] if error.ndim == 4 else error[b, h][None, :]
+    with np.errstate(all="ignore"):
+        ulps = float(ulp_distance(actual[index], golden[index], dtype)) if np.isfinite(
+            error[index]) else float("inf")
+    return Worst(tensor=name, index=tuple(int(i) for i in index), error=float(error[index]),
+                 ulps=ulps, error_map=picture)
 
 
 @dataclass(frozen=True)
@@ -69,6 +115,8 @@ class CaseResult:
     checks: tuple = ()
     picture: str = ""
     seconds: float = 0.0
+    traceback: str = ""
+    worst: Worst | None = None
 
     def to_json(self) -> dict:
         return {
@@ -78,6 +126,8 @@ class CaseResult:
             "convention_kind": self.convention_kind,
             "checks": [c.to_json() for c in self.checks], "picture": self.picture,
             "seconds": round(self.seconds, 4), "mask": repr(self.case.mask),
+            "traceback": self.traceback,
+            "worst": None if self.worst is None else self.worst.to_json(),
         }
 
 
@@ -89,6 +139,7 @@ class Report:
     backend: str
     results: list = field(default_factory=list)
     environment: dict = field(default_factory=dict)
+    judging: dict = field(default_factory=dict)
     interrupted: bool = False
 
     def counts(self) -> dict:
@@ -101,8 +152,44 @@ class Report:
 
     def to_json(self) -> dict:
         return {"backend": self.backend, "counts": self.counts(),
-                "environment": self.environment,
+                "environment": self.environment, "judging": self.judging,
+                "interrupted": self.interrupted,
                 "results": [r.to_json() for r in self.results]}
+
+    def to_records(self) -> list[dict]:
+        """One flat dict per case, from the summary's records: backend, id, family, dtype,
+        flags (comma-joined), verdict, diagnosis, diagnosis_kind, reason, and the worst
+        element of a divergent case (tensor, index, error, ulps; None otherwise)."""
+        from .summary import summarize
+
+        rows = []
+        for r in summarize(self).records:
+            w = r.worst
+            rows.append({
+                "backend": self.backend, "id": r.case_id, "family": r.family,
+                "dtype": r.dtype, "flags": ",".join(r.flags), "verdict": r.verdict,
+                "diagnosis": r.diagnosis, "diagnosis_kind": r.diagnosis_kind,
+                "reason": r.reason, "tensor": w.tensor if w else None,
+                "index": w.index if w else None, "error": w.error if w else None,
+                "ulps": w.ulps if w else None,
+            })
+        return rows
+
+    def to_dataframe(self):
+        """:meth:`to_records` as a pandas DataFrame (needs pandas: ``pip install pandas``)."""
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError("Report.to_dataframe needs pandas (pip install pandas); "
+                              "Report.to_records() gives the same rows as dicts") from None
+        return pandas.DataFrame.from_records(self.to_records())
+
+    def assert_ok(self) -> None:
+        """Raise AssertionError with the terminal report when any case fails."""
+        if self.failed:
+            from .report import terminal
+
+            raise AssertionError(terminal(self))
 
 
 # --- references ------------------------------------------------------------------------------
@@ -201,18 +288,43 @@ def _compare(case: Case, output, golden: dict, naive: dict, grads: bool) -> list
     return checks
 
 
+def _alternative_gradients(case: Case, inputs: dict, explanation: Explanation) -> dict | None:
+    """The float64 gradients (BHTD) under an explanation that is a change of refmask.attention's
+    keyword arguments (``explanation.changes``); None when it is not one or refmask cannot
+    differentiate under it."""
+    if explanation.changes is None:
+        return None
+    from refmask.adapters.common.translate import float64_inputs
+    from refmask.attention import attention_vjp
+    from refmask.case import attention_kwargs, gradient_arrays
+
+    values = float64_inputs(inputs)
+    try:
+        kwargs = {**attention_kwargs(case, values), **explanation.changes(case)}
+        with np.errstate(all="ignore"):
+            grads = attention_vjp(values["q"], values["k"], values["v"], values["d_out"],
+                                  **kwargs)
+    except (ValueError, TypeError, NotImplementedError):
+        return None
+    return gradient_arrays(case, grads)
+
+
 def _explain(case: Case, inputs: dict, output, checks: list, golden: dict, naive: dict,
              candidates: Iterable[Explanation]) -> Explanation | None:
-    """The first explanation whose alternative reference the output matches.
+    """The first explanation whose alternative reference the output matches, every returned
+    tensor included.
 
-    Explanations model the forward pass (out, lse) only; a failure in any other tensor (a
-    gradient) is never explained away, and an explanation must match every returned tensor.
+    The forward (out, lse) is compared with ``explanation.reference``. When a gradient misses
+    the golden value too, the explanation must also predict the gradients: only an
+    explanation that is a change of refmask.attention's arguments (``changes``) can, through
+    ``attention_vjp`` under those arguments; any other leaves a gradient failure unexplained.
     """
-    if any(not c.ok and c.name not in ("out", "lse") for c in checks):
-        return None
+    gradient_failed = any(not c.ok and c.name not in ("out", "lse") for c in checks)
     tol = {c.name: c.tolerance for c in checks}
     for explanation in candidates:
         if not explanation.applies(case):
+            continue
+        if gradient_failed and explanation.changes is None:
             continue
         try:
             with np.errstate(all="ignore"):
@@ -224,6 +336,13 @@ def _explain(case: Case, inputs: dict, output, checks: list, golden: dict, naive
         if ok and output.lse is not None:
             ok = check_tensor("lse", output.lse, alt_lse, naive["lse"], case.dtype,
                               tol=tol["lse"]).ok
+        if ok and gradient_failed:
+            alt = _alternative_gradients(case, inputs, explanation)
+            ok = alt is not None and all(
+                c.name in alt and check_tensor(c.name, output.grads[c.name], alt[c.name],
+                                               naive[c.name], case.dtype, backward=True,
+                                               tol=tol[c.name]).ok
+                for c in checks if c.name not in ("out", "lse"))
         if ok:
             return explanation
     return None
@@ -231,9 +350,7 @@ def _explain(case: Case, inputs: dict, output, checks: list, golden: dict, naive
 
 def _ordered_explanations(adapter: Adapter) -> list:
     """Explanations in trial order: the conventions the backend declares come first."""
-    profile = adapter.profile
-    declared = {f"empty_rows={profile.empty_rows}", f"lse_base={profile.lse_base}",
-                f"causal={profile.causal_alignment}"}
+    declared = adapter.profile.declared()
     every = explanations()
     return [e for e in every if e.name in declared] + [e for e in every if e.name not in declared]
 
@@ -274,38 +391,43 @@ def _run_backend(adapter: Adapter, case: Case, inputs: dict, grads: bool,
     return "ok", box.get("output")
 
 
-def _check_timeout(timeout) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
-            0 < timeout < float("inf")):
-        raise ValueError(f"check: timeout must be a finite number of seconds > 0 or None, got "
-                         f"{timeout!r}")
-    return float(timeout)
+def _missing_gradients(output, golden: dict) -> list:
+    """Gradients the golden values hold that the backend did not return."""
+    returned = output.grads or {}
+    return [name for name in GRAD_NAMES if name in golden and name not in returned]
 
 
-def run_case(adapter: Adapter, case: Case, *, grads: bool = False,
-             golden: Callable | None = None,
-             timeout: float | None = DEFAULT_CASE_TIMEOUT) -> CaseResult:
-    """Judge one case; ``golden(case, inputs, grads) -> dict`` overrides the golden source.
+def run_case(adapter: Adapter, case: Case, *, grads: bool | None = None,
+             golden: Callable | None = None, judging: Judging | None = None,
+             timeout: float | None | object = _UNSET) -> CaseResult:
+    """Judge one case under ``judging`` (default: ``Judging()``; ``grads`` and ``timeout``
+    override its fields); ``golden(case, inputs, grads) -> dict`` overrides the golden source
+    (default: ``judging.golden()``, the shipped exact corpus).
 
-    timeout: seconds the backend's call may take (default DEFAULT_CASE_TIMEOUT; None: no
-    limit, run in this thread); over it the case fails. The backend gets private copies of
-    the inputs; whatever it raises (SystemExit and KeyboardInterrupt included) or returns
-    that is not a real floating array makes the case fail.
+    The backend's call may take ``judging.timeout`` seconds (None: no limit, run in this
+    thread); over it the case fails. The backend gets private copies of the inputs; whatever
+    it raises (SystemExit and KeyboardInterrupt included) or returns that is not an Output
+    makes the case fail.
     """
-    timeout = _check_timeout(timeout)
+    judging = judging or Judging()
+    if grads is not None:
+        judging = judging.replace(grads=bool(grads))
+    if timeout is not _UNSET:
+        judging = judging.replace(timeout=timeout)
+    grads = judging.grads
+    timeout = judging.timeout
     start = time.perf_counter()
 
     def result(verdict, reason="", **extra):
         return CaseResult(case=case, backend=adapter.name, verdict=verdict, reason=reason,
                           seconds=time.perf_counter() - start, **extra)
 
-    reason = adapter.unavailable() or dtype_unavailable(case.dtype) or adapter.unsupported(case)
+    reason = (adapter.unavailable() or dtype_unavailable(case.dtype)
+              or _dtype_undeclared(adapter, case) or judging.grads_unavailable(adapter)
+              or adapter.unsupported(case))
     if reason:
         return result("unsupported", reason)
     inputs = case_inputs(case)
-    grads = grads and adapter.profile.backward
     status, output = _run_backend(adapter, case, inputs, grads, timeout)
     if status == "timeout":
         return result("fail", f"the backend did not return within the timeout of {timeout:g} s "
@@ -313,10 +435,15 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool = False,
     if status == "raised":
         if isinstance(output, Unsupported):
             return result("unsupported", str(output))
-        return result("fail", f"the backend raised {type(output).__name__}: {output}")
+        return result("fail", f"the backend raised {type(output).__name__}: {output}",
+                      traceback=_user_traceback(output))
     if not isinstance(output, Output):
         return result("fail", f"the backend returned {type(output).__name__}, not an Output")
-    gold = (golden or _golden_from_reference)(case, inputs, grads)
+    gold = (golden or judging.golden())(case, inputs, grads)
+    if grads:
+        missing = _missing_gradients(output, gold)
+        if missing:
+            return result("fail", f"--grads: the backend returned no {', '.join(missing)}")
     naive = reference_outputs(case, inputs, float64=False, grads=grads)
     reference64 = naive if case.dtype == "float64" else reference_outputs(
         case, inputs, float64=True, grads=grads)
@@ -326,17 +453,41 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool = False,
         return result("pass", checks=tuple(checks))
     first = next(c for c in checks if not c.ok)
     picture = _mask_rows_picture(case, first.first_bad)
+    returned = {"out": output.out, "lse": output.lse, **(output.grads or {})}
+    worst = worst_element(first.name, returned.get(first.name), gold[first.name], case.dtype)
     explanation = _explain(case, inputs, output, checks, gold, naive,
                            _ordered_explanations(adapter))
     if explanation is not None and explanation.kind == "policy":
-        return result("policy", f"{explanation.name}: {explanation.description}",
-                      convention=explanation.name, convention_kind="policy",
-                      checks=tuple(checks), picture=picture)
+        if judging.accepts(explanation.name, adapter.profile.declared()):
+            return result("policy", f"{explanation.name}: {explanation.description}",
+                          convention=explanation.name, convention_kind="policy",
+                          checks=tuple(checks), picture=picture, worst=worst)
+        return result("fail", f"matches the convention {explanation.name}, which "
+                      f"{adapter.name} does not declare: {explanation.description} (declare "
+                      f"it, or accept it with --allow-policy {explanation.name})",
+                      convention=explanation.name, convention_kind="undeclared",
+                      checks=tuple(checks), picture=picture, worst=worst)
     if explanation is not None:
         return result("fail", f"matches the known bug {explanation.name}: "
                       f"{explanation.description}", convention=explanation.name,
-                      convention_kind="bug", checks=tuple(checks), picture=picture)
-    return result("fail", first.reason, checks=tuple(checks), picture=picture)
+                      convention_kind="bug", checks=tuple(checks), picture=picture,
+                      worst=worst)
+    return result("fail", first.reason, checks=tuple(checks), picture=picture, worst=worst)
+
+
+def _dtype_undeclared(adapter: Adapter, case: Case) -> str | None:
+    dtypes = adapter.profile.dtypes
+    if dtypes is not None and case.dtype not in dtypes:
+        return f"{adapter.name} declares the dtypes {list(dtypes)} only"
+    return None
+
+
+def _user_traceback(error: BaseException, limit: int = 6) -> str:
+    """The innermost frames of a crash, so a user sees where in their code it happened."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)[-limit:]
+    return "".join(traceback.format_list(frames)) + f"{type(error).__name__}: {error}"
 
 
 # --- whole runs ------------------------------------------------------------------------------
@@ -349,59 +500,54 @@ def environment(adapter: Adapter) -> dict:
 
 def select_cases(cases: Iterable[Case] | None = None, *, dtypes: Iterable[str] | None = None,
                  filter: str | None = None) -> list[Case]:
-    """Catalog cases (or the given ones) restricted to ``dtypes`` and to ids containing
-    ``filter`` (a substring; several may be given separated by commas)."""
+    """Catalog cases (or the given ones) restricted to ``dtypes`` and to ``filter``:
+    comma-separated texts, each matching a case whose id contains it, one of whose flags or
+    whose family equals it (``"sliding_window"`` selects the family whose ids start
+    ``window/``)."""
     chosen = list(catalog() if cases is None else cases)
     if dtypes is not None:
         dtypes = set(dtypes)
         chosen = [c for c in chosen if c.dtype in dtypes]
     if filter:
         parts = [p.strip() for p in filter.split(",") if p.strip()]
-        chosen = [c for c in chosen if any(p in c.id or p in c.flags for p in parts)]
+        chosen = [c for c in chosen
+                  if any(p in c.id or p in c.flags or p == c.family for p in parts)]
     return chosen
 
 
-def resolve_backend(target: str | Adapter | Callable[..., Any]) -> Adapter:
-    """An Adapter from a backend name, an Adapter, or a user function ``fn(q, k, v, call)``."""
-    from refmask.adapters.user import from_function, from_path
-
-    if isinstance(target, Adapter):
-        return target
-    if isinstance(target, str):
-        return from_path(target) if ":" in target else load_adapter(target)
-    if callable(target):
-        return from_function(target)
-    raise TypeError(f"check: target must be a backend name, 'module:function', an Adapter or "
-                    f"a function, got {type(target).__name__}")
+def resolve_backend(target, judging: Judging | None = None) -> Adapter:
+    """An Adapter from a backend name, an Adapter, or a user function ``fn(q, k, v, call)``
+    (or ``"module:function"``), called as ``judging`` says."""
+    return (judging or Judging()).adapter(target)
 
 
-def check(target: str | Adapter | Callable[..., Any], *, cases: Iterable[Case] | None = None,
-          dtypes: Iterable[str] | None = None, filter: str | None = None,
-          grads: bool = False, golden: Callable | None = None,
-          progress: Callable | None = None,
-          timeout: float | None = DEFAULT_CASE_TIMEOUT) -> Report:
+def check(target, *, judging: Judging | None = None, cases: Iterable[Case] | None = None,
+          golden: Callable | None = None, progress: Callable | None = None,
+          **options) -> Report:
     """Run the conformance suite against ``target`` and return the :class:`Report`.
 
     target: a backend name (``"numpy"``), ``"module:function"``, an Adapter, or a function
     following the user calling convention (:mod:`refmask.adapters.user`).
-    cases/dtypes/filter: which cases (default: the whole catalog, every dtype).
-    grads: also compare gradients where the backend provides them.
-    golden: ``golden(case, inputs, grads) -> dict`` of float64 arrays (BHTD); default: the
-    exact values of the shipped corpus, the float64 reference for cases it does not hold.
+    judging: the :class:`~.judging.Judging` (which cases, golden values, grads, allowed
+    policies, framework/device of a user function); ``options`` are its fields, given
+    directly (``check(fn, dtypes="bfloat16", grads=True, framework="torch")``) and applied on
+    top of ``judging``.
+    cases: run these cases instead of the judging's (still narrowed by dtypes/filter).
+    golden: ``golden(case, inputs, grads) -> dict`` of float64 arrays (BHTD); default:
+    ``judging.golden()``, the exact values of the shipped corpus.
     progress: optional ``callable(done, total)``.
-    timeout: per-case limit of the backend's call in seconds (see :func:`run_case`).
     A KeyboardInterrupt (Ctrl-C) stops the run: the report holds the cases judged so far and
     ``interrupted`` is True.
     """
-    timeout = _check_timeout(timeout)
-    adapter = resolve_backend(target)
-    chosen = select_cases(cases, dtypes=dtypes, filter=filter)
-    golden = golden or shipped_golden()
-    report = Report(backend=adapter.name, environment=environment(adapter))
+    judging = (judging or Judging()).replace(**options) if options else (judging or Judging())
+    adapter = judging.adapter(target)
+    chosen = judging.cases(cases)
+    golden = golden or judging.golden()
+    report = Report(backend=adapter.name, environment=environment(adapter),
+                    judging=judging.to_json())
     for n, case in enumerate(chosen):
         try:
-            report.results.append(run_case(adapter, case, grads=grads, golden=golden,
-                                           timeout=timeout))
+            report.results.append(run_case(adapter, case, golden=golden, judging=judging))
         except KeyboardInterrupt:
             report.interrupted = True
             break
@@ -410,5 +556,5 @@ def check(target: str | Adapter | Callable[..., Any], *, cases: Iterable[Case] |
     return report
 
 
-__all__ = ["VERDICTS", "CaseResult", "GoldenDisagreement", "Report", "TensorCheck", "check",
-           "reference_outputs", "run_case", "select_cases"]
+__all__ = ["DEFAULT_CASE_TIMEOUT", "VERDICTS", "CaseResult", "GoldenDisagreement", "Judging",
+           "Report", "TensorCheck", "check", "reference_outputs", "run_case", "select_cases"]

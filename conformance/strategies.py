@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hypothesis import strategies as st
@@ -25,7 +27,7 @@ from refmask import masks as m
 from .cases import DTYPES, Case
 
 if TYPE_CHECKING:
-    from .runner import CaseResult
+    pass
 
 
 _ALIGNS = st.one_of(st.sampled_from(["top_left", "bottom_right"]), st.integers(0, 4))
@@ -95,8 +97,9 @@ def cases(draw: st.DrawFn, dtypes: Sequence[str] = DTYPES, max_len: int = 8) -> 
     )
 
 
-def reproducer(case: Case, target: str) -> str:
-    """A runnable Python snippet that rebuilds ``case`` and judges ``target`` on it."""
+def reproducer(case: Case, target: str, judging=None) -> str:
+    """A runnable Python snippet that rebuilds ``case`` and judges ``target`` on it (under
+    ``judging``'s grads, allowed policies, framework and device)."""
     fields = {
         name: getattr(case, name)
         for name in ("name", "family", "batch", "q_heads", "kv_heads", "q_len", "k_len",
@@ -105,37 +108,75 @@ def reproducer(case: Case, target: str) -> str:
     }
     mask = "None" if case.mask is None else f"m.from_json({json.dumps(case.mask.to_json())})"
     args = ",\n    ".join(f"{k}={v!r}" for k, v in fields.items())
+    options = {} if judging is None else {
+        "grads": judging.grads, "allow_policy": sorted(judging.allow_policy),
+        "framework": judging.framework, "device": judging.device}
+    judging_args = ", ".join(f"{k}={v!r}" for k, v in options.items() if v)
     return (
         "from refmask import masks as m\n"
         "from refmask.conformance.cases import Case\n"
-        "from refmask.conformance.runner import resolve_backend, run_case\n\n"
+        "from refmask.conformance.judging import Judging\n"
+        "from refmask.conformance.runner import run_case\n\n"
         f"case = Case(\n    mask={mask},\n    {args},\n)\n"
-        f"result = run_case(resolve_backend({target!r}), case)\n"
+        f"judging = Judging({judging_args})\n"
+        f"result = run_case(judging.adapter({target!r}), case, judging=judging)\n"
         "print(result.verdict, result.reason)\n"
     )
 
 
-def fuzz(target: Any, *, max_examples: int = 200, dtypes: Sequence[str] = DTYPES,
-         seed: int | None = None) -> tuple[Case, CaseResult, str] | None:
-    """Judge ``target`` on random cases; returns None, or (shrunk case, result, reproducer) for
-    the first case that does not pass or end as a documented policy/unsupported verdict."""
+@dataclass(frozen=True)
+class FuzzOutcome:
+    """What a fuzz run found: the shrunk failing case (None when none), its result and
+    reproducer, and how many random cases got each verdict (so "no failure in 200" never
+    hides that most were unsupported)."""
+
+    case: Case | None
+    result: object
+    code: str
+    tried: int
+    verdicts: dict
+
+    def summary(self) -> str:
+        judged = self.tried - self.verdicts.get("unsupported", 0)
+        counts = ", ".join(f"{n} {v}" for v, n in sorted(self.verdicts.items()))
+        return f"{self.tried} random cases tried, {judged} judged ({counts})"
+
+
+def fuzz(target: Any, *, max_examples: int = 200, dtypes: Sequence[str] | None = None,
+         seed: int | None = None, judging=None, progress=None) -> FuzzOutcome:
+    """Judge ``target`` on random cases under ``judging`` (a :class:`~.judging.Judging`:
+    dtypes, grads, allowed policies, framework of a user function); the first case that
+    fails is shrunk and returned with a reproducer. ``dtypes`` overrides the judging's.
+    ``progress(done, total)`` is called after each case tried."""
     from hypothesis import HealthCheck, Phase, find, settings
     from hypothesis.errors import NoSuchExample
 
-    from .runner import resolve_backend, run_case
+    from .judging import Judging
+    from .runner import run_case
 
-    adapter = resolve_backend(target)
+    judging = judging or Judging()
+    if dtypes is not None:
+        judging = judging.replace(dtypes=dtypes)
+    adapter = judging.adapter(target)
     label = target if isinstance(target, str) else adapter.name
+    golden = judging.golden()
+    tally: Counter = Counter()
 
     def fails(case):
-        return run_case(adapter, case).verdict == "fail"
+        verdict = run_case(adapter, case, judging=judging, golden=golden).verdict
+        tally[verdict] += 1
+        if progress is not None:
+            progress(min(sum(tally.values()), max_examples), max_examples)
+        return verdict == "fail"
 
     options = settings(max_examples=max_examples, deadline=None, database=None,
                        suppress_health_check=list(HealthCheck),
                        phases=[Phase.generate, Phase.shrink])
     try:
-        case = find(cases(dtypes=dtypes), fails, settings=options,
+        case = find(cases(dtypes=judging.dtypes or DTYPES), fails, settings=options,
                     random=None if seed is None else random.Random(seed))
     except NoSuchExample:
-        return None
-    return case, run_case(adapter, case), reproducer(case, label)
+        return FuzzOutcome(None, None, "", sum(tally.values()), dict(tally))
+    result = run_case(adapter, case, judging=judging, golden=golden)
+    code = reproducer(case, label, judging)
+    return FuzzOutcome(case, result, code, sum(tally.values()), dict(tally))

@@ -35,8 +35,9 @@ WORST_FIRST = ("fail", "policy", "unsupported", "pass")
 @dataclass(frozen=True)
 class Record:
     """One case's verdict. ``errors`` holds a :class:`~refmask.conformance.tolerance.TensorCheck`
-    per compared tensor (max error, tolerance, ulps, first bad index); ``case`` is kept for
-    pictures; everything else is plain data."""
+    per compared tensor (max error, tolerance, ulps, first bad index); ``worst`` the runner's
+    :class:`~refmask.conformance.runner.Worst` of a divergent case (worst element and error
+    map; None otherwise); ``case`` is kept for pictures; everything else is plain data."""
 
     case_id: str
     case_name: str
@@ -51,6 +52,7 @@ class Record:
     mask: str
     picture: str
     case: Case
+    worst: Any = None
 
     @property
     def first_bad(self) -> tuple | None:
@@ -62,7 +64,8 @@ class Record:
         return {"id": self.case_id, "family": self.family, "dtype": self.dtype,
                 "flags": list(self.flags), "verdict": self.verdict,
                 "diagnosis": self.diagnosis, "diagnosis_kind": self.diagnosis_kind,
-                "reason": self.reason, "errors": [e.to_json() for e in self.errors]}
+                "reason": self.reason, "errors": [e.to_json() for e in self.errors],
+                "worst": None if self.worst is None else self.worst.to_json()}
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,8 @@ def record(result: CaseResult) -> Record:
     return Record(case_id=case.id, case_name=case.name, family=case.family, dtype=case.dtype,
                   flags=tuple(case.flags), verdict=result.verdict, diagnosis=diagnosis,
                   diagnosis_kind=kind, reason=result.reason, errors=tuple(result.checks),
-                  mask=repr(case.mask), picture=result.picture, case=case)
+                  mask=repr(case.mask), picture=result.picture, case=case,
+                  worst=result.worst)
 
 
 def counts(records: Iterable[Record]) -> dict:

@@ -145,9 +145,30 @@ def shipped_path() -> Path:
     return Path(__file__).resolve().parent / "token_corpus"
 
 
+def _refuse_foreign(target: Path) -> None:
+    """A token corpus is written only into a new directory or one holding nothing but token
+    corpus files: never among someone else's files (``generate /etc`` must not scatter npz)."""
+    where = "token golden generate"
+    if not os.path.lexists(target):
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise FileExistsError(f"{where}: {str(target)!r} exists and is not a directory")
+    ours = {_file_of(case) for case in CASES} | {"manifest.json"}
+    foreign = sorted(entry.name for entry in target.iterdir() if entry.name not in ours)
+    if foreign:
+        raise FileExistsError(f"{where}: {str(target)!r} holds files that are not a token "
+                              f"corpus's ({foreign[:5]}{' ...' if len(foreign) > 5 else ''}); "
+                              "refusing to write a corpus among them: give a new or empty "
+                              "directory")
+
+
 def generate(directory: str | os.PathLike[str] | None = None, *, overwrite: bool = False) -> Path:
-    """Write every case and the manifest (atomically, manifest last) into ``directory``."""
+    """Write every case and the manifest (atomically, manifest last) into ``directory``.
+
+    directory: created if absent; an existing one may hold only this corpus's files
+    (FileExistsError otherwise), and existing files are replaced only with ``overwrite``."""
     target = Path(directory) if directory is not None else shipped_path()
+    _refuse_foreign(target)
     target.mkdir(parents=True, exist_ok=True)
     entries = []
     for case in CASES:

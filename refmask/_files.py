@@ -36,10 +36,14 @@ def write_atomic(data: bytes, path, overwrite: bool, *, where: str = "to_png",
     directory = os.path.dirname(os.path.abspath(target))
     fd, temp = _temp_file(directory, os.path.basename(target), where)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:  # disk full, quota, file size limit: name the user's path
+            raise type(error)(f"{where}: cannot write {name} {target!r}: "
+                              f"{error.strerror or error}") from None
         if overwrite:
             os.replace(temp, target)
             return

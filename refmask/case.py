@@ -375,9 +375,17 @@ def reference_outputs(case: Case, inputs: Mapping, *, float64: bool, grads: bool
                   "lse": np.asarray(result.lse, np.float64)}
         if grads:
             g = attention_vjp(values["q"], values["k"], values["v"], values["d_out"], **kwargs)
-            for name in GRAD_NAMES:
-                value = getattr(g, name)
-                if value is not None:
-                    value = np.asarray(value, np.float64)
-                    arrays[name] = to_bhtd(case, value) if name in ("dq", "dk", "dv") else value
+            arrays.update(gradient_arrays(case, g))
+    return arrays
+
+
+def gradient_arrays(case: Case, grads) -> dict:
+    """refmask's ``Grads`` as float64 NumPy arrays: dq, dk, dv in BHTD layout, dbias and
+    dsinks when present (the keys of :data:`GRAD_NAMES` that are not None)."""
+    arrays = {}
+    for name in GRAD_NAMES:
+        value = getattr(grads, name)
+        if value is not None:
+            value = np.asarray(value, np.float64)
+            arrays[name] = to_bhtd(case, value) if name in ("dq", "dk", "dv") else value
     return arrays

@@ -34,6 +34,7 @@ from ._validate import check_bool_array, check_choice, check_flag, check_int
 from .masks import Mask
 
 __all__ = [
+    "heatmap_png",
     "DROP_RGB",
     "EMPTY_ROW_RGB",
     "GRID_RGB",
@@ -275,6 +276,32 @@ def to_png(
 
 
 # -- Mask objects ---------------------------------------------------------------------------
+def heatmap_png(values: ArrayLike, *, cell: int = 8) -> bytes:
+    """Draw a (rows, cols) array of non-negative errors as an 8-bit RGB PNG and return it.
+
+    Colour of a cell: white for 0, shading linearly to red (230, 30, 30) at the largest finite
+    value; black for +inf or NaN (a NaN/inf where a finite value was due). An array that is all
+    0 is all white. cell: side of one cell in pixels, an int >= 1; rows or cols equal to 0
+    raise ``ValueError``.
+    """
+    where = "heatmap_png"
+    grid = np.asarray(values, dtype=np.float64)
+    if grid.ndim != 2 or 0 in grid.shape:
+        raise ValueError(f"{where}: values must be a non-empty 2-D array, got shape "
+                         f"{grid.shape}")
+    if isinstance(cell, bool) or not isinstance(cell, int) or cell < 1:
+        raise ValueError(f"{where}: cell must be an int >= 1, got {cell!r}")
+    special = ~np.isfinite(grid)
+    finite = np.where(special, 0.0, np.abs(grid))
+    top = finite.max()
+    share = finite / top if top > 0 else finite
+    white, red = np.array([255.0, 255.0, 255.0]), np.array([230.0, 30.0, 30.0])
+    rgb = white + share[..., None] * (red - white)
+    rgb[special] = 0.0
+    pixels = np.repeat(np.repeat(np.rint(rgb).astype(np.uint8), cell, axis=0), cell, axis=1)
+    return _encode_rgb(pixels)
+
+
 def _size_attribute(mask, name: str) -> int | None:
     value = getattr(mask, name, None)
     if value is None:

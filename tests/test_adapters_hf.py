@@ -53,7 +53,8 @@ def test_hf_window_is_w_keys_including_self():
 
 def test_a_wrong_window_mapping_is_named():
     """Map refmask's left bound straight to HF's sliding_window (W = left, the attention-gym
-    reading) and the runner names the convention: window=one_key_narrower."""
+    reading) and the runner names the convention: window=one_key_narrower, a fail while the
+    adapter does not declare it, a policy once it does."""
     honest = load("hf.masks")
 
     def run(case, inputs, *, grads):
@@ -65,6 +66,11 @@ def test_a_wrong_window_mapping_is_named():
                     unsupported=honest.unsupported)
     case = next(c for c in catalog(["float64"]) if c.name == "window/fa_3_0/square")
     result = run_case(wrong, case)
+    assert (result.verdict, result.convention, result.convention_kind) == (
+        "fail", "window=one_key_narrower", "undeclared")
+    declared = replace(wrong, profile=replace(honest.profile,
+                                              conventions=frozenset({"window=one_key_narrower"})))
+    result = run_case(declared, case)
     assert (result.verdict, result.convention) == ("policy", "window=one_key_narrower")
 
 

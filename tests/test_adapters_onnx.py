@@ -5,6 +5,7 @@ alignment with and without a KV cache."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from refmask.adapters import load  # noqa: E402
 from refmask.adapters.onnx.attention import translate  # noqa: E402
 from refmask.adapters.onnx.common import session  # noqa: E402
 from refmask.attention import attention  # noqa: E402
+from refmask.conformance import expect  # noqa: E402
 from refmask.conformance.cases import attention_kwargs, case_inputs, catalog  # noqa: E402
 from refmask.conformance.runner import check  # noqa: E402
 
@@ -132,3 +134,17 @@ def test_runner_names_the_float32_sqrt_scale_bug():
                    filter="full/square,window/fa_2_0/square")
     assert [(r.verdict, r.convention) for r in report.results] == [
         ("fail", "scale=float32_sqrt_squared")] * 2
+
+
+EXPECTATIONS = Path(__file__).resolve().parent / "expectations" / "onnxruntime-float64.json"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float64_verdicts_are_the_recorded_ones(name):
+    """Every float64 verdict (the float32-scale bug, the dtype crash, NaN empty rows, ...) as
+    recorded with `refmask check onnxruntime --dtype float64 --write-expect`: an onnxruntime
+    upgrade shows as a readable verdict diff with the versions, not a broken assertion.
+    Re-record after checking the diff (same command, --overwrite)."""
+    report = check(name, dtypes=["float64"])
+    changes, warnings = expect.compare([report], expect.load(EXPECTATIONS))
+    assert not changes, expect.summary(changes, warnings)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,9 +34,11 @@ torch = pytest.importorskip("torch")
 
 from refmask.adapters import load  # noqa: E402
 from refmask.adapters.torch import common as tc  # noqa: E402
+from refmask.conformance import expect  # noqa: E402
 from refmask.conformance.cases import base_cases  # noqa: E402
 from refmask.conformance.runner import check, shipped_golden  # noqa: E402
 
+EXPECTATIONS = Path(__file__).resolve().parent / "expectations" / "torch-float64.json"
 NAMES = ("torch.sdpa", "torch.sdpa.is_causal", "torch.mha", "torch.mha.need_weights",
          "torch.mha.fastpath", "torch.flex")
 LOW = ("float32", "float16", "bfloat16")
@@ -118,6 +121,10 @@ def _assert_report(name: str, report, *, allow_grad_divergence: bool = False):
 def test_float64_catalog(name, golden):
     report = check(name, dtypes=["float64"], golden=golden)
     verdicts = _assert_report(name, report)
+    # and exactly the verdicts recorded with `refmask check torch.sdpa ... --dtype float64
+    # --write-expect tests/expectations/torch-float64.json`: a torch upgrade reads as a diff
+    changes, warnings = expect.compare([report], expect.load(EXPECTATIONS))
+    assert not changes, expect.summary(changes, warnings)
     if name == "torch.flex":  # flex returns the LSE, and it is the natural-log one
         for result in verdicts["pass"].values():
             if result.case.q_len > 0:
@@ -220,8 +227,9 @@ def test_sdpa_math_backend_has_no_such_divergence():
 
 
 def test_flex_is_forward_only_on_cpu(golden):
-    """torch 2.13 refuses FlexAttention backward on CPU; the profile says so, and the runner
-    then compares the forward only (re-check when torch changes)."""
+    """torch 2.13 refuses FlexAttention backward on CPU; the profile says so, and --grads on it
+    is then an explicit ``unsupported`` naming the missing backward, never a silent
+    forward-only pass (re-check when torch changes)."""
     from torch.nn.attention.flex_attention import flex_attention
 
     assert load("torch.flex").profile.backward is False
@@ -230,6 +238,9 @@ def test_flex_is_forward_only_on_cpu(golden):
         flex_attention(q, q, q)
     report = check("torch.flex", dtypes=["float64"], grads=True, filter="bias/causal",
                    golden=golden)
+    assert [r.verdict for r in report.results] == ["unsupported"]
+    assert report.results[0].reason.startswith("--grads: torch.flex has no backward pass")
+    report = check("torch.flex", dtypes=["float64"], filter="bias/causal", golden=golden)
     assert [r.verdict for r in report.results] == ["pass"]
 
 

@@ -39,7 +39,7 @@ def test_check_numpy_passes_and_exits_zero(capsys, tmp_path):
     assert main(["check", "numpy", "--filter", "causal/", "--report", str(report)]) == 0
     text = capsys.readouterr().out
     assert "0 fail" in text and "wrote" in text
-    data = json.loads(report.read_text())
+    (data,) = json.loads(report.read_text())["reports"]
     assert data["counts"]["fail"] == 0 and data["counts"]["pass"] == len(data["results"]) > 0
 
 
@@ -50,12 +50,23 @@ def test_check_of_a_broken_function_exits_one_and_names_the_bug(buggy_module, ca
                  "--filter", "causal/top_left", "--report", str(md)])
     assert code == 1
     out = capsys.readouterr().out
-    assert "mask_multiplied" in out and "first bad row" in out
-    assert "mask_multiplied" in md.read_text()
+    # one line for the group (3 cases, one diagnosis), its worst element and the hint
+    (group,) = [line for line in out.splitlines() if "mask_multiplied" in line]
+    assert group.startswith("fail mask_multiplied (bug): 3 cases [float64], e.g. causal/")
+    assert "ulps" in group and "scores multiplied by the 0/1 mask" in group
+    assert "first bad row" not in out
+    text = md.read_text()
+    assert "### fail mask_multiplied (bug): 3 cases" in text and "worst element out[" in text
+    assert "Re-run: `refmask check --impl buggy_attention:attention --filter causal/" in text
+    assert main(["check", "--impl", buggy_module, "--dtype", "float64", "--filter",
+                 "causal/top_left", "-v"]) == 1
+    verbose = capsys.readouterr().out
+    assert verbose.count("first bad row") == 3  # -v: each case with its mask rows
     main(["check", "--impl", buggy_module, "--dtype", "float64", "--filter",
           "causal/top_left/square", "--report", str(page)])
     html = page.read_text()
     assert html.startswith("<!doctype html>") and "data:image/png;base64," in html
+    assert 'alt="error heatmap"' in html and "Re-run: <code>refmask check" in html
 
 
 def test_report_is_not_overwritten_without_asking(tmp_path, capsys):
@@ -64,6 +75,8 @@ def test_report_is_not_overwritten_without_asking(tmp_path, capsys):
     assert main(["check", "numpy", "--filter", "full/square", "--report", str(report)]) == 2
     assert report.read_text() == "mine"
     assert "--overwrite" in capsys.readouterr().err
+    # refused before the run: no verdict table was printed
+    assert "refmask check numpy" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -364,6 +364,36 @@ def test_output_paths_are_checked_before_the_run(tmp_path, capsys):  # rule: cli
     _refused(["matrix", "numpy", "--update", str(text)], capsys, "matrix:begin")
 
 
+def _limited_run(argv, limit_bytes):
+    """``refmask ARGV`` in a fresh interpreter that may not write files over ``limit_bytes``
+    (RLIMIT_FSIZE: the write fails with EFBIG, as a full disk fails with ENOSPC)."""
+    import subprocess
+
+    code = ("import resource, signal, sys; from refmask.conformance.cli import main; "
+            "import refmask.conformance.golden, refmask.conformance.runner; "
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit_bytes}, {limit_bytes})); "
+            f"sys.exit(main({argv!r}))")
+    return subprocess.run([sys.executable, "-I", "-B", "-c", code], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE and SIGXFSZ")
+def test_a_full_disk_is_a_one_line_refusal_that_leaves_nothing_behind(tmp_path):  # rule: cli
+    png = tmp_path / "mask.png"
+    run = _limited_run(["render", '{"kind": "causal", "align": "top_left"}', "--q-len", "64",
+                        "--k-len", "64", "--png", str(png), "--cell", "8"], 2000)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(png) in lines[0] and "Traceback" not in run.stderr
+    corpus = tmp_path / "corpus"
+    run = _limited_run(["golden", "generate", str(corpus), "--engine", "reference", "--filter",
+                        SMALL, "--dtype", "float64"], 2000)
+    assert run.returncode == 2 and "cannot write" in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no PNG, no corpus, no temp
+
+
 def test_os_errors_are_one_line_refusals(tmp_path, capsys):  # rule: cli
     blocker = tmp_path / "a_file"
     blocker.write_text("x")

@@ -321,9 +321,12 @@ def test_report_histograms_and_their_absence(tmp_path, monkeypatch):
     data = masking_report.plot_histograms(verdict)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     written = masking_report.write_report([verdict], tmp_path / "r.md")
-    assert [p.endswith(".png") for p in written] == [False, True]
+    assert [p.endswith(".png") for p in written] == [False, True, True]
+    assert "![spans](r.spans.batch.png)" in (tmp_path / "r.md").read_text()
     assert "![spans](r.spans.png)" in (tmp_path / "r.md").read_text()
     monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
     assert masking_report.plot_histograms(verdict) is None
     with pytest.raises(ValueError, match="does not exist"):
         masking_report.write_report([verdict], tmp_path / "no" / "r.md")
+    written = masking_report.write_report([verdict], tmp_path / "s.md", plots=True)
+    assert [p.endswith(".png") for p in written] == [False, True]  # the batch only

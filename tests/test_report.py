@@ -86,7 +86,7 @@ def test_every_format_shows_the_same_groups():
     assert "| causal | FAIL 1/2 | FAIL 1/1 |" in md
     page = report.html(r)
     assert "fail mask_multiplied (bug): 2 cases" in page and page.count("<h3") == 4
-    data = json.loads(report.to_json(r))
+    (data,) = json.loads(report.to_json(r))["reports"]
     assert [(g["verdict"], g["diagnosis"], g["cases"]) for g in data["diagnoses"]][1] == (
         "fail", "mask_multiplied",
         ["causal/top_left/wide@float64", "causal/top_left/square@float32"])

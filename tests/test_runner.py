@@ -94,9 +94,9 @@ PLANTED = [
     ({"gqa": "modulo"}, "gqa/4_to_2_causal", "gqa=h_mod_hkv", "fail"),
     ({"softcap_first": False}, "softcap/causal", "softcap_after_mask", "fail"),
     ({"scale": 1.0 / 8}, "full/square", "scale=1/Dqk", "fail"),
-    ({"lse_base": 2.0}, "causal/top_left/square", "lse_base=2", "policy"),
+    ({"lse_base": 2.0}, "causal/top_left/square", "lse_base=2", "fail"),
     ({"use_sink": False}, "sinks/full", "sink_dropped", "fail"),
-    ({"empty": "nan"}, "causal/bottom_right/tall", "empty_rows=nan", "policy"),
+    ({"empty": "nan"}, "causal/bottom_right/tall", "empty_rows=nan", "fail"),
     ({"dropout_scale": False}, "dropout/causal", "dropout_unscaled", "fail"),
 ]
 
@@ -111,6 +111,48 @@ def test_planted_bug_is_caught_and_named(switches, case_filter, convention, verd
         assert result.convention == convention, (result.case.id, result.reason)
 
 
+# A documented convention is ``policy`` only where the function declares it (or the run
+# allows it); undeclared, it is a ``fail`` that names the convention (above).
+CONVENTIONS = [
+    ({"lse_base": 2.0}, "causal/top_left/square", {"lse_base": "2"}, "lse_base=2"),
+    ({"empty": "nan"}, "causal/bottom_right/tall", {"empty_rows": "nan"}, "empty_rows=nan"),
+]
+
+
+@pytest.mark.parametrize("switches, case_filter, declared, convention", CONVENTIONS,
+                         ids=[c[3] for c in CONVENTIONS])
+def test_declared_convention_is_policy(switches, case_filter, declared, convention):
+    fn = planted(**switches)
+    fn.refmask_conventions = declared
+    report = run(fn, filter=case_filter, dtypes=["float64", "float32"])
+    assert [(r.verdict, r.convention) for r in report.results] == [("policy", convention)] * 2
+    # allowed by the run instead of declared: the same verdict
+    report = run(planted(**switches), filter=case_filter, dtypes=["float64", "float32"],
+                 allow_policy=[convention])
+    assert [(r.verdict, r.convention) for r in report.results] == [("policy", convention)] * 2
+
+
+def test_declaring_another_convention_does_not_excuse_this_one():
+    fn = planted(empty="nan")
+    fn.refmask_conventions = {"empty_rows": "uniform", "causal": "top_left"}
+    report = run(fn, filter="causal/bottom_right/tall", dtypes=["float64"])
+    (result,) = report.results
+    assert (result.verdict, result.convention) == ("fail", "empty_rows=nan")
+    assert "does not declare" in result.reason and "--allow-policy empty_rows=nan" in result.reason
+
+
+def test_unknown_declared_convention_is_an_error():
+    fn = planted()
+    fn.refmask_conventions = {"empty_rows": "nan-ish"}
+    with pytest.raises(ValueError, match="empty_rows must be one of"):
+        run(fn, filter="full/square")
+    with pytest.raises(ValueError, match="unknown convention"):
+        run(planted(), filter="full/square", allow_policy=["empty_rows=whatever"])
+    fn.refmask_conventions = ["window=two_keys_wider"]
+    with pytest.raises(ValueError, match="declares unknown conventions"):
+        run(fn, filter="full/square")
+
+
 @pytest.mark.parametrize("switches", [p[0] for p in PLANTED], ids=[p[2] for p in PLANTED])
 def test_planted_bug_never_passes_the_whole_catalog(switches):
     """Over every case and dtype, a planted bug is never an all-pass."""
@@ -119,12 +161,13 @@ def test_planted_bug_never_passes_the_whole_catalog(switches):
     assert counts["fail"] + counts["policy"] > 0, counts
 
 
-def test_alignment_and_window_bugs_are_policies():
+def test_declared_alignment_and_window_conventions_are_policies():
     def top_left_causal(q, k, v, call):
         tq, tk = call.keep.shape[-2:]
         keep = np.broadcast_to(np.tril(np.ones((tq, tk), bool)), call.keep.shape)
         return honest(q, k, v, type(call)(**{**call.__dict__, "keep": keep}))
 
+    top_left_causal.refmask_conventions = {"causal": "top_left"}
     result = run_case(from_function(top_left_causal),
                       next(c for c in catalog(["float64"])
                            if c.name == "causal/bottom_right/wide"))
@@ -136,6 +179,7 @@ def test_alignment_and_window_bugs_are_policies():
         keep = np.broadcast_to((j <= i) & (j >= i - 3), call.keep.shape)  # 4 keys, not 3
         return honest(q, k, v, type(call)(**{**call.__dict__, "keep": keep}))
 
+    one_key_wider.refmask_conventions = ["window=one_key_wider"]
     result = run_case(from_function(one_key_wider),
                       next(c for c in catalog(["float64"]) if c.name == "window/fa_2_0/square"))
     assert (result.verdict, result.convention) == ("policy", "window=one_key_wider")

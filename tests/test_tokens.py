@@ -178,10 +178,11 @@ def test_bit_identical_on_torch_and_jax():
             np.asarray(spans.selected),
             T.mask_spans(ids, seed=1, epoch=0, example_ids=range(5), mask_id=MASK_ID,
                          vocab_size=VOCAB, special_ids=SPECIALS, pad_id=PAD).selected)
+    sentinels = VOCAB + 16  # ids stay below vocab_size - M: no id is taken for a sentinel
     t5 = T.corrupt_spans(torch.asarray(ids[:, 1:]), seed=2, epoch=1, example_ids=range(5),
-                         vocab_size=VOCAB, pad_id=PAD, eos_id=2)
-    t5n = T.corrupt_spans(ids[:, 1:], seed=2, epoch=1, example_ids=range(5), vocab_size=VOCAB,
-                          pad_id=PAD, eos_id=2)
+                         vocab_size=sentinels, pad_id=PAD, eos_id=2)
+    t5n = T.corrupt_spans(ids[:, 1:], seed=2, epoch=1, example_ids=range(5),
+                          vocab_size=sentinels, pad_id=PAD, eos_id=2)
     np.testing.assert_array_equal(t5.inputs.numpy(), t5n.inputs)
     np.testing.assert_array_equal(t5.targets.numpy(), t5n.targets)
 
@@ -416,3 +417,77 @@ def test_text_and_png_of_a_masked_batch(tmp_path):
     assert colours == [UNSELECTED_RGB, MASK_RGB, RANDOM_RGB, KEEP_RGB, PADDING_RGB]
     with pytest.raises(FileExistsError, match="already exists"):
         T.batch_to_png(batch_, path)
+
+
+@pytest.mark.gpu
+def test_bit_identical_on_a_cuda_device():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    ids = batch(rows=5, length=40)
+    ref = call(ids, rate=0.3, random_vocabulary="non_special")
+    got = call(torch.asarray(ids, device="cuda"), rate=0.3, random_vocabulary="non_special")
+    assert got.input_ids.device.type == "cuda"
+    np.testing.assert_array_equal(got.input_ids.cpu().numpy(), ref.input_ids)
+    np.testing.assert_array_equal(got.labels.cpu().numpy(), ref.labels)
+    spans = T.mask_spans(torch.asarray(ids, device="cuda"), seed=1, epoch=0,
+                         example_ids=range(5), mask_id=MASK_ID, vocab_size=VOCAB,
+                         special_ids=SPECIALS, pad_id=PAD)
+    np.testing.assert_array_equal(
+        spans.selected.cpu().numpy(),
+        T.mask_spans(ids, seed=1, epoch=0, example_ids=range(5), mask_id=MASK_ID,
+                     vocab_size=VOCAB, special_ids=SPECIALS, pad_id=PAD).selected)
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+def test_ids_outside_the_vocabulary_are_refused():
+    ids = batch()
+    ids[1, 4] = VOCAB  # one past the last id
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, vocab_size=50\).*\(1, 4\)"):
+        call(ids)
+    ids[1, 4] = -7
+    with pytest.raises(ValueError, match="got -7"):
+        call(ids)
+    word_ids = np.cumsum(np.ones(ids.shape, dtype=np.int64), axis=1)
+    for masker in (T.mask_whole_words, T.mask_spans):
+        with pytest.raises(ValueError, match="input_ids must lie in"):
+            masker(ids, seed=0, epoch=0, example_ids=range(4), mask_id=MASK_ID, vocab_size=VOCAB,
+                   special_ids=SPECIALS, pad_id=PAD, word_ids=word_ids)
+
+
+def test_ignore_index_may_not_be_a_vocabulary_id():
+    # label 5 would mean both "token 5 was selected" and "not selected"
+    with pytest.raises(ValueError, match="ignore_index must not be an id"):
+        call(batch(), ignore_index=5)
+    assert call(batch(), ignore_index=VOCAB).labels.min() >= 0  # outside [0, V): fine
+    call(batch(), ignore_index=5, labels="bool")  # unused in bool mode
+
+
+def test_t5_refuses_ids_that_collide_with_its_sentinels():
+    # L = 4 tokens, density .5 -> N = 2, mean 1 -> M = 2: sentinels 9, 8 for vocab_size 10
+    ids = np.array([[4, 5, 6, 8]])
+    kw = dict(seed=0, epoch=0, example_ids=[0], pad_id=0, noise_density=0.5,
+              mean_span_length=1.0)
+    with pytest.raises(ValueError, match=r"vocab_size - M.*got 8 at index \(0, 3\)"):
+        T.corrupt_spans(ids, vocab_size=10, **kw)
+    T.corrupt_spans(np.array([[4, 5, 6, 7]]), vocab_size=10, **kw)  # 7 < 10 - 2
+
+
+def test_empty_rows_are_handled_by_every_masker():
+    empty = np.zeros((2, 0), dtype=np.int64)
+    got = T.corrupt_spans(empty, seed=0, epoch=0, example_ids=[0, 1], vocab_size=VOCAB,
+                          pad_id=PAD, eos_id=2)
+    assert got.inputs.tolist() == [[2], [2]] and got.targets.tolist() == [[2], [2]]
+    assert got.input_lengths.tolist() == [1, 1] and got.noise.shape == (2, 0)
+    got = call(empty, example_ids=[0, 1], selection="exact_count")
+    assert got.selected.shape == (2, 0)
+
+
+@pytest.mark.parametrize("p, top, text", [(0.0, 10, "geometric_p"), (float("nan"), 10,
+                                                                       "geometric_p"),
+                                          (0.2, 0, "max_length"), (0.2, 2.5, "max_length")])
+def test_span_length_distribution_checks_its_arguments(p, top, text):
+    with pytest.raises((ValueError, TypeError), match=text):
+        T.span_length_distribution(p, top)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from refmask.conformance import token_golden
 
 
@@ -39,3 +41,13 @@ def test_generate_refuses_to_overwrite(tmp_path):
         assert "already exists" in str(error)
     else:
         raise AssertionError("generate overwrote an existing corpus")
+
+
+def test_generate_refuses_a_directory_holding_other_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        token_golden.generate(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing written
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="not a directory"):
+        token_golden.generate(tmp_path / "file")

@@ -30,14 +30,34 @@ class Profile:
       the runner tries the declared alignment first when a case misses the golden output.
     lse_base: "e", "2", or None when the backend returns no LSE.
     backward: whether gradients are available.
+    conventions: further named conventions it follows (names of the runner's policy
+      explanations, e.g. ``"empty_rows=nan"`` for a backend whose empty rows give NaN in some
+      code paths and zero in others).
+    dtypes: the dtype names it supports, or None for all; other cases are ``unsupported``.
     notes: free text shown with the backend in reports (versions, caveats).
+
+    :meth:`declared` is the set of convention names the runner accepts as ``policy``; an
+    output matching a named convention outside it is a ``fail`` that names it.
     """
 
     empty_rows: str = "zero"
     causal_alignment: str = "both"
     lse_base: str | None = "e"
     backward: bool = False
+    conventions: frozenset = frozenset()
+    dtypes: tuple | None = None
     notes: str = ""
+
+    def declared(self) -> frozenset:
+        """Names of the conventions this backend declares: ``empty_rows=<policy>``,
+        ``causal=<alignment>`` (not for "both": a backend that expresses either alignment
+        declares neither as its convention), ``lse_base=<base>``, and :attr:`conventions`."""
+        names = {f"empty_rows={self.empty_rows}"}
+        if self.causal_alignment in ("top_left", "bottom_right"):
+            names.add(f"causal={self.causal_alignment}")
+        if self.lse_base is not None:
+            names.add(f"lse_base={self.lse_base}")
+        return frozenset(names | set(self.conventions))
 
 
 @dataclass(frozen=True)

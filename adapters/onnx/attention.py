@@ -27,7 +27,8 @@ onnx/reference/ops/op_attention.py; behaviour measured on onnxruntime 1.31.1):
   q_sequence_length > 0 and kv_sequence_length > 0), and any dtype onnxruntime has no kernel
   for (bfloat16 on CPU: the reason is onnxruntime's own NOT_IMPLEMENTED message).
 * empty rows: onnxruntime returns 0 (measured, bool and -inf float masks alike), the spec's
-  ``zero``. No LSE output, no gradients.
+  ``zero``; its float64 path (the ONNX function-body fallback, a plain softmax) gives NaN, so
+  the adapters also declare ``empty_rows=nan``. No LSE output, no gradients.
 """
 
 from __future__ import annotations
@@ -173,7 +174,8 @@ def make_adapter(opset: int) -> Adapter:
     return Adapter(
         name=f"onnxruntime.attention{opset}",
         profile=Profile(empty_rows="zero", causal_alignment="top_left", lse_base=None,
-                        backward=False, notes=notes),
+                        backward=False, conventions=frozenset({"empty_rows=nan"}),
+                        notes=notes),
         run=make_run(opset),
         unsupported=make_unsupported(opset),
         unavailable=lambda: unavailable_for(opset),

@@ -40,6 +40,26 @@ def check_ids(where: str, input_ids):
     return xp, input_ids
 
 
+def check_ids_below(where: str, xp, input_ids, bound, *, rule: str, among=None) -> None:
+    """Refuse ids outside ``[0, bound)`` (bound: an int or a (B,) array, one per row), among the
+    positions ``among`` (bool (B, T); default all): an id the vocabulary does not have would
+    otherwise pass through the masker unnoticed."""
+    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        return
+    limit = bound if isinstance(bound, int) else bound[:, None]
+    bad = (input_ids < 0) | (input_ids >= limit)
+    if among is not None:
+        bad = bad & among
+    if bool(xp.any(bad)):
+        row, column = (int(i) for i in np.argwhere(_host(bad))[0])
+        raise ValueError(f"{where}: input_ids must lie in {rule}, got "
+                         f"{int(_host(input_ids)[row, column])} at index ({row}, {column})")
+
+
+def _host(array) -> np.ndarray:
+    return np.asarray(array.cpu() if hasattr(array, "cpu") else array)
+
+
 def check_id_set(where: str, name: str, ids) -> tuple[int, ...]:
     if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence | np.ndarray | frozenset
                                                            | set):
@@ -50,6 +70,13 @@ def check_id_set(where: str, name: str, ids) -> tuple[int, ...]:
 
 def check_example_ids(where: str, example_ids, batch: int) -> np.ndarray:
     """(B,) distinct ints in [0, 2**63): the dataset index of each row (keys the streams)."""
+    if isinstance(example_ids, range) or (isinstance(example_ids, np.ndarray)
+                                          and example_ids.dtype.kind in "iu"):
+        fast = np.asarray(example_ids)  # integer arrays: checked as a whole, not per item
+        if fast.shape == (batch,) and (fast.size == 0 or (
+                int(fast.min()) >= 0 and int(fast.max()) <= 2**63 - 1)) and \
+                np.unique(fast).size == fast.size:
+            return fast.astype(np.int64)
     ids = np.asarray(example_ids.tolist() if hasattr(example_ids, "tolist") else example_ids,
                      dtype=object)
     if ids.shape != (batch,):
@@ -156,6 +183,8 @@ def smallest_k(xp, candidate, words, k):
     random among the ``C(#candidates, k)`` subsets (up to the 2**-32 granularity of words).
     """
     n = candidate.shape[1]
+    if n == 0:  # no candidates (T = 0): nothing to choose, and no k-th key to look up
+        return candidate
     index = arange_like(xp, n, candidate)[None, :]
     keys = xp.where(candidate, words * n + index, _WORD_SPAN * n + index)
     ordered = xp.sort(keys, axis=1)

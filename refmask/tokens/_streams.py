@@ -44,7 +44,7 @@ def masking_epoch(where: str, epoch, static_copies) -> int:
     return epoch % copies
 
 
-def stream_name(purpose: str, epoch: int, example: int) -> str:
+def stream_name(purpose: str, epoch: int, example: int | str) -> str:
     """``"refmask.tokens/<purpose>/epoch=<epoch>/example=<example>"``."""
     return f"refmask.tokens/{purpose}/epoch={epoch}/example={example}"
 
@@ -92,11 +92,14 @@ def stream_words(where: str, seed, purpose: str, epoch: int, example_ids: np.nda
                      rule="an int with 0 <= seed < 2**64")
     if purpose not in PURPOSES:
         raise ValueError(f"{where}: unknown stream purpose {purpose!r}")
-    h0 = np.empty(len(example_ids), dtype=np.uint64)
-    h1 = np.empty(len(example_ids), dtype=np.uint64)
-    for row, example in enumerate(example_ids.tolist()):
-        digest = hashlib.sha256(stream_name(purpose, epoch, example).encode("utf-8")).digest()
-        h0[row] = int.from_bytes(digest[0:4], "little")
-        h1[row] = int.from_bytes(digest[4:8], "little")
+    # SHA-256 of "<prefix><example id>": hash the shared prefix once, then copy per row
+    prefix = hashlib.sha256(stream_name(purpose, epoch, "").encode("utf-8"))
+    digests = []
+    for example in example_ids.tolist():
+        row = prefix.copy()
+        row.update(str(example).encode("utf-8"))
+        digests.append(row.digest()[:8])
+    words = np.frombuffer(b"".join(digests), dtype="<u4").reshape(-1, 2).astype(np.uint64)
+    h0, h1 = np.ascontiguousarray(words[:, 0]), np.ascontiguousarray(words[:, 1])
     return _philox_rows(np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32), h0, h1,
                         int(n_words))

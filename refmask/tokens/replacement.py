@@ -33,7 +33,7 @@ import numpy as np
 
 from .._typing import Array, Namespace
 from .._validate import check_choice, check_int, check_rate
-from ._common import threshold
+from ._common import check_ids_below, threshold
 
 __all__ = ["KEEP", "MASK", "NOT_SELECTED", "RANDOM", "LABEL_MODES", "RANDOM_VOCABULARIES",
            "MaskedBatch", "ReplacementRule"]
@@ -61,7 +61,8 @@ class MaskedBatch:
 
 @dataclass(frozen=True)
 class ReplacementRule:
-    """What happens to a selected token; checked on construction (see the module docstring).
+    """What happens to a selected token (see the module docstring); the maskers check it with
+    :meth:`checked`, construction alone checks nothing.
 
     mask_id: the [MASK] id, in [0, vocab_size). vocab_size: the number of ids (> 0).
     mask_rate, random_rate: probabilities of MASK and RANDOM (sum <= 1; KEEP is the rest).
@@ -91,6 +92,10 @@ class ReplacementRule:
         check_choice(where, "labels", self.labels, LABEL_MODES)
         check_int(where, "ignore_index", self.ignore_index, minimum=-(2**31), maximum=2**31 - 1,
                   rule="an int32 value")
+        if self.labels == "ignore_index" and 0 <= self.ignore_index < vocab:
+            raise ValueError(f"{where}: ignore_index must not be an id of the vocabulary "
+                             f"[0, vocab_size={vocab}) (a label equal to it would be read as "
+                             f"'not selected'), got {self.ignore_index}")
         if self.random_vocabulary == "non_special" and random_rate > 0:
             allowed = np.setdiff1d(np.arange(vocab), np.asarray(special_ids + (mask_id,)))
             if allowed.size == 0:
@@ -111,6 +116,8 @@ def apply_replacement(where: str, xp: Namespace, input_ids: Array, selected: Arr
                       rule: ReplacementRule,
                       special_ids: tuple) -> MaskedBatch:
     """Replace the selected tokens of ``input_ids`` by ``rule``; words: the stream reader."""
+    check_ids_below(where, xp, input_ids, rule.vocab_size,
+                    rule=f"[0, vocab_size={rule.vocab_size})")
     length = input_ids.shape[1]
     draw = words("replace", length)
     category = xp.where(draw < threshold(rule.mask_rate), MASK,

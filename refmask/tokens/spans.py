@@ -51,9 +51,17 @@ from .whole_word import _word_ids
 
 __all__ = ["mask_spans", "span_length_distribution", "span_length_thresholds"]
 
+def _check_geometric(where: str, geometric_p, max_length) -> tuple[float, int]:
+    q = check_rate(where, "geometric_p", geometric_p, open_low=True)
+    return q, check_int(where, "max_length", max_length, minimum=1, maximum=2**16,
+                        rule="an int in [1, 65536]")
+
+
 def span_length_distribution(geometric_p: float, max_length: int) -> list[float]:
-    """``P(l = m)`` for m = 1..max_length: geometric(q) truncated at L and renormalised."""
-    q, top = float(geometric_p), int(max_length)
+    """``P(l = m)`` for m = 1..max_length: geometric(q) truncated at L and renormalised.
+
+    geometric_p in (0, 1], max_length in [1, 65536], checked as :func:`mask_spans` does."""
+    q, top = _check_geometric("span_length_distribution", geometric_p, max_length)
     weights = [q * (1.0 - q) ** (m - 1) for m in range(1, top + 1)]
     total = math.fsum(weights)
     return [w / total for w in weights]
@@ -61,7 +69,7 @@ def span_length_distribution(geometric_p: float, max_length: int) -> list[float]
 
 def span_length_thresholds(geometric_p: float, max_length: int) -> list[int]:
     """``c_m = round(F(m) * 2**32)`` for m = 1..L-1 (F the truncated geometric CDF)."""
-    q, top = float(geometric_p), int(max_length)
+    q, top = _check_geometric("span_length_thresholds", geometric_p, max_length)
     tail = 1.0 - (1.0 - q) ** top
     return [math.floor((1.0 - (1.0 - q) ** m) / tail * 2**32 + 0.5) for m in range(1, top)]
 
@@ -119,9 +127,7 @@ def mask_spans(input_ids: Array, *, seed: int, epoch: int, example_ids: ArrayLik
         pad_id = check_int(where, "pad_id", pad_id, minimum=0, rule="None or an int >= 0")
     rows = check_example_ids(where, example_ids, ids.shape[0])
     rate = check_rate(where, "rate", rate)
-    geometric_p = check_rate(where, "geometric_p", geometric_p, open_low=True)
-    max_length = check_int(where, "max_length", max_length, minimum=1, maximum=2**16,
-                           rule="an int in [1, 65536]")
+    geometric_p, max_length = _check_geometric(where, geometric_p, max_length)
     units = (None if word_ids is None and continuation is None
              else _word_ids(where, xp, ids, word_ids, continuation))
     rule = ReplacementRule(mask_id, vocab_size, mask_rate, random_rate, random_vocabulary,

@@ -33,7 +33,15 @@ from numpy.typing import ArrayLike
 
 from .._typing import Array, Namespace
 from .._validate import check_int, check_rate
-from ._common import Words, arange_like, check_example_ids, check_ids, smallest_k, take_rows
+from ._common import (
+    Words,
+    arange_like,
+    check_example_ids,
+    check_ids,
+    check_ids_below,
+    smallest_k,
+    take_rows,
+)
 
 __all__ = ["T5Batch", "corrupt_spans", "t5_counts"]
 
@@ -74,6 +82,10 @@ def _segment_starts(xp, words, items, segments, like):
 
 def _compact(xp, keep, values, fill: int, extra):
     """Rows of ``values[keep]`` left-aligned, then ``extra`` (or nothing), padded by ``fill``."""
+    if keep.shape[1] == 0:  # no token to take: a fill column keeps take_rows in bounds
+        device = array_api_compat.device(keep)
+        keep = xp.zeros((keep.shape[0], 1), dtype=xp.bool, device=device)
+        values = xp.full((keep.shape[0], 1), fill, dtype=values.dtype, device=device)
     width2 = keep.shape[1]
     index = arange_like(xp, width2, keep)[None, :]
     order = xp.sort(xp.where(keep, index, width2), axis=1)
@@ -123,6 +135,9 @@ def corrupt_spans(input_ids: Array, *, seed: int, epoch: int, example_ids: Array
                          f"pad_id={pad_id} in a row")
     words = Words(where, xp, ids, seed, epoch, static_copies, rows)
     noise_count, spans = t5_counts(xp, lengths, density, float(mean_span_length))
+    check_ids_below(where, xp, ids, vocab - spans, among=real,
+                    rule=f"[0, vocab_size - M) (vocab_size={vocab}; the ids from vocab_size - M "
+                         "up are the sentinels of the row's M noise spans)")
     noise_starts = _segment_starts(xp, words("t5_noise_cuts", width), noise_count, spans, ids)
     plain_starts = _segment_starts(xp, words("t5_nonnoise_cuts", width), lengths - noise_count,
                                    spans, ids)
