@@ -383,3 +383,17 @@ def test_masks_evaluate_in_another_namespace():
         got = mask.materialize(batch, 1, q_len, k_len, xp=torch)
         assert isinstance(got, torch.Tensor)
         assert np.array_equal(got.numpy(), mask.materialize(batch, 1, q_len, k_len))
+
+
+def test_per_sequence_alibi_cases_are_refused_where_not_supported_yet():
+    from refmask.case import Case
+    from refmask.conformance.exact import exact_attention
+
+    layout = m.varlen_layout([0, 2, 5], [0, 4, 7])
+    case = Case(name="varlen/alibi", family="varlen", mask=m.varlen(m.causal(align=BR), layout),
+                batch=1, q_heads=2, kv_heads=2, q_len=5, k_len=7,
+                alibi=Alibi(2, convention="abs", align=BR, layout=layout))
+    with pytest.raises(ValueError, match="per-sequence positions"):
+        case.to_json()
+    with pytest.raises(ValueError, match="per-sequence positions"):
+        exact_attention(case)
