@@ -103,8 +103,17 @@ def load(name: str) -> Adapter:
                          f"entry-point group {ENTRY_POINT_GROUP!r}, with different targets "
                          f"{sorted(found[name])}; uninstall one of the packages")
     (value,) = found[name]
-    target = metadata.EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP).load()
-    candidates = (target,) if isinstance(target, Adapter) else tuple(target)
+    try:
+        target = metadata.EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP).load()
+    except (ImportError, AttributeError) as error:  # the registering package's fault
+        raise ValueError(f"{where}: entry point {name!r} = {value!r} cannot be loaded "
+                         f"({type(error).__name__}: {error})") from error
+    if isinstance(target, Adapter):
+        candidates = (target,)
+    elif isinstance(target, tuple | list):
+        candidates = tuple(target)
+    else:
+        candidates = ()
     for adapter in candidates:
         if isinstance(adapter, Adapter) and adapter.name == name:
             return adapter

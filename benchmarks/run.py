@@ -308,6 +308,7 @@ def write_json(path: str, document: dict) -> None:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             json.dump(document, stream, indent=1)
             stream.write("\n")
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; a results file is not
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -344,6 +345,7 @@ def plot(path: str, sweep: list, ceiling: float) -> str:
     os.close(handle)
     try:
         figure.savefig(temporary, dpi=110)
+        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     finally:
         with contextlib.suppress(OSError):

@@ -43,9 +43,13 @@ def _names(where: str, value, *, allowed: Iterable[str] | None = None) -> tuple 
     """A comma-separated string or an iterable of strings -> a tuple (None stays None)."""
     if value is None:
         return None
+    if not isinstance(value, str) and not isinstance(value, Iterable):
+        raise TypeError(f"{where} must be a comma-separated string or a list of strings, got "
+                        f"{type(value).__name__}")
     items = [value] if isinstance(value, str) else list(value)
-    names = tuple(part.strip() for item in items for part in str(item).split(",")
-                  if part.strip())
+    if not all(isinstance(item, str) for item in items):
+        raise TypeError(f"{where} must hold strings, got {items!r:.80}")
+    names = tuple(part.strip() for item in items for part in item.split(",") if part.strip())
     if allowed is not None:
         bad = [n for n in names if n not in allowed]
         if bad:

@@ -46,12 +46,12 @@ power at the per-test level ``alpha / tests`` (Bonferroni, conservative for Holm
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from refmask import tokens
+from refmask._validate import check_int, check_real
 from refmask.adapters.tokens import reference
 from refmask.rng import randint
 
@@ -205,6 +205,23 @@ def _selection_rule(counts: np.ndarray, n: np.ndarray, rate: float) -> str | Non
     return None
 
 
+def check_probe(where: str, rows: int, length: int, epochs: int, seed: int,
+                alpha: float) -> tuple[int, int, int, int, float]:
+    """The probe's size and the test level, checked: rows >= 1 (no rows would pass every check
+    vacuously), length >= 8 (the probe's layout), epochs >= 2 (freshness compares epochs),
+    seed >= 0, alpha in (0, 1)."""
+    rows = check_int(where, "rows", rows, minimum=1, rule="an int >= 1 (an empty probe "
+                     "would pass every check vacuously)")
+    length = check_int(where, "length", length, minimum=8)
+    epochs = check_int(where, "epochs", epochs, minimum=2,
+                       rule="an int >= 2 (freshness compares epochs)")
+    seed = check_int(where, "seed", seed, minimum=0)
+    alpha = check_real(where, "alpha", alpha, positive=True)
+    if not alpha < 1:
+        raise ValueError(f"{where}: alpha must be in (0, 1), got {alpha}")
+    return rows, length, epochs, seed, alpha
+
+
 def check_masker(masker: Masker, spec: MaskingSpec | None = None, *, name: str = "masker",
                  rows: int = 64, length: int = 128, epochs: int = 4, seed: int = 0,
                  alpha: float = 1e-3) -> MaskingVerdict:
@@ -214,11 +231,8 @@ def check_masker(masker: Masker, spec: MaskingSpec | None = None, *, name: str =
     ``passed`` iff every exact check and every Holm-corrected statistical test passes.
     """
     spec = spec or MaskingSpec()
-    if epochs < 2:
-        raise ValueError(f"check_masker: epochs must be >= 2 (freshness compares epochs), "
-                         f"got {epochs}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"check_masker: alpha must be in (0, 1), got {alpha}")
+    rows, length, epochs, seed, alpha = check_probe("check_masker", rows, length, epochs, seed,
+                                                    alpha)
     ids, words = probe_batch(spec, rows, length, seed)
     specials = np.isin(ids, np.asarray(spec.special_ids))
     if spec.pad_id is not None:
@@ -454,11 +468,6 @@ def check_masker(masker: Masker, spec: MaskingSpec | None = None, *, name: str =
     passed = all(c.passed for c in checks)
     return MaskingVerdict(name, passed, tuple(conventions), tuple(checks), alpha, sample,
                           picture, histograms)
-
-
-def with_declared(spec: MaskingSpec, **changes: Any) -> MaskingSpec:
-    """``spec`` with fields replaced (a convenience for adapters and tests)."""
-    return replace(spec, **changes)
 
 
 reference_t5 = reference.reference_t5

@@ -79,6 +79,9 @@ def _token_golden(args) -> int:
     if args.action == "generate":
         print(f"wrote {token_golden.generate(args.directory, overwrite=args.overwrite)}")
         return 0
+    if args.directory is not None and not os.path.isdir(args.directory):  # a refusal (exit 2)
+        what = "is not a directory" if os.path.lexists(args.directory) else "does not exist"
+        raise FileNotFoundError(f"token-golden verify: {args.directory!r} {what}")
     problems = token_golden.verify(args.directory)
     for problem in problems:
         print(problem, file=sys.stderr)

@@ -10,7 +10,7 @@ from refmask import tokens
 from refmask.adapters.tokens.reference import reference_t5
 from refmask.rng import randint
 
-from .masking import Check, Masker, MaskingVerdict, _as_numpy
+from .masking import Check, Masker, MaskingVerdict, _as_numpy, check_probe
 from .masking_stats import holm, homogeneity
 
 __all__ = ["check_t5"]
@@ -61,6 +61,8 @@ def check_t5(corrupt: Masker, *, name: str = "t5", vocab_size: int = 1000,
     noise last; determinism; fresh spans each epoch. Statistical (Holm at ``alpha``): the
     noise span lengths and span start positions against ``corrupt_spans`` on the same probe.
     """
+    rows, length, epochs, seed, alpha = check_probe("check_t5", rows, length, epochs, seed,
+                                                    alpha)
     ids = randint(seed, "probe/t5", (rows, length), 10, 500)
     floor = 500
     checks: list[Check] = []

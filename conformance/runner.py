@@ -416,6 +416,14 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool | None = None,
         judging = judging.replace(timeout=timeout)
     grads = judging.grads
     timeout = judging.timeout
+    if not isinstance(adapter, Adapter):
+        raise TypeError(f"run_case: adapter must be a refmask Adapter (see resolve_backend), got "
+                        f"{type(adapter).__name__}")
+    if not isinstance(case, Case):
+        raise TypeError(f"run_case: case must be a refmask Case, got {type(case).__name__}")
+    if golden is not None and not callable(golden):
+        raise TypeError(f"run_case: golden must be callable(case, inputs, grads) or None, got "
+                        f"{type(golden).__name__}")
     start = time.perf_counter()
 
     def result(verdict, reason="", **extra):
@@ -503,11 +511,31 @@ def select_cases(cases: Iterable[Case] | None = None, *, dtypes: Iterable[str] |
     """Catalog cases (or the given ones) restricted to ``dtypes`` and to ``filter``:
     comma-separated texts, each matching a case whose id contains it, one of whose flags or
     whose family equals it (``"sliding_window"`` selects the family whose ids start
-    ``window/``)."""
+    ``window/``).
+
+    cases: Case records; dtypes: a list of dtype names (a bare string is refused, not read as
+    its characters; unknown names are refused); filter: a string or None."""
+    from refmask.case import DTYPES
+
+    where = "check"
+    if isinstance(cases, (str, bytes)):
+        raise TypeError(f"{where}: cases must be a list of Case records, got a string")
     chosen = list(catalog() if cases is None else cases)
+    for index, case in enumerate(chosen):
+        if not isinstance(case, Case):
+            raise TypeError(f"{where}: cases[{index}] must be a refmask Case, got "
+                            f"{type(case).__name__}")
     if dtypes is not None:
-        dtypes = set(dtypes)
-        chosen = [c for c in chosen if c.dtype in dtypes]
+        if isinstance(dtypes, (str, bytes)):
+            raise TypeError(f"{where}: dtypes must be a list of dtype names, e.g. "
+                            f"[{dtypes!r}], got the string {dtypes!r}")
+        dtypes = list(dtypes)
+        unknown = [d for d in dtypes if not isinstance(d, str) or d not in DTYPES]
+        if unknown:
+            raise ValueError(f"{where}: dtypes must be among {list(DTYPES)}, got {unknown}")
+        chosen = [c for c in chosen if c.dtype in set(dtypes)]
+    if filter is not None and not isinstance(filter, str):
+        raise TypeError(f"{where}: filter must be a string or None, got {type(filter).__name__}")
     if filter:
         parts = [p.strip() for p in filter.split(",") if p.strip()]
         chosen = [c for c in chosen
@@ -539,6 +567,12 @@ def check(target, *, judging: Judging | None = None, cases: Iterable[Case] | Non
     A KeyboardInterrupt (Ctrl-C) stops the run: the report holds the cases judged so far and
     ``interrupted`` is True.
     """
+    if golden is not None and not callable(golden):
+        raise TypeError(f"check: golden must be callable(case, inputs, grads) or None, got "
+                        f"{type(golden).__name__}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"check: progress must be callable(done, total) or None, got "
+                        f"{type(progress).__name__}")
     judging = (judging or Judging()).replace(**options) if options else (judging or Judging())
     adapter = judging.adapter(target)
     chosen = judging.cases(cases)

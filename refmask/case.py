@@ -33,7 +33,7 @@ import numpy as np
 from . import masks as m
 from . import rng
 from ._typing import Array
-from .attention import Alibi, attention, attention_vjp
+from .attention import Alibi, Grads, attention, attention_vjp
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 
@@ -382,7 +382,7 @@ def reference_outputs(case: Case, inputs: Mapping, *, float64: bool, grads: bool
     return arrays
 
 
-def gradient_arrays(case: Case, grads) -> dict:
+def gradient_arrays(case: Case, grads: Grads) -> dict:
     """refmask's ``Grads`` as float64 NumPy arrays: dq, dk, dv in BHTD layout, dbias and
     dsinks when present (the keys of :data:`GRAD_NAMES` that are not None)."""
     arrays = {}

@@ -134,3 +134,22 @@ def test_refmask_check_runs_a_third_party_adapter_by_its_name(third_party, capsy
     assert "0 fail" in capsys.readouterr().out
     assert main(["check", "thirdparty.multiplicative", *argv]) == 1
     assert "thirdparty.multiplicative" in capsys.readouterr().out
+
+
+def test_a_broken_entry_point_is_a_clear_error_naming_it(third_party, capsys):
+    install_distribution(third_party, "broken_kernel", {"broken_kernel": "def fn(q, k, v, call):\n"
+                                                        "    return q\n"},
+                         {"broken.function": "broken_kernel:fn",
+                          "broken.module": "no_such_module_for_refmask:ADAPTERS",
+                          "broken.attribute": "broken_kernel:NOPE"})
+    with pytest.raises(ValueError, match="'broken.function' = 'broken_kernel:fn' defines no "
+                                         "Adapter named 'broken.function'"):
+        adapters.load("broken.function")
+    with pytest.raises(ValueError, match=r"'broken.module' = 'no_such_module_for_refmask:ADAPTERS'"
+                                         r" cannot be loaded \(ModuleNotFoundError"):
+        adapters.load("broken.module")
+    with pytest.raises(ValueError, match=r"'broken.attribute' = 'broken_kernel:NOPE' cannot be "
+                                         r"loaded \(AttributeError"):
+        adapters.load("broken.attribute")
+    assert main(["check", "broken.attribute"]) == 2  # a refusal, not "a refmask bug"
+    assert "internal error" not in capsys.readouterr().err

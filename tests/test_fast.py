@@ -279,6 +279,28 @@ def test_a_narrow_window_computes_few_more_pairs_than_it_keeps():
     assert normwise(result.out[:, :, rows], local.out) <= 1e-12
 
 
+def test_the_grid_is_classified_band_by_band(monkeypatch):
+    """Planning classifies bands of tile rows (CLASSIFY_CHUNK_TILES), never the whole grid
+    at once; bands of one tile row list exactly the tiles of one whole-grid classification."""
+    from refmask.fast import _tiles
+
+    rng = np.random.default_rng(8)
+    q, k, v = (rng.standard_normal((2, 2, 40, 4)) for _ in range(3))
+    mask = m.sliding_window(9, 2, align="bottom_right") | m.key_padding([5, 3], side="left")
+    grid = TileGrid(40, 40, 8, 4)
+    sources = (MaskSource("mask", mask), MaskSource("array", mask.materialize(2, 2, 40, 40)))
+    wholes = [_tiles.plan_tiles(source, 2, 2, grid) for source in sources]
+    monkeypatch.setattr(_tiles, "CLASSIFY_CHUNK_TILES", 1)
+    for source, whole in zip(sources, wholes, strict=True):
+        banded = _tiles.plan_tiles(source, 2, 2, grid)
+        for name in ("tile_map", "tile_row", "tile_col", "tile_code", "row_ptr", "col_ptr"):
+            assert np.array_equal(getattr(banded, name), getattr(whole, name)), name
+    codes = classify_tiles(MaskSource("mask", mask), 1, 0, grid)
+    assert np.array_equal(classify_tiles(MaskSource("mask", mask), 1, 0, grid, (2, 4)),
+                          codes[2:4])
+    compare(_kwargs(mask=mask), q, k, v, tiles={"q_tile": 8, "k_tile": 4})
+
+
 # --- (e) memory ------------------------------------------------------------------------------
 
 def test_memory_is_independent_of_tq_times_tk():

@@ -276,6 +276,40 @@ def test_exits_interrupts_and_odd_outputs_from_user_code_are_failures(body, reas
     assert reason in report.results[0].reason and not report.interrupted
 
 
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(dtypes=["float8"]), ValueError, "dtypes"),
+    (dict(filter=3), TypeError, "filter must be a comma-separated string"),
+    (dict(cases=[1]), TypeError, r"cases\[0\] must be a refmask Case"),
+    (dict(golden=3), TypeError, "golden must be callable"),
+    (dict(progress="x"), TypeError, "progress must be callable"),
+])
+def test_check_arguments_are_refused_not_misread(kwargs, error, match):  # rule: user-code
+    from refmask.conformance.runner import check
+
+    with pytest.raises(error, match=match):
+        check("numpy", **kwargs)
+
+
+def test_a_dtype_string_is_a_dtype_name_never_its_characters():  # rule: user-code
+    from refmask.conformance.runner import check, select_cases
+
+    report = check("numpy", dtypes="float64", filter="full/square")
+    assert report.results and {r.case.dtype for r in report.results} == {"float64"}
+    with pytest.raises(TypeError, match="dtypes must be a list"):
+        select_cases(dtypes="float64")
+
+
+def test_corpus_functions_refuse_a_directory_that_is_not_a_path():  # rule: corpus-files
+    from refmask.conformance import golden
+
+    for call in (lambda: golden.load(3), lambda: golden.verify(None),
+                 lambda: golden.generate(3, _one_case()), lambda: golden.corpus_engine(2.5)):
+        with pytest.raises(TypeError, match="directory must be a path"):
+            call()
+    with pytest.raises(TypeError, match="progress must be callable"):
+        golden.verify(golden.shipped_corpus_path(), regenerate=False, progress=3)
+
+
 def test_a_hanging_backend_fails_on_its_timeout():  # rule: user-code
     from refmask.adapters.user import from_function
     from refmask.conformance.runner import check

@@ -330,3 +330,23 @@ def test_report_histograms_and_their_absence(tmp_path, monkeypatch):
         masking_report.write_report([verdict], tmp_path / "no" / "r.md")
     written = masking_report.write_report([verdict], tmp_path / "s.md", plots=True)
     assert [p.endswith(".png") for p in written] == [False, True]  # the batch only
+
+
+@pytest.mark.parametrize("kwargs, error, text", [
+    (dict(rows=0), ValueError, "rows must be an int >= 1"),
+    (dict(rows=2.0), TypeError, "rows must be"),
+    (dict(length=4), ValueError, "length must be an int >= 8"),
+    (dict(epochs=0), ValueError, "epochs must be an int >= 2"),
+    (dict(seed=-1), ValueError, "seed must be"),
+    (dict(alpha=5.0), ValueError, "alpha must be in \\(0, 1\\)"),
+    (dict(alpha=float("nan")), ValueError, "alpha must be"),
+])
+def test_probe_arguments_are_checked_before_judging(kwargs, error, text):
+    # rows=0 used to judge nothing and PASS every check; check_t5 checked none of these
+    from refmask.adapters.tokens.reference import reference_t5
+    from refmask.conformance.masking_t5 import check_t5
+
+    with pytest.raises(error, match=text):
+        check_masker(lambda *a, **k: None, **kwargs)
+    with pytest.raises(error, match=text):
+        check_t5(reference_t5(), **kwargs)

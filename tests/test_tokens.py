@@ -491,3 +491,19 @@ def test_empty_rows_are_handled_by_every_masker():
 def test_span_length_distribution_checks_its_arguments(p, top, text):
     with pytest.raises((ValueError, TypeError), match=text):
         T.span_length_distribution(p, top)
+
+
+def test_word_ids_that_are_not_an_array_name_the_argument():
+    with pytest.raises(TypeError, match="word_ids must be an array in the namespace of "
+                                        "input_ids \\(ndarray\\), got list"):
+        T.mask_whole_words(batch(), word_ids=batch().tolist(), seed=0, epoch=0,
+                           example_ids=range(4), mask_id=MASK_ID, vocab_size=VOCAB,
+                           special_ids=SPECIALS, pad_id=PAD)
+
+
+def test_stream_name_checks_its_arguments():
+    assert T.stream_name("select", 2, 7) == "refmask.tokens/select/epoch=2/example=7"
+    for args, error in [(("pick", 0, 0), ValueError), (("select", -1, 0), ValueError),
+                        (("select", True, 0), TypeError), (("select", 0, "7"), TypeError)]:
+        with pytest.raises(error, match="stream_name"):
+            T.stream_name(*args)

@@ -51,3 +51,13 @@ def test_generate_refuses_a_directory_holding_other_files(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(FileExistsError, match="not a directory"):
         token_golden.generate(tmp_path / "file")
+
+
+def test_cli_verify_refuses_a_missing_directory_with_exit_2(tmp_path, capsys):
+    from refmask.conformance.cli import main
+
+    assert main(["token-golden", "verify", str(tmp_path / "absent")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["token-golden", "verify", str(tmp_path / "file")]) == 2
+    assert "is not a directory" in capsys.readouterr().err

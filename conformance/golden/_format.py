@@ -160,6 +160,17 @@ def expected_members(case_json: Mapping) -> dict:
 
 # --- the manifest ------------------------------------------------------------------------------
 
+def as_directory(where: str, directory: object) -> Path:
+    """``directory`` as a Path; anything that is not a path (str or os.PathLike) is a
+    TypeError naming ``where``."""
+    if isinstance(directory, bytes) or not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"{where}: directory must be a path (str or os.PathLike), got "
+                        f"{type(directory).__name__}")
+    if not os.fspath(directory):
+        raise ValueError(f"{where}: directory must be a non-empty path")
+    return Path(directory)
+
+
 def read_file(path: Path, what: str, max_bytes: int) -> tuple[bytearray, str]:
     """``(bytes, sha256 hex)`` of a corpus file, read safely (regular files only, at most
     ``max_bytes``, hashed while read; see :mod:`.._corpus_fs`); CorpusError otherwise."""
@@ -255,7 +266,7 @@ def corpus_engine(corpus) -> str:
     :class:`CorpusError` if it is unusable).
     """
     if not isinstance(corpus, Mapping):
-        corpus = read_manifest(Path(corpus))
+        corpus = read_manifest(as_directory("corpus_engine", corpus))
     return corpus.get("engine", "exact")
 
 

@@ -19,6 +19,7 @@ from ._engines import ENGINES, compute
 from ._format import (
     MANIFEST,
     CorpusError,
+    as_directory,
     case_members,
     corpus_engine,
     expected_members,
@@ -147,7 +148,7 @@ def load(directory) -> Corpus:
     listed SHA-256. Arrays are parsed (``allow_pickle=False``) and validated when a case is
     looked up in the returned :class:`Corpus`, again from hash-checked bytes.
     """
-    directory = Path(directory)
+    directory = as_directory("load", directory)
     manifest = read_manifest(directory)
     for entry in manifest["cases"]:
         checked_bytes(directory, entry)
@@ -242,7 +243,10 @@ def verify(directory, *, regenerate: bool = True, processes: int | None = None,
     trust: modules whose functions predicate masks may name besides CATALOG_TRUST (see
     :func:`case_from_json`); a corpus naming any other module is reported, never imported.
     """
-    directory = Path(directory)
+    directory = as_directory("verify", directory)
+    if progress is not None and not callable(progress):
+        raise TypeError(f"verify: progress must be callable(done, total) or None, got "
+                        f"{type(progress).__name__}")
     try:
         manifest = read_manifest(directory)
     except CorpusError as error:

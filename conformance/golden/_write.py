@@ -21,6 +21,7 @@ from ._format import (
     MANIFEST,
     SCHEMA_VERSION,
     CorpusError,
+    as_directory,
     case_file_name,
     case_members,
     npz_bytes,
@@ -61,7 +62,7 @@ def generate(directory, cases: Iterable[Case], *, overwrite: bool = False,
         raise TypeError(f"{where}: progress must be callable(done, total) or None, got "
                         f"{progress!r}")
     check_engine(where, engine)
-    target = Path(directory)
+    target = as_directory(where, directory)
     cases = list(cases)
     seen, files = {}, {}
     for index, case in enumerate(cases):

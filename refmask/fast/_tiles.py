@@ -16,7 +16,8 @@ distinct (b, h) over the whole grid by the mask's own vectorised ``classify``:
 Masks that do not depend on the batch (``batch_size is None``) or the head (``num_heads is
 None``) are classified once for all batches or heads, except user predicates, which may read
 b and h whatever they declare. A bool keep array is classified by counting its True entries
-per tile. Memory: the codes (nq x nk int8), the lists of non-empty tiles, and the keep blocks
+per tile. Memory: the codes of one band of tile rows at a time (``CLASSIFY_CHUNK_TILES``),
+the lists of non-empty tiles, and the keep blocks
 of the PARTIAL tiles of one *wave* of tile rows (or columns) at a time, at most
 ``keep_budget_bytes`` of them, so a mask with PARTIAL tiles everywhere (strided) still runs
 in bounded memory.
@@ -111,30 +112,55 @@ def _array_2d(source: MaskSource, b: int, h: int, grid: TileGrid) -> np.ndarray:
     return np.broadcast_to(plane, (grid.q_len, grid.k_len))
 
 
-def classify_tiles(source: MaskSource, b: int, h: int, grid: TileGrid) -> np.ndarray:
-    """Block codes (nq, nk) int8 of every tile for batch b, query head h.
+def classify_tiles(source: MaskSource, b: int, h: int, grid: TileGrid,
+                   rows: tuple[int, int] | None = None) -> np.ndarray:
+    """Block codes (nq, nk) int8 of every tile for batch b, query head h (of tile rows
+    [rows[0], rows[1]) only, when given: shape (rows[1] - rows[0], nk)).
 
         code(r, c) = EMPTY if no pair of tile (r, c) is kept, FULL if all are, else PARTIAL
 
     exact for mask primitives and arrays, sound (never a wrong EMPTY/FULL) for combinations.
     """
-    shape = (grid.n_q_tiles, grid.n_k_tiles)
+    first, last = (0, grid.n_q_tiles) if rows is None else rows
+    shape = (last - first, grid.n_k_tiles)
     if source.kind == "none" or 0 in shape:
         return np.full(shape, FULL, dtype=np.int8)
+    q0, q1 = (bound[first:last] for bound in grid.q_bounds())
+    k0, k1 = grid.k_bounds()
     if source.kind == "mask":
-        q0, q1 = grid.q_bounds()
-        k0, k1 = grid.k_bounds()
         codes = source.value.classify(q0[:, None], q1[:, None], k0[None, :], k1[None, :],
                                       q_len=grid.q_len, k_len=grid.k_len, batch=b, head=h)
         return np.ascontiguousarray(np.broadcast_to(np.asarray(codes, dtype=np.int8), shape))
-    plane = _array_2d(source, b, h, grid)
-    rows = np.zeros((shape[0] * grid.q_tile, shape[1] * grid.k_tile), dtype=bool)
-    rows[:grid.q_len, :grid.k_len] = plane
-    kept = rows.reshape(shape[0], grid.q_tile, shape[1], grid.k_tile).sum(axis=(1, 3))
-    q0, q1 = grid.q_bounds()
-    k0, k1 = grid.k_bounds()
+    plane = _array_2d(source, b, h, grid)[first * grid.q_tile:last * grid.q_tile]
+    padded = np.zeros((shape[0] * grid.q_tile, shape[1] * grid.k_tile), dtype=bool)
+    padded[:plane.shape[0], :grid.k_len] = plane
+    kept = padded.reshape(shape[0], grid.q_tile, shape[1], grid.k_tile).sum(axis=(1, 3))
     size = (q1 - q0)[:, None] * (k1 - k0)[None, :]
     return np.where(kept == 0, EMPTY, np.where(kept == size, FULL, PARTIAL)).astype(np.int8)
+
+
+#: Tiles classified at once when planning (bounds the temporaries of ``mask.classify``, a
+#: few int64 arrays of this many entries, and the int8 codes): the grid is classified in
+#: bands of ``max(1, CLASSIFY_CHUNK_TILES // nk)`` tile rows, so a 1M-token grid of 64 x 64
+#: tiles (2.7e8 tiles) never exists as one array.
+CLASSIFY_CHUNK_TILES = 1 << 22
+
+
+def nonempty_tiles(source: MaskSource, b: int, h: int, grid: TileGrid):
+    """``(rows, cols, codes)`` of the non-EMPTY tiles of (b, h), row-major, from the grid
+    classified band by band (:data:`CLASSIFY_CHUNK_TILES`)."""
+    band = max(1, CLASSIFY_CHUNK_TILES // max(1, grid.n_k_tiles))
+    rows, cols, codes = [], [], []
+    for first in range(0, grid.n_q_tiles, band):
+        last = min(first + band, grid.n_q_tiles)
+        code = classify_tiles(source, b, h, grid, (first, last))
+        r, c = np.nonzero(code)
+        rows.append(r.astype(np.int64) + first)
+        cols.append(c.astype(np.int64))
+        codes.append(code[r, c])
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int8)
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(codes)
 
 
 def keep_blocks(source: MaskSource, b: int, h: int, grid: TileGrid, rows: np.ndarray,
@@ -197,29 +223,21 @@ def tile_map_keys(source: MaskSource, batch: int, heads: int):
     return map_of, tuple(keys)
 
 
-def tile_maps(source: MaskSource, batch: int, heads: int, grid: TileGrid):
-    """Classify every distinct (b, h) once: ``(map_of (B, Hq) int64, maps, codes)`` with
-    ``maps[m]`` the (b, h) that map m was classified for and ``codes[m]`` its (nq, nk) codes."""
+def plan_tiles(source: MaskSource, batch: int, heads: int, grid: TileGrid) -> TilePlan:
+    """List the non-empty tiles of every tile map (see TilePlan), each distinct (b, h)
+    classified once, band by band (:func:`nonempty_tiles`)."""
     map_of, maps = tile_map_keys(source, batch, heads)
-    return map_of, maps, tuple(classify_tiles(source, b, h, grid) for b, h in maps)
-
-
-def plan_tiles(source: MaskSource, batch: int, heads: int, grid: TileGrid,
-               classified=None) -> TilePlan:
-    """List the non-empty tiles of every tile map (see TilePlan); ``classified`` is the
-    result of :func:`tile_maps` when the caller has it already."""
-    map_of, maps, all_codes = classified or tile_maps(source, batch, heads, grid)
     n_q, n_k = grid.n_q_tiles, grid.n_k_tiles
     rows, cols, codes, owners = [], [], [], []
     row_ptr = np.zeros((len(maps), n_q + 1), dtype=np.int64)
     col_ptr = np.zeros((len(maps), n_k + 1), dtype=np.int64)
     empty_per_map = []
     offset = 0
-    for index, code in enumerate(all_codes):
-        r, c = np.nonzero(code)
-        rows.append(r.astype(np.int64))
-        cols.append(c.astype(np.int64))
-        codes.append(code[r, c])
+    for index, (b, h) in enumerate(maps):
+        r, c, code = nonempty_tiles(source, b, h, grid)
+        rows.append(r)
+        cols.append(c)
+        codes.append(code)
         owners.append(np.full(r.shape[0], index, dtype=np.int64))
         row_ptr[index] = offset + np.concatenate(
             [[0], np.cumsum(np.bincount(r, minlength=n_q))])

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import array_api_compat
 import numpy as np
 
-from .._validate import check_flag, check_int
+from .._validate import check_choice, check_flag, check_int, check_rate
 from ._streams import masking_epoch, stream_words
 
 SELECTION_RULES = ("bernoulli", "exact_count")
@@ -66,6 +66,22 @@ def check_id_set(where: str, name: str, ids) -> tuple[int, ...]:
         raise TypeError(f"{where}: {name} must be a sequence of ints, got {ids!r}")
     return tuple(sorted({check_int(where, f"{name}[...]", i, minimum=0, rule="an int >= 0")
                          for i in (ids.tolist() if isinstance(ids, np.ndarray) else ids)}))
+
+
+def check_common(where: str, input_ids, special_ids, pad_id, example_ids, rate,
+                 selection: str | None):
+    """The arguments every selecting masker shares, checked in one order:
+    ``(xp, input_ids, special_ids, pad_id, example rows, rate)``; ``selection=None`` for a
+    masker without that choice (spans)."""
+    xp, input_ids = check_ids(where, input_ids)
+    specials = check_id_set(where, "special_ids", special_ids)
+    if pad_id is not None:
+        pad_id = check_int(where, "pad_id", pad_id, minimum=0, rule="None or an int >= 0")
+    rows = check_example_ids(where, example_ids, input_ids.shape[0])
+    rate = check_rate(where, "rate", rate)
+    if selection is not None:
+        check_choice(where, "selection", selection, SELECTION_RULES)
+    return xp, input_ids, specials, pad_id, rows, rate
 
 
 def check_example_ids(where: str, example_ids, batch: int) -> np.ndarray:
@@ -204,7 +220,3 @@ def spread_to_tokens(xp, unit_selected, unit_start):
     """bool (B, T): token t is selected iff its unit (start ``unit_start[t] >= 0``) is."""
     index = xp.clip(unit_start, 0, None)
     return take_rows(xp, unit_selected, index) & (unit_start >= 0)
-
-
-def positions_grid(xp, shape, like):
-    return xp.broadcast_to(arange_like(xp, shape[1], like)[None, :], shape)

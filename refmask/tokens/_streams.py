@@ -44,9 +44,21 @@ def masking_epoch(where: str, epoch, static_copies) -> int:
     return epoch % copies
 
 
-def stream_name(purpose: str, epoch: int, example: int | str) -> str:
-    """``"refmask.tokens/<purpose>/epoch=<epoch>/example=<example>"``."""
-    return f"refmask.tokens/{purpose}/epoch={epoch}/example={example}"
+def _stream_prefix(purpose: str, epoch: int) -> str:
+    return f"refmask.tokens/{purpose}/epoch={epoch}/example="
+
+
+def stream_name(purpose: str, epoch: int, example: int) -> str:
+    """``"refmask.tokens/<purpose>/epoch=<epoch>/example=<example>"``: the name of the stream a
+    masker reads; purpose one of :data:`PURPOSES`, epoch the masking epoch (after
+    ``static_copies``) and example the example id, both ints >= 0."""
+    where = "stream_name"
+    if purpose not in PURPOSES:
+        raise ValueError(f"{where}: purpose must be one of {list(PURPOSES)}, got {purpose!r}")
+    epoch = check_int(where, "epoch", epoch, minimum=0, maximum=2**63 - 1, rule="an int >= 0")
+    example = check_int(where, "example", example, minimum=0, maximum=2**63 - 1,
+                        rule="an int >= 0")
+    return _stream_prefix(purpose, epoch) + str(example)
 
 
 @njit(nogil=True, cache=True)
@@ -93,7 +105,7 @@ def stream_words(where: str, seed, purpose: str, epoch: int, example_ids: np.nda
     if purpose not in PURPOSES:
         raise ValueError(f"{where}: unknown stream purpose {purpose!r}")
     # SHA-256 of "<prefix><example id>": hash the shared prefix once, then copy per row
-    prefix = hashlib.sha256(stream_name(purpose, epoch, "").encode("utf-8"))
+    prefix = hashlib.sha256(_stream_prefix(purpose, epoch).encode("utf-8"))
     digests = []
     for example in example_ids.tolist():
         row = prefix.copy()

@@ -23,30 +23,15 @@ from collections.abc import Sequence
 from numpy.typing import ArrayLike
 
 from .._typing import Array
-from .._validate import check_choice, check_int, check_rate
 from ._common import (
-    SELECTION_RULES,
     Words,
-    check_example_ids,
-    check_id_set,
-    check_ids,
+    check_common,
     eligibility,
     select_units,
 )
 from .replacement import MaskedBatch, ReplacementRule, apply_replacement
 
 __all__ = ["mask_tokens", "select_tokens"]
-
-
-def _check_common(where, input_ids, special_ids, pad_id, example_ids, rate, selection):
-    xp, input_ids = check_ids(where, input_ids)
-    specials = check_id_set(where, "special_ids", special_ids)
-    if pad_id is not None:
-        pad_id = check_int(where, "pad_id", pad_id, minimum=0, rule="None or an int >= 0")
-    rows = check_example_ids(where, example_ids, input_ids.shape[0])
-    rate = check_rate(where, "rate", rate)
-    check_choice(where, "selection", selection, SELECTION_RULES)
-    return xp, input_ids, specials, pad_id, rows, rate
 
 
 def select_tokens(input_ids: Array, *, seed: int, epoch: int, example_ids: ArrayLike,
@@ -56,7 +41,7 @@ def select_tokens(input_ids: Array, *, seed: int, epoch: int, example_ids: Array
                   static_copies: int | None = None) -> Array:
     """bool (B, T): the tokens selected for prediction (no replacement; see :func:`mask_tokens`)."""
     where = "select_tokens"
-    xp, ids, specials, pad_id, rows, rate = _check_common(
+    xp, ids, specials, pad_id, rows, rate = check_common(
         where, input_ids, special_ids, pad_id, example_ids, rate, selection)
     words = Words(where, xp, ids, seed, epoch, static_copies, rows)
     eligible = eligibility(where, xp, ids, specials, pad_id,
@@ -86,7 +71,7 @@ def mask_tokens(input_ids: Array, *, seed: int, epoch: int, example_ids: ArrayLi
     static_copies: None = dynamic (RoBERTa); n = static with n copies (BERT).
     """
     where = "mask_tokens"
-    xp, ids, specials, pad_id, rows, rate = _check_common(
+    xp, ids, specials, pad_id, rows, rate = check_common(
         where, input_ids, special_ids, pad_id, example_ids, rate, selection)
     rule = ReplacementRule(mask_id, vocab_size, mask_rate, random_rate, random_vocabulary,
                            labels, ignore_index).checked(where, specials)

@@ -37,9 +37,7 @@ from .._validate import check_int, check_rate
 from ._common import (
     Words,
     arange_like,
-    check_example_ids,
-    check_id_set,
-    check_ids,
+    check_common,
     eligibility,
     exact_count,
     smallest_k,
@@ -121,12 +119,8 @@ def mask_spans(input_ids: Array, *, seed: int, epoch: int, example_ids: ArrayLik
     one) make units of words; geometric_p in (0, 1] and max_length >= 1 define the lengths.
     """
     where = "mask_spans"
-    xp, ids = check_ids(where, input_ids)
-    specials = check_id_set(where, "special_ids", special_ids)
-    if pad_id is not None:
-        pad_id = check_int(where, "pad_id", pad_id, minimum=0, rule="None or an int >= 0")
-    rows = check_example_ids(where, example_ids, ids.shape[0])
-    rate = check_rate(where, "rate", rate)
+    xp, ids, specials, pad_id, rows, rate = check_common(
+        where, input_ids, special_ids, pad_id, example_ids, rate, None)
     geometric_p, max_length = _check_geometric(where, geometric_p, max_length)
     units = (None if word_ids is None and continuation is None
              else _word_ids(where, xp, ids, word_ids, continuation))

@@ -21,13 +21,9 @@ import array_api_compat
 from numpy.typing import ArrayLike
 
 from .._typing import Array
-from .._validate import check_choice, check_int, check_rate
 from ._common import (
-    SELECTION_RULES,
     Words,
-    check_example_ids,
-    check_id_set,
-    check_ids,
+    check_common,
     eligibility,
     select_units,
     spread_to_tokens,
@@ -53,8 +49,13 @@ def _word_ids(where: str, xp, ids, word_ids, continuation):
         raise ValueError(f"{where}: give exactly one of word_ids and continuation")
     given = word_ids if continuation is None else continuation
     name = "word_ids" if continuation is None else "continuation"
-    if array_api_compat.array_namespace(given) is not xp and type(given) is not type(ids):
-        raise TypeError(f"{where}: {name} must be in the namespace of input_ids")
+    try:
+        namespace = array_api_compat.array_namespace(given)
+    except TypeError:
+        namespace = None
+    if namespace is None or (namespace is not xp and type(given) is not type(ids)):
+        raise TypeError(f"{where}: {name} must be an array in the namespace of input_ids "
+                        f"({type(ids).__name__}), got {type(given).__name__}")
     if tuple(given.shape) != tuple(ids.shape):
         raise ValueError(f"{where}: {name} must have the shape of input_ids {tuple(ids.shape)}, "
                          f"got {tuple(given.shape)}")
@@ -81,13 +82,8 @@ def mask_whole_words(input_ids: Array, *, seed: int, epoch: int, example_ids: Ar
     ints) and continuation ((B, T) bools). ``rate`` is the probability (or share) of words.
     """
     where = "mask_whole_words"
-    xp, ids = check_ids(where, input_ids)
-    specials = check_id_set(where, "special_ids", special_ids)
-    if pad_id is not None:
-        pad_id = check_int(where, "pad_id", pad_id, minimum=0, rule="None or an int >= 0")
-    rows = check_example_ids(where, example_ids, ids.shape[0])
-    rate = check_rate(where, "rate", rate)
-    check_choice(where, "selection", selection, SELECTION_RULES)
+    xp, ids, specials, pad_id, rows, rate = check_common(
+        where, input_ids, special_ids, pad_id, example_ids, rate, selection)
     units = _word_ids(where, xp, ids, word_ids, continuation)
     rule = ReplacementRule(mask_id, vocab_size, mask_rate, random_rate, random_vocabulary,
                            labels, ignore_index).checked(where, specials)
