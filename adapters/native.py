@@ -35,11 +35,13 @@ Frameworks are imported inside the functions, never at import time.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .common import Unsupported
 
@@ -101,7 +103,7 @@ def _is_bfloat16(x: np.ndarray) -> bool:
     return x.dtype.name == "bfloat16"
 
 
-def to_native(x, framework: str, device: str = "cpu"):
+def to_native(x: ArrayLike, framework: str, device: str = "cpu") -> Any:
     """``x`` (a NumPy array) as a ``framework`` array on ``device`` with exactly its values.
 
     The result is C-contiguous. bfloat16 becomes the framework's bfloat16 (through float32,
@@ -133,7 +135,7 @@ def to_native(x, framework: str, device: str = "cpu"):
     return cupy.asarray(x)
 
 
-def to_float64(x) -> np.ndarray:
+def to_float64(x: Any) -> np.ndarray:
     """A float64 NumPy copy of a NumPy, torch, JAX or CuPy array (bool arrays stay bool);
     TypeError for anything that is not a real floating array (complex, integer, strings,
     None), naming its dtype."""
@@ -158,7 +160,7 @@ def to_float64(x) -> np.ndarray:
     return x.astype(np.float64)
 
 
-def framework_context(framework: str, dtype: str):
+def framework_context(framework: str, dtype: str) -> AbstractContextManager:
     """The context a call in ``framework`` on ``dtype`` arrays runs in: JAX with float64 gets
     ``jax.enable_x64(True)`` (without it JAX silently computes float64 as float32); every
     other combination needs nothing."""
@@ -169,7 +171,7 @@ def framework_context(framework: str, dtype: str):
     return nullcontext()
 
 
-def native_dtype(framework: str, dtype: str):
+def native_dtype(framework: str, dtype: str) -> Any:
     """The framework's dtype object for a case dtype name ("bfloat16" -> torch.bfloat16)."""
     if framework == "torch":
         import torch
@@ -217,19 +219,19 @@ def _framework(call) -> tuple[str, str]:
     return getattr(call, "framework", "numpy"), getattr(call, "device", "cpu")
 
 
-def keep_mask(call):
+def keep_mask(call: Any) -> Any:
     """bool (B, Hq, Tq, Tk) in the call's framework, True = the query attends the key."""
     case = _case(call)
     return to_native(case.keep(), *_framework(call))
 
 
-def drop_mask(call):
+def drop_mask(call: Any) -> Any:
     """bool (B, Hq, Tq, Tk), True = masked out (``nn.MultiheadAttention`` ``attn_mask``)."""
     case = _case(call)
     return to_native(~case.keep(), *_framework(call))
 
 
-def additive_mask(call, *, fill: str | float = "-inf"):
+def additive_mask(call: Any, *, fill: str | float = "-inf") -> Any:
     """float (B, Hq, Tq, Tk) in the case dtype: 0 where kept, ``fill`` where dropped.
 
     fill: "-inf" (default), "finfo_min" (the dtype's most negative finite value, HF style)
@@ -244,7 +246,7 @@ def additive_mask(call, *, fill: str | float = "-inf"):
                      *_framework(call))
 
 
-def causal_switch(call) -> CausalSwitch:
+def causal_switch(call: Any) -> CausalSwitch:
     """``CausalSwitch(False, None)`` for a case without a mask (or ``full()``),
     ``CausalSwitch(True, align)`` for exactly ``causal(align=...)`` with a plain alignment;
     :class:`Unsupported` for every other mask (a switch cannot stand for it)."""
@@ -267,7 +269,7 @@ def causal_switch(call) -> CausalSwitch:
                       "expresses it")
 
 
-def flash_window(call) -> tuple[tuple[int, int], bool]:
+def flash_window(call: Any) -> tuple[tuple[int, int], bool]:
     """FlashAttention's ``(window_size, causal)`` for a mask that is nothing, ``causal`` or a
     ``sliding_window``, aligned bottom-right as FlashAttention >= 2.1 (or any alignment with
     the same offset for this case's Tq, Tk); :class:`Unsupported` otherwise.
@@ -286,7 +288,7 @@ def flash_window(call) -> tuple[tuple[int, int], bool]:
     return window, window == (-1, 0)
 
 
-def cu_seqlens(call) -> tuple[Any, Any]:
+def cu_seqlens(call: Any) -> tuple[Any, Any]:
     """``(cu_seqlens_q, cu_seqlens_k)``: int32 (N + 1,) arrays in the call's framework for a
     case whose mask is a ``documents`` mask with one row of segment ids (the packed batch of
     FlashAttention's varlen API); :class:`Unsupported` otherwise."""
@@ -303,7 +305,7 @@ def cu_seqlens(call) -> tuple[Any, Any]:
     return to_native(cu_q, *where), to_native(cu_k, *where)
 
 
-def mask_mod(call):
+def mask_mod(call: Any) -> Callable[..., Any]:
     """A FlexAttention ``mask_mod(b, h, q_idx, kv_idx) -> bool tensor`` for the case (torch):
     a look-up in the case's keep tensor on the call's device, the way attention-gym writes
     data-defined masks (it traces under ``torch.vmap`` and dynamo)."""
@@ -319,7 +321,7 @@ def mask_mod(call):
     return mask_mod
 
 
-def block_mask(call, *, block_size: int = 128):
+def block_mask(call: Any, *, block_size: int = 128) -> Any:
     """A FlexAttention ``BlockMask`` for the case (``create_block_mask`` of :func:`mask_mod`
     over (B, Hq, Tq, Tk) on the call's device); :class:`Unsupported` for Tq = 0 or Tk = 0."""
     case = _case(call)

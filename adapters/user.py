@@ -123,7 +123,7 @@ def _label(fn) -> str:
     return getattr(fn, "__qualname__", type(fn).__name__)
 
 
-def parse_conventions(where: str, conventions) -> tuple[dict, frozenset]:
+def parse_conventions(where: str, conventions: Any) -> tuple[dict, frozenset]:
     """Declared conventions -> (the :data:`CONVENTIONS` choices, every declared name).
 
     ``conventions``: ``{"empty_rows": "nan", ...}`` or ``["empty_rows=nan", ...]``. The keys of
@@ -280,9 +280,10 @@ class UserFunction:
         return out, lse, {"d" + name: value for name, value in zip(names, found, strict=True)}
 
 
-def from_function(fn: Callable[..., Any], name: str | None = None, *, framework: str | None = None,
-                  device: str | None = None, backward: Callable | None = None,
-                  conventions=None, dtypes: Iterable[str] | None = None,
+def from_function(fn: Callable[..., Any], name: str | None = None, *,
+                  framework: str | None = None, device: str | None = None,
+                  backward: Callable | None = None, conventions: Any = None,
+                  dtypes: Iterable[str] | None = None,
                   unsupported: Iterable[str] | None = None) -> Adapter:
     """Wrap ``fn(q, k, v, call)`` as an adapter named ``name`` (default: module:qualname).
 
@@ -365,7 +366,7 @@ def import_target(path: str, option: str = "--impl") -> Any:
     return target
 
 
-def from_path(path: str, **options) -> Adapter:
+def from_path(path: str, **options: Any) -> Adapter:
     """The adapter for ``"module:function"``; ``options`` as for :func:`from_function`."""
     return from_function(import_target(path), name=path, **options)
 

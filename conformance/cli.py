@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -182,7 +182,7 @@ def _cases(args) -> int:
 
 
 @contextmanager
-def progress_bar(label: str):
+def progress_bar(label: str) -> Iterator[Callable[[int, int], None] | None]:
     """``progress(done, total)`` drawing a tqdm bar with rate and ETA on stderr when stderr is
     a terminal (and tqdm is installed); None otherwise."""
     if not sys.stderr.isatty():

@@ -12,16 +12,19 @@ An expectations file is JSON::
                                                            "convention": "causal=top_left"}}}}}
 
 :func:`compare` lists every difference between a run and the record as a :class:`Change`:
-a new fail, a fixed fail, a changed verdict or a changed convention name, or a case the
-record does not hold. Cases the record holds but the run did not judge (a narrower
-``--filter``/``--dtype``) are not differences. When the backend versions of the run differ
-from the recorded ones, :func:`compare` returns a warning naming both, so an upgrade reads as
-"these verdicts changed with onnxruntime 1.31.1 -> 1.32.0".
+a new fail (a recorded case that now fails, or a case the record does not hold that fails),
+a fixed fail, a changed verdict or a changed convention name. A case the record does not
+hold that does not fail (the catalog grew) is a warning, and cases the record holds but the
+run did not judge (a narrower ``--filter``/``--dtype``) are not differences. When the
+backend versions of the run differ from the recorded ones, :func:`compare` returns a warning
+naming both, so an upgrade reads as "these verdicts changed with onnxruntime 1.31.1 ->
+1.32.0".
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +69,7 @@ def record(reports: Iterable) -> dict:
     return {"schema": SCHEMA, "backends": backends}
 
 
-def write(path, reports: Iterable, *, overwrite: bool = False) -> None:
+def write(path: str | os.PathLike, reports: Iterable, *, overwrite: bool = False) -> None:
     """Record the verdicts of ``reports`` in ``path`` (atomically; an existing file only with
     ``overwrite``)."""
     from refmask._files import write_atomic
@@ -76,7 +79,7 @@ def write(path, reports: Iterable, *, overwrite: bool = False) -> None:
                  name="--write-expect")
 
 
-def load(path) -> dict:
+def load(path: str | os.PathLike) -> dict:
     """Read and check an expectations file; ValueError naming the defect."""
     where = f"--expect {path}"
     try:
@@ -106,7 +109,7 @@ class Change:
 
     backend: str
     case_id: str
-    kind: str  # "new fail", "fixed fail", "changed verdict", "changed convention", "new case"
+    kind: str  # "new fail", "fixed fail", "changed verdict", "changed convention"
     expected: dict | None
     found: dict
 
@@ -142,8 +145,8 @@ def compare(reports: Iterable, expectations: dict) -> tuple[list, list]:
     for report in reports:
         entry = recorded.get(report.backend)
         if entry is None:
-            warnings.append(f"{report.backend}: not in the expectations file; every verdict "
-                            "is a new case")
+            warnings.append(f"{report.backend}: not in the expectations file; every fail "
+                            "is a new fail")
             entry = {"verdicts": {}, "versions": {}}
         versions = {**backend_versions(report.backend), **_user_versions(report)}
         before = entry.get("versions") or {}
@@ -152,12 +155,21 @@ def compare(reports: Iterable, expectations: dict) -> tuple[list, list]:
         if moved:
             warnings.append(f"{report.backend}: versions differ from the record: " + ", ".join(
                 f"{k} {old} -> {new}" for k, (old, new) in sorted(moved.items())))
+        unrecorded = []
         for result in report.results:
             found = {"verdict": result.verdict, "convention": result.convention}
             expected = entry["verdicts"].get(result.case.id)
             kind = _kind(expected, found)
-            if kind is not None:
-                changes.append(Change(report.backend, result.case.id, kind, expected, found))
+            if kind == "new case" and found["verdict"] != "fail":
+                unrecorded.append(result.case.id)
+            elif kind is not None:
+                changes.append(Change(report.backend, result.case.id,
+                                      "new fail" if kind == "new case" else kind, expected,
+                                      found))
+        if unrecorded:
+            warnings.append(f"{report.backend}: {len(unrecorded)} cases are not in the record "
+                            f"and do not fail (e.g. {unrecorded[0]}); re-record with "
+                            "--write-expect to pin them")
     return changes, warnings
 
 

@@ -20,8 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
-from .cases import DTYPES, Case
+from refmask.case import reference_outputs, to_bhtd
+
+from .cases import DTYPES, Case, catalog
+
+if TYPE_CHECKING:
+    from refmask.adapters import Adapter
+
+    from .golden import Corpus
 
 #: Per-case time limit (seconds) of the backend's call (``Judging.timeout``, ``refmask check
 #: --timeout``): far above what any catalog or sweep case takes on a naive NumPy implementation
@@ -132,7 +140,7 @@ class Judging:
 
             check_target(self.framework or "numpy", self.device or "cpu", where="Judging")
 
-    def replace(self, **changes) -> Judging:
+    def replace(self, **changes: Any) -> Judging:
         return replace(self, **changes)
 
     # --- which cases ------------------------------------------------------------------------
@@ -142,8 +150,6 @@ class Judging:
         catalog) restricted to :attr:`dtypes` and :attr:`filter`."""
         if source is None and self.corpus is not None:
             source = self._corpus_cases()
-        from .runner import select_cases
-
         return select_cases(source, dtypes=self.dtypes, filter=self.filter)
 
     def _corpus_cases(self) -> list[Case]:
@@ -158,8 +164,6 @@ class Judging:
     def golden(self) -> Callable:
         """``golden(case, inputs, grads) -> dict``: the stored exact values of the corpus
         (shipped, or :attr:`corpus`), the float64 reference for cases it does not hold."""
-        from .runner import corpus_golden, shipped_golden
-
         if self.corpus is None:
             return shipped_golden()
         from .golden import load
@@ -168,7 +172,7 @@ class Judging:
 
     # --- whom -------------------------------------------------------------------------------
 
-    def adapter(self, target):
+    def adapter(self, target: Any) -> Adapter:
         """The adapter for a backend name, "module:function", an Adapter or a function; a user
         function is called in :attr:`framework` on :attr:`device` with :attr:`backward`."""
         from refmask.adapters import Adapter
@@ -217,7 +221,7 @@ class Judging:
         accepted = set(declared) | set(self.allow_policy)
         return all(part in accepted for part in convention.split(" + "))
 
-    def grads_unavailable(self, adapter) -> str | None:
+    def grads_unavailable(self, adapter: Adapter) -> str | None:
         """Why gradients cannot be judged for ``adapter`` (None when they can or are not
         asked for)."""
         if self.grads and not adapter.profile.backward:
@@ -234,4 +238,72 @@ class Judging:
                 getattr(self.backward, "__qualname__", repr(self.backward))}
 
 
-__all__ = ["DEFAULT_CASE_TIMEOUT", "Judging", "policy_names"]
+# --- which cases and against what (used by Judging, re-exported by the runner) -------------
+
+def select_cases(cases: Iterable[Case] | None = None, *, dtypes: Iterable[str] | None = None,
+                 filter: str | None = None) -> list[Case]:
+    """Catalog cases (or the given ones) restricted to ``dtypes`` and to ``filter``:
+    comma-separated texts, each matching a case whose id contains it, one of whose flags or
+    whose family equals it (``"sliding_window"`` selects the family whose ids start
+    ``window/``).
+
+    cases: Case records; dtypes: a list of dtype names (a bare string is refused, not read as
+    its characters; unknown names are refused); filter: a string or None."""
+    from refmask.case import DTYPES
+
+    where = "check"
+    if isinstance(cases, (str, bytes)):
+        raise TypeError(f"{where}: cases must be a list of Case records, got a string")
+    chosen = list(catalog() if cases is None else cases)
+    for index, case in enumerate(chosen):
+        if not isinstance(case, Case):
+            raise TypeError(f"{where}: cases[{index}] must be a refmask Case, got "
+                            f"{type(case).__name__}")
+    if dtypes is not None:
+        if isinstance(dtypes, (str, bytes)):
+            raise TypeError(f"{where}: dtypes must be a list of dtype names, e.g. "
+                            f"[{dtypes!r}], got the string {dtypes!r}")
+        dtypes = list(dtypes)
+        unknown = [d for d in dtypes if not isinstance(d, str) or d not in DTYPES]
+        if unknown:
+            raise ValueError(f"{where}: dtypes must be among {list(DTYPES)}, got {unknown}")
+        chosen = [c for c in chosen if c.dtype in set(dtypes)]
+    if filter is not None and not isinstance(filter, str):
+        raise TypeError(f"{where}: filter must be a string or None, got {type(filter).__name__}")
+    if filter:
+        parts = [p.strip() for p in filter.split(",") if p.strip()]
+        chosen = [c for c in chosen
+                  if any(p in c.id or p in c.flags or p == c.family for p in parts)]
+    return chosen
+
+
+def _golden_from_reference(case: Case, inputs: dict, grads: bool) -> dict:
+    return reference_outputs(case, inputs, float64=True, grads=grads)
+
+
+def corpus_golden(corpus: Corpus) -> Callable:
+    """A golden source reading the exact values of a loaded corpus (``golden.load``).
+
+    A case is taken from the corpus only when its stored JSON equals the case's own JSON (so
+    an edited catalog never meets stale values); other cases get the float64 reference.
+    """
+    def golden(case: Case, inputs: dict, grads: bool) -> dict:
+        entry = corpus.manifest_entry(case.id) if hasattr(corpus, "manifest_entry") else None
+        if entry is None or entry["case"] != case.to_json():
+            return _golden_from_reference(case, inputs, grads)
+        expected = corpus[case.id].expected
+        return {name: to_bhtd(case, value) if name in ("out", "dq", "dk", "dv") else value
+                for name, value in expected.items()}
+
+    return golden
+
+
+def shipped_golden() -> Callable:
+    """The golden source of the corpus shipped with refmask (verified on load)."""
+    from .golden import load, shipped_corpus_path
+
+    return corpus_golden(load(shipped_corpus_path()))
+
+
+__all__ = ["DEFAULT_CASE_TIMEOUT", "Judging", "corpus_golden", "policy_names", "select_cases",
+           "shipped_golden"]

@@ -22,13 +22,15 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
-    from .runner import Report
+    from .judging import Judging
+    from .results import CaseResult, Report
 
 _OPTIONS = ("dtype", "filter", "grads", "allow_policy", "framework", "device", "backward",
             "corpus", "timeout")
@@ -70,7 +72,7 @@ def _joined(values):
     return tuple(part.strip() for value in values for part in value.split(",") if part.strip())
 
 
-def judging_from_config(config):
+def judging_from_config(config: pytest.Config) -> Judging:
     """The :class:`~.judging.Judging` the command-line options describe."""
     from .judging import DEFAULT_CASE_TIMEOUT, Judging
 
@@ -120,7 +122,7 @@ def _rerun_command(item) -> str:
     return shlex.join(["pytest", item.nodeid, *options])
 
 
-def failure_text(result, rerun: str) -> str:
+def failure_text(result: CaseResult, rerun: str) -> str:
     """The short report of one failing case (at most ~40 lines)."""
     lines = [f"refmask: {result.case.id} ({result.backend}) fails: {result.reason}"]
     bad = [c for c in result.checks if not c.ok]
@@ -164,19 +166,20 @@ class RefmaskCase(pytest.Item):
         if result.verdict == "fail":
             raise RefmaskFailure(failure_text(result, _rerun_command(self)))
 
-    def repr_failure(self, excinfo, style=None):
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: str | None = None) -> str | Any:
         if isinstance(excinfo.value, RefmaskFailure):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style=style)
 
-    def reportinfo(self):
+    def reportinfo(self) -> tuple[Any, None, str]:
         return self.path, None, f"{self.name} with {self.target}"
 
 
 class RefmaskFile(pytest.File):
     """The refmask cases of the functions of one module file given to --refmask-impl."""
 
-    def collect(self):
+    def collect(self) -> Iterator[RefmaskCase]:
         for target in self.config.stash[_TARGETS].get(str(self.path), ()):
             yield from _items(self, target)
 
@@ -204,7 +207,7 @@ def _module_file(target: str) -> str:
     return os.path.realpath(module.__file__)
 
 
-def pytest_configure(config):
+def pytest_configure(config: pytest.Config) -> None:
     targets = config.getoption("refmask_impl")
     if not targets:
         return
@@ -225,7 +228,7 @@ def pytest_configure(config):
     config.stash[_TARGETS] = by_file
 
 
-def pytest_collect_file(file_path, parent):
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> RefmaskFile | None:
     """A module file named by --refmask-impl (given on the command line, e.g. to re-run one
     case by node id) is collected as its refmask cases."""
     by_file = parent.config.stash.get(_TARGETS, None)
@@ -235,7 +238,8 @@ def pytest_collect_file(file_path, parent):
     return None
 
 
-def pytest_collection_modifyitems(session, config, items):
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                   items: list[pytest.Item]) -> None:
     """Add the cases of every --refmask-impl function whose module file was not collected."""
     by_file = config.stash.get(_TARGETS, None)
     if not by_file:

@@ -17,11 +17,14 @@ from __future__ import annotations
 import base64
 import html as html_lib
 import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 from refmask import render
 from refmask.case import DTYPES
 
-from .runner import VERDICTS, Report
+from .results import VERDICTS, Report
 from .summary import Diagnosis, Record, Summary, summarize, worst
 
 _COLOURS = {"pass": "32", "policy": "33", "fail": "31", "unsupported": "90"}
@@ -90,7 +93,7 @@ def rerun_command(report: Report, record: Record) -> str:
 _SHADES = " .:-=+*#%@"
 
 
-def text_heatmap(error_map, *, limit: int = 24) -> list:
+def text_heatmap(error_map: Any, *, limit: int = 24) -> list:
     """An error map (rows, cols) as lines of :data:`_SHADES` characters scaled to its largest
     finite value, "!" where NaN/inf placement differs; at most ``limit`` rows and columns
     (the rest elided with "...")."""
@@ -173,10 +176,8 @@ def terminal(report: Report, *, colour: bool = False, details: bool = True,
 SCHEMA_VERSION = 2
 
 
-def json_schema_path():
+def json_schema_path() -> Path:
     """The published JSON Schema of :func:`to_json`'s document."""
-    from pathlib import Path
-
     return Path(__file__).parent / "schema" / "report.schema.json"
 
 
@@ -188,14 +189,14 @@ def _report_json(report: Report) -> dict:
             "diagnoses": [g.to_json() for g in summary.diagnoses()]}
 
 
-def document(reports) -> dict:
+def document(reports: Report | Iterable[Report]) -> dict:
     """The JSON report document of one or several reports (one per backend)."""
     reports = [reports] if isinstance(reports, Report) else list(reports)
     return {"schema": "refmask-report", "schema_version": SCHEMA_VERSION,
             "reports": [_report_json(r) for r in reports]}
 
 
-def to_json(reports) -> str:
+def to_json(reports: Report | Iterable[Report]) -> str:
     """:func:`document` as JSON text (no NaN: non-finite numbers are written as strings)."""
     return json.dumps(document(reports), indent=2, sort_keys=False, allow_nan=False,
                       default=str)
@@ -336,7 +337,8 @@ def check_suffix(path: str) -> str:
     return suffix
 
 
-def write_many(reports, path: str, *, overwrite: bool = False) -> None:
+def write_many(reports: Report | Iterable[Report], path: str, *,
+               overwrite: bool = False) -> None:
     """Write every report into one file in the format its suffix names (.json, .md, .html),
     atomically; an existing file is kept unless ``overwrite``."""
     from refmask._files import write_atomic

@@ -21,10 +21,8 @@ from __future__ import annotations
 import platform
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,190 +35,28 @@ from refmask.case import (
     case_inputs,
     dtype_unavailable,
     reference_outputs,
-    to_bhtd,
 )
 
-from .cases import catalog
 from .explanations import Explanation, explanations
-from .judging import DEFAULT_CASE_TIMEOUT, Judging
+from .judging import (
+    DEFAULT_CASE_TIMEOUT,
+    Judging,
+    corpus_golden,
+    select_cases,
+    shipped_golden,
+)
+from .results import VERDICTS, CaseResult, Report, Worst, worst_element
 from .tolerance import TensorCheck, check_tensor, score_sensitivity
 
 if TYPE_CHECKING:
-    from .golden import Corpus
+    pass
 
 
-VERDICTS = ("pass", "policy", "fail", "unsupported")
 #: "not given" for run_case's keyword overrides (None is a meaningful timeout).
 _UNSET = object()
 
 
-@dataclass(frozen=True)
-class Worst:
-    """The worst element of the first failing tensor, and where that tensor is off.
-
-    tensor: its name; index: (b, h, i, d) of the largest error (a NaN/inf where the golden
-    value is finite, or the reverse, counts as the largest); error: |actual - golden| there;
-    ulps: the same in units in the last place of the case dtype; error_map: (rows, cols)
-    |actual - golden| of the (b, h) slice holding it (a 1 x Tq row for the LSE), inf where
-    NaN/inf placement differs.
-    """
-
-    tensor: str
-    index: tuple
-    error: float
-    ulps: float
-    error_map: np.ndarray
-
-    def to_json(self) -> dict:
-        def number(x):
-            return float(x) if np.isfinite(x) else str(float(x))
-
-        return {"tensor": self.tensor, "index": [int(i) for i in self.index],
-                "error": number(self.error), "ulps": number(self.ulps)}
-
-
-def worst_element(name: str, actual, golden: np.ndarray, dtype: str) -> Worst | None:
-    """The :class:`Worst` of one tensor (None when it has no element or a shape mismatch)."""
-    from .tolerance import ulp_distance
-
-    actual = np.asarray(actual, np.float64)
-    golden = np.asarray(golden, np.float64)
-    if actual.shape != golden.shape or actual.size == 0 or golden.ndim < 3:
-        return None
-    with np.errstate(invalid="ignore"):
-        error = np.abs(actual - golden)
-    same_special = (np.isnan(actual) & np.isnan(golden)) | (
-        np.isinf(actual) & (actual == golden))
-    error = np.where(same_special, 0.0, np.where(np.isnan(error), np.inf, error))
-    index = np.unravel_index(int(np.argmax(error)), error.shape)
-    b, h = index[0], index[1]
-    picture = error[b, h] if error.ndim == 4 else error[b, h][None, :]
-    with np.errstate(all="ignore"):
-        ulps = float(ulp_distance(actual[index], golden[index], dtype)) if np.isfinite(
-            error[index]) else float("inf")
-    return Worst(tensor=name, index=tuple(int(i) for i in index), error=float(error[index]),
-                 ulps=ulps, error_map=picture)
-
-
-@dataclass(frozen=True)
-class CaseResult:
-    """The verdict on one case, with everything a bug report needs."""
-
-    case: Case
-    backend: str
-    verdict: str
-    reason: str = ""
-    convention: str | None = None
-    convention_kind: str | None = None
-    checks: tuple = ()
-    picture: str = ""
-    seconds: float = 0.0
-    traceback: str = ""
-    worst: Worst | None = None
-
-    def to_json(self) -> dict:
-        return {
-            "id": self.case.id, "family": self.case.family, "flags": list(self.case.flags),
-            "dtype": self.case.dtype, "backend": self.backend, "verdict": self.verdict,
-            "reason": self.reason, "convention": self.convention,
-            "convention_kind": self.convention_kind,
-            "checks": [c.to_json() for c in self.checks], "picture": self.picture,
-            "seconds": round(self.seconds, 4), "mask": repr(self.case.mask),
-            "traceback": self.traceback,
-            "worst": None if self.worst is None else self.worst.to_json(),
-        }
-
-
-@dataclass
-class Report:
-    """All verdicts of one run. ``interrupted``: the run stopped early (KeyboardInterrupt);
-    ``results`` holds the cases judged until then."""
-
-    backend: str
-    results: list = field(default_factory=list)
-    environment: dict = field(default_factory=dict)
-    judging: dict = field(default_factory=dict)
-    interrupted: bool = False
-
-    def counts(self) -> dict:
-        counted = Counter(r.verdict for r in self.results)
-        return {verdict: counted.get(verdict, 0) for verdict in VERDICTS}
-
-    @property
-    def failed(self) -> bool:
-        return any(r.verdict == "fail" for r in self.results)
-
-    def to_json(self) -> dict:
-        return {"backend": self.backend, "counts": self.counts(),
-                "environment": self.environment, "judging": self.judging,
-                "interrupted": self.interrupted,
-                "results": [r.to_json() for r in self.results]}
-
-    def to_records(self) -> list[dict]:
-        """One flat dict per case, from the summary's records: backend, id, family, dtype,
-        flags (comma-joined), verdict, diagnosis, diagnosis_kind, reason, and the worst
-        element of a divergent case (tensor, index, error, ulps; None otherwise)."""
-        from .summary import summarize
-
-        rows = []
-        for r in summarize(self).records:
-            w = r.worst
-            rows.append({
-                "backend": self.backend, "id": r.case_id, "family": r.family,
-                "dtype": r.dtype, "flags": ",".join(r.flags), "verdict": r.verdict,
-                "diagnosis": r.diagnosis, "diagnosis_kind": r.diagnosis_kind,
-                "reason": r.reason, "tensor": w.tensor if w else None,
-                "index": w.index if w else None, "error": w.error if w else None,
-                "ulps": w.ulps if w else None,
-            })
-        return rows
-
-    def to_dataframe(self):
-        """:meth:`to_records` as a pandas DataFrame (needs pandas: ``pip install pandas``)."""
-        try:
-            import pandas
-        except ImportError:
-            raise ImportError("Report.to_dataframe needs pandas (pip install pandas); "
-                              "Report.to_records() gives the same rows as dicts") from None
-        return pandas.DataFrame.from_records(self.to_records())
-
-    def assert_ok(self) -> None:
-        """Raise AssertionError with the terminal report when any case fails."""
-        if self.failed:
-            from .report import terminal
-
-            raise AssertionError(terminal(self))
-
-
 # --- references ------------------------------------------------------------------------------
-
-def _golden_from_reference(case: Case, inputs: dict, grads: bool) -> dict:
-    return reference_outputs(case, inputs, float64=True, grads=grads)
-
-
-def corpus_golden(corpus: Corpus) -> Callable:
-    """A golden source reading the exact values of a loaded corpus (``golden.load``).
-
-    A case is taken from the corpus only when its stored JSON equals the case's own JSON (so
-    an edited catalog never meets stale values); other cases get the float64 reference.
-    """
-    def golden(case: Case, inputs: dict, grads: bool) -> dict:
-        entry = corpus.manifest_entry(case.id) if hasattr(corpus, "manifest_entry") else None
-        if entry is None or entry["case"] != case.to_json():
-            return _golden_from_reference(case, inputs, grads)
-        expected = corpus[case.id].expected
-        return {name: to_bhtd(case, value) if name in ("out", "dq", "dk", "dv") else value
-                for name, value in expected.items()}
-
-    return golden
-
-
-def shipped_golden() -> Callable:
-    """The golden source of the corpus shipped with refmask (verified on load)."""
-    from .golden import load, shipped_corpus_path
-
-    return corpus_golden(load(shipped_corpus_path()))
-
 
 # --- judging one case ----------------------------------------------------------------------------
 
@@ -506,52 +342,15 @@ def environment(adapter: Adapter) -> dict:
             "machine": platform.machine(), "backend_notes": adapter.profile.notes}
 
 
-def select_cases(cases: Iterable[Case] | None = None, *, dtypes: Iterable[str] | None = None,
-                 filter: str | None = None) -> list[Case]:
-    """Catalog cases (or the given ones) restricted to ``dtypes`` and to ``filter``:
-    comma-separated texts, each matching a case whose id contains it, one of whose flags or
-    whose family equals it (``"sliding_window"`` selects the family whose ids start
-    ``window/``).
-
-    cases: Case records; dtypes: a list of dtype names (a bare string is refused, not read as
-    its characters; unknown names are refused); filter: a string or None."""
-    from refmask.case import DTYPES
-
-    where = "check"
-    if isinstance(cases, (str, bytes)):
-        raise TypeError(f"{where}: cases must be a list of Case records, got a string")
-    chosen = list(catalog() if cases is None else cases)
-    for index, case in enumerate(chosen):
-        if not isinstance(case, Case):
-            raise TypeError(f"{where}: cases[{index}] must be a refmask Case, got "
-                            f"{type(case).__name__}")
-    if dtypes is not None:
-        if isinstance(dtypes, (str, bytes)):
-            raise TypeError(f"{where}: dtypes must be a list of dtype names, e.g. "
-                            f"[{dtypes!r}], got the string {dtypes!r}")
-        dtypes = list(dtypes)
-        unknown = [d for d in dtypes if not isinstance(d, str) or d not in DTYPES]
-        if unknown:
-            raise ValueError(f"{where}: dtypes must be among {list(DTYPES)}, got {unknown}")
-        chosen = [c for c in chosen if c.dtype in set(dtypes)]
-    if filter is not None and not isinstance(filter, str):
-        raise TypeError(f"{where}: filter must be a string or None, got {type(filter).__name__}")
-    if filter:
-        parts = [p.strip() for p in filter.split(",") if p.strip()]
-        chosen = [c for c in chosen
-                  if any(p in c.id or p in c.flags or p == c.family for p in parts)]
-    return chosen
-
-
-def resolve_backend(target, judging: Judging | None = None) -> Adapter:
+def resolve_backend(target: Any, judging: Judging | None = None) -> Adapter:
     """An Adapter from a backend name, an Adapter, or a user function ``fn(q, k, v, call)``
     (or ``"module:function"``), called as ``judging`` says."""
     return (judging or Judging()).adapter(target)
 
 
-def check(target, *, judging: Judging | None = None, cases: Iterable[Case] | None = None,
-          golden: Callable | None = None, progress: Callable | None = None,
-          **options) -> Report:
+def check(target: Any, *, judging: Judging | None = None,
+          cases: Iterable[Case] | None = None, golden: Callable | None = None,
+          progress: Callable | None = None, **options: Any) -> Report:
     """Run the conformance suite against ``target`` and return the :class:`Report`.
 
     target: a backend name (``"numpy"``), ``"module:function"``, an Adapter, or a function
@@ -591,4 +390,5 @@ def check(target, *, judging: Judging | None = None, cases: Iterable[Case] | Non
 
 
 __all__ = ["DEFAULT_CASE_TIMEOUT", "VERDICTS", "CaseResult", "GoldenDisagreement", "Judging",
-           "Report", "TensorCheck", "check", "reference_outputs", "run_case", "select_cases"]
+           "Report", "TensorCheck", "Worst", "check", "corpus_golden", "reference_outputs",
+           "run_case", "select_cases", "shipped_golden", "worst_element"]

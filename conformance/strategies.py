@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ from refmask import masks as m
 from .cases import DTYPES, Case
 
 if TYPE_CHECKING:
-    pass
+    from .judging import Judging
 
 
 _ALIGNS = st.one_of(st.sampled_from(["top_left", "bottom_right"]), st.integers(0, 4))
@@ -97,7 +97,7 @@ def cases(draw: st.DrawFn, dtypes: Sequence[str] = DTYPES, max_len: int = 8) -> 
     )
 
 
-def reproducer(case: Case, target: str, judging=None) -> str:
+def reproducer(case: Case, target: str, judging: Judging | None = None) -> str:
     """A runnable Python snippet that rebuilds ``case`` and judges ``target`` on it (under
     ``judging``'s grads, allowed policies, framework and device)."""
     fields = {
@@ -143,7 +143,8 @@ class FuzzOutcome:
 
 
 def fuzz(target: Any, *, max_examples: int = 200, dtypes: Sequence[str] | None = None,
-         seed: int | None = None, judging=None, progress=None) -> FuzzOutcome:
+         seed: int | None = None, judging: Judging | None = None,
+         progress: Callable[[int, int], None] | None = None) -> FuzzOutcome:
     """Judge ``target`` on random cases under ``judging`` (a :class:`~.judging.Judging`:
     dtypes, grads, allowed policies, framework of a user function); the first case that
     fails is shrunk and returned with a reproducer. ``dtypes`` overrides the judging's.

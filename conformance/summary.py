@@ -26,7 +26,7 @@ from typing import Any
 
 from refmask.case import DTYPES, Case
 
-from .runner import VERDICTS, CaseResult, Report
+from .results import VERDICTS, CaseResult, Report, diagnosis_of
 
 #: Verdicts, worst first (a cell or a group shows its worst verdict).
 WORST_FIRST = ("fail", "policy", "unsupported", "pass")
@@ -36,7 +36,7 @@ WORST_FIRST = ("fail", "policy", "unsupported", "pass")
 class Record:
     """One case's verdict. ``errors`` holds a :class:`~refmask.conformance.tolerance.TensorCheck`
     per compared tensor (max error, tolerance, ulps, first bad index); ``worst`` the runner's
-    :class:`~refmask.conformance.runner.Worst` of a divergent case (worst element and error
+    :class:`~refmask.conformance.results.Worst` of a divergent case (worst element and error
     map; None otherwise); ``case`` is kept for pictures; everything else is plain data."""
 
     case_id: str
@@ -87,30 +87,9 @@ class Diagnosis:
                 "cases": [r.case_id for r in self.records], "reason": self.records[0].reason}
 
 
-def failure_kind(result: CaseResult) -> str:
-    """A short name for a fail no explanation matched: a crash, NaN/inf placement or error."""
-    if result.reason.startswith("the backend raised"):
-        return result.reason.split(":")[0]
-    bad = [c for c in result.checks if not c.ok]
-    if any(c.nonfinite_mismatch for c in bad):
-        return "NaN/inf placement in " + ", ".join(c.name for c in bad if c.nonfinite_mismatch)
-    return "error above tolerance in " + ", ".join(c.name for c in bad)
-
-
-def _diagnosis(result: CaseResult) -> tuple:
-    """(diagnosis, kind) of a CaseResult (see the module docstring)."""
-    if result.verdict in ("policy", "fail"):
-        if result.convention:
-            return result.convention, result.convention_kind
-        return failure_kind(result), None
-    if result.verdict == "unsupported":
-        return result.reason, None
-    return None, None
-
-
 def record(result: CaseResult) -> Record:
-    """The :class:`Record` of one :class:`~refmask.conformance.runner.CaseResult`."""
-    diagnosis, kind = _diagnosis(result)
+    """The :class:`Record` of one :class:`~refmask.conformance.results.CaseResult`."""
+    diagnosis, kind = diagnosis_of(result)
     case = result.case
     return Record(case_id=case.id, case_name=case.name, family=case.family, dtype=case.dtype,
                   flags=tuple(case.flags), verdict=result.verdict, diagnosis=diagnosis,
@@ -175,6 +154,6 @@ class Summary:
 
 
 def summarize(report: Report) -> Summary:
-    """The :class:`Summary` of a :class:`~refmask.conformance.runner.Report`."""
+    """The :class:`Summary` of a :class:`~refmask.conformance.results.Report`."""
     return Summary(backend=report.backend, environment=dict(report.environment),
                    records=tuple(record(r) for r in report.results))

@@ -581,3 +581,16 @@ def test_a_complex_or_integer_result_is_refused_by_name():
         native.to_float64(torch.zeros(2, dtype=torch.complex64))
     np.testing.assert_array_equal(native.to_float64(torch.ones(2, dtype=torch.bfloat16)),
                                   [1.0, 1.0])
+
+
+def test_cases_the_record_does_not_hold_warn_unless_they_fail():
+    document = expect.record([check("numpy", dtypes="float64", filter="full/square")])
+    grown = check("numpy", dtypes="float64", filter="full/square,causal/top_left/square")
+    changes, warnings = expect.compare([grown], document)
+    assert not changes and "1 cases are not in the record" in warnings[0]
+    zeros = check(lambda q, k, v, call: np.zeros(q.shape[:3] + v.shape[3:]), dtypes="float64",
+                  filter="full/square,causal/top_left/square")
+    zeros.backend = "numpy"
+    changes, _ = expect.compare([zeros], document)
+    assert sorted((c.kind, c.case_id) for c in changes) == [
+        ("new fail", "causal/top_left/square@float64"), ("new fail", "full/square@float64")]
