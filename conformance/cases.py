@@ -372,6 +372,11 @@ def varlen_cases() -> list[Case]:
            m.varlen(m.causal(align=br), m.padded_keys_layout([1, 3, 2], 4, [3, 4, 2])),
            batch=1, q_len=6, k_len=12,
            notes="xformers BlockDiagonalCausalWithOffsetPaddedKeysMask"),
+        _c("varlen/packed_self_chunked", "varlen",
+           m.varlen(m.chunked(2, align=br) & m.causal(align=br),
+                    m.varlen_layout([0, 3, 7, 9], [0, 3, 7, 9])), batch=1, q_len=9, k_len=9,
+           notes="self-attention packing (cu_seqlens_q == cu_seqlens_k): chunks restart per "
+                 "sequence (HF position_ids packing does the same)"),
         _c("varlen/seqused_k_gqa", "varlen",
            m.varlen(m.causal(align=br), m.varlen_layout([0, 2, 4], [0, 5, 10],
                                                         seqused_k=[3, 5])),
