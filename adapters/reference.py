@@ -1,9 +1,11 @@
 """The refmask reference itself as an adapter: ``numpy`` (float64 in, float64 out).
 
-It computes in the case dtype's float64 upcast with ``refmask.attention`` on its exact
-(array-API) path -- never the Numba fast path, which is judged like any other backend
-(``refmask check fast``) -- and is expected to pass every case; ``refmask check numpy`` is the
-suite checking its own reference against the exact (mpmath, correctly rounded) golden values.
+It computes in the case dtype's float64 upcast with ``refmask.attention`` on the exact path
+(``path="exact"``, whatever the size: the array-API definition, never ``refmask.fast``) and is
+expected to pass every case; ``refmask check numpy`` is the suite checking its own reference
+against the exact (mpmath, correctly rounded) golden values, and ``refmask check numpy
+--corpus DIR`` against a reference-engine corpus checks the exact path against itself on
+another machine's BLAS. The fast path is the separate backend ``refmask.fast``.
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ def run_reference(case: Case, inputs: dict[str, np.ndarray], *, grads: bool) -> 
     kwargs = attention_kwargs(case, values)
     q, k, v = values["q"], values["k"], values["v"]
     result = attention(q, k, v, **kwargs, path="exact")
-    gradients = (attention_vjp(q, k, v, values["d_out"], **kwargs, path="exact") if grads
-                 else None)
+    gradients = attention_vjp(q, k, v, values["d_out"], **kwargs, path="exact") if grads else None
     return to_output(case, result, gradients)
 
 
@@ -37,7 +38,8 @@ ADAPTERS = (
     Adapter(
         name="numpy",
         profile=Profile(empty_rows="zero", causal_alignment="both", lse_base="e",
-                        backward=True, notes="refmask.attention in float64, exact path (the reference)"),
+                        backward=True,
+                        notes="refmask.attention in float64, exact path (the reference)"),
         run=run_reference,
         description="refmask's own float64 reference on NumPy arrays",
     ),

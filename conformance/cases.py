@@ -202,11 +202,149 @@ def base_cases() -> list[Case]:
            input_scale=3.0, sinks=True, layout="BTHD", bias=True),
     ]
     cases += varlen_cases() + paged_cases() + tree_cases() + split_kv_cases() + mla_cases()
+    cases += _coverage_cases() + _long_row_cases()
     names = [case.name for case in cases]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
         raise ValueError(f"base_cases: duplicate case names {sorted(duplicates)}")
     return cases
+
+
+def _coverage_cases() -> list[Case]:
+    """Catalog v2: every feature and convention in at least three cases, and the combinations
+    a kernel gets wrong together (offsets with chunks and blocks, valid lengths with
+    bottom-right alignment, softcap with bias and ALiBi, sinks and dropout under masks,
+    KV-cache offsets with windows)."""
+    tl, br = "top_left", "bottom_right"
+    causal_tl, causal_br = m.causal(align=tl), m.causal(align=br)
+    valid = m.bottom_right(q_lengths=[3, 3], k_lengths=[8, 5])
+    return [
+        # -- lengths, scale, layout, magnitude
+        _c("causal/bottom_right/q_len_0", "causal", causal_br, q_len=0, k_len=5),
+        _c("scale/causal_bias_bthd", "scale", causal_tl, scale=0.125, bias=True,
+           layout="BTHD"),
+        _c("scale/alibi_abs_top_left_tall", "scale", causal_tl, scale=0.9, q_len=7, k_len=4,
+           alibi=Alibi(2, convention="abs", align=tl),
+           notes="an explicit scale that is neither 1/sqrt(Dqk) nor 1/Dqk, with ALiBi"),
+        _c("window/large_magnitude", "sliding_window", m.sliding_window(2, 0, align=tl),
+           input_scale=30.0, q_len=8, k_len=8),
+        # -- windows with KV-cache offsets
+        _c("window/kv_cache_per_batch", "sliding_window", m.sliding_window(2, 0, align=[3, 5]),
+           q_len=3, k_len=9, notes="a 3-key window after 3 resp. 5 cached tokens"),
+        # -- chunked and block-causal with offsets
+        _c("chunked/kv_cache_offset", "chunked", m.chunked(4, align=5) & m.causal(align=5),
+           q_len=3, k_len=8, notes="queries at positions 5..7: chunk 1 = keys 4..7"),
+        _c("chunked/per_batch_offset", "chunked",
+           m.chunked(3, align=[1, 4]) & m.causal(align=[1, 4]), q_len=4, k_len=8),
+        _c("block_causal/kv_cache_offset", "block_causal", m.block_causal(3, align=4),
+           q_len=4, k_len=8),
+        _c("block_causal/per_batch_offset_dropout", "block_causal",
+           m.block_causal(2, align=[2, 5]), q_len=3, k_len=8, dropout_rate=0.25),
+        # -- prefix-LM, strided, global tokens
+        _c("prefix_lm/bottom_right_wide_sinks", "prefix_lm", m.prefix_lm(2, align=br),
+           q_len=4, k_len=8, sinks=True),
+        _c("strided/bottom_right_wide", "strided", m.strided(2, align=br) & causal_br,
+           q_len=4, k_len=9),
+        _c("global/bottom_right_window", "global_tokens",
+           m.global_tokens([0], align=br) | m.sliding_window(1, 0, align=br), q_len=4, k_len=9),
+        _c("global/causal_sinks", "global_tokens",
+           (m.global_tokens([0, 3], align=tl) | m.sliding_window(1, 0, align=tl)) & causal_tl,
+           q_len=8, k_len=8, sinks=True),
+        # -- per-head and per-batch masks
+        _c("per_head/gqa_bottom_right", "per_head",
+           m.per_head(causal_br, m.sliding_window(2, 0, align=br), causal_br,
+                      m.chunked(3, align=br) & causal_br),
+           q_heads=4, kv_heads=2, q_len=4, k_len=8),
+        _c("per_head/dropout", "per_head", m.per_head(causal_tl, m.full()), dropout_rate=0.3),
+        _c("per_batch/kv_cache_and_window", "per_batch",
+           m.per_batch(m.causal(align=3), m.sliding_window(1, 0, align=3)), q_len=3, k_len=7),
+        _c("per_batch/chunked_and_prefix", "per_batch",
+           m.per_batch(m.chunked(2, align=tl) & causal_tl, m.prefix_lm(3, align=tl))),
+        # -- padding: bottom-right with per-batch valid lengths, padded queries with sinks
+        _c("padding/bottom_right_valid_lengths_window", "padding",
+           m.key_padding([8, 5], side="right") & m.sliding_window(2, 0, align=valid),
+           q_len=3, k_len=8),
+        _c("padding/bottom_right_valid_lengths_queries", "padding",
+           m.query_padding([3, 2], side="right") & m.key_padding([8, 5], side="right")
+           & m.causal(align=m.bottom_right(q_lengths=[3, 2], k_lengths=[8, 5])),
+           q_len=3, k_len=8, notes="batch 1: 2 valid queries see the last 2 of 5 valid keys"),
+        _c("padding/queries_left_sinks", "padding",
+           m.query_padding([6, 3], side="left") & causal_tl, sinks=True,
+           notes="padded query rows keep nothing: with a sink lse is the sink, out is 0"),
+        # -- heads
+        _c("mqa/softcap_bias_dqk_ne_dv", "gqa", causal_tl, q_heads=3, kv_heads=1, softcap=3.0,
+           bias=True, input_scale=3.0, qk_dim=12, v_dim=4),
+        _c("dropout/padding_gqa", "dropout",
+           m.key_padding([6, 4], side="right") & causal_tl, q_heads=4, kv_heads=2,
+           dropout_rate=0.2),
+        # -- softcap with bias and with ALiBi
+        _c("softcap/bias_causal_bottom_right", "softcap", causal_br, softcap=2.5, bias=True,
+           input_scale=3.0, q_len=5, k_len=7),
+        _c("softcap/alibi_abs_bottom_right", "softcap", causal_br, softcap=3.0,
+           alibi=Alibi(2, convention="abs", align=br), input_scale=3.0, q_len=4, k_len=7),
+        _c("alibi/softcap_signed_kv_cache", "alibi", m.sliding_window(3, 0, align=4),
+           softcap=4.0, alibi=Alibi(2, convention="signed", align=4), input_scale=2.0,
+           q_len=3, k_len=8),
+        # -- MLA head dims with a KV-cache offset (the third MLA case, see mla_cases)
+        _c("mla/prefill_192_128_kv_cache", "mla", m.causal(align=2), batch=1, q_heads=2,
+           kv_heads=2, q_len=3, k_len=5, qk_dim=192, v_dim=128, extra_flags=("MLA",)),
+    ]
+
+
+#: Keys in a long row: float16 holds every integer up to 2048 exactly and no more, so a row of
+#: 2048 keys is where a denominator accumulated in float16 starts losing whole terms.
+LONG_ROW = 2048
+
+
+def _long_row_cases() -> list[Case]:
+    """Rows of :data:`LONG_ROW` keys or more in every dtype, kept small: one or two heads, D = 4
+    and a few query rows. The first four spread typical (unit-variance) scores over 1024-2048
+    keys; the ``flat`` ones put near-equal weights on 3500-4096 keys, where a softmax
+    denominator accumulated in float16 stops growing at 2048 (its spacing there is 2) and is
+    off by up to a factor 2; the ``masked_high`` ones give masked keys
+    scores >= 2e4 above every kept key of the row (signed ALiBi with a steep explicit slope
+    reaching into the masked future), so masking by adding a finite -1e4 instead of -inf puts
+    the weight on a masked key."""
+    tl, br = "top_left", "bottom_right"
+    long = dict(batch=1, q_heads=1, kv_heads=1, qk_dim=4, v_dim=4, k_len=LONG_ROW)
+    high = ("MaskedKeysScoreHigh",)
+    return [
+        _c("long_rows/causal_bottom_right_decode", "causal", m.causal(align=br),
+           **{**long, "q_len": 2}, notes="two decode steps after a 2046-token cache"),
+        _c("long_rows/window_kv_cache", "sliding_window", m.sliding_window(1023, 0, align=1500),
+           **{**long, "q_len": 4}, extra_flags=("WindowConvention",),
+           notes="FA window_size=(1023, 0) = HF sliding_window=1024, after 1500 cached tokens"),
+        _c("long_rows/valid_lengths_bottom_right", "padding",
+           m.key_padding([LONG_ROW, 1200], side="right")
+           & m.causal(align=m.bottom_right(q_lengths=[3, 3], k_lengths=[LONG_ROW, 1200])),
+           **{**long, "batch": 2, "q_len": 3}),
+        _c("long_rows/mqa_explicit_scale", "gqa", None, **{**long, "q_heads": 2, "q_len": 2},
+           scale=0.35),
+        # near-flat scores over 4096 keys: a float16 running sum stops growing at 2048
+        _c("long_rows/flat_causal_kv_cache_4096", "causal", m.causal(align=2 * LONG_ROW - 2),
+           **{**long, "q_len": 2, "k_len": 2 * LONG_ROW}, input_scale=0.25,
+           notes="two decode steps after 4094 cached tokens, weights near 1 on 4095-4096 "
+                 "keys: a float16 denominator stalls at 2048"),
+        _c("long_rows/flat_valid_lengths_sinks_4096", "sinks",
+           m.key_padding([3500], side="right")
+           & m.causal(align=m.bottom_right(q_lengths=[2], k_lengths=[3500])),
+           **{**long, "q_len": 2, "k_len": 2 * LONG_ROW}, input_scale=0.25, sinks=True),
+        _c("long_rows/flat_mqa_4096", "gqa", None,
+           **{**long, "q_heads": 2, "q_len": 2, "k_len": 2 * LONG_ROW}, input_scale=0.25),
+        _c("long_rows/alibi_signed_causal_masked_high", "alibi", m.causal(align=tl),
+           **{**long, "q_len": 4}, alibi=Alibi([12.0], convention="signed", align=tl),
+           extra_flags=high, notes="future keys score up to 12 * 2047 above the diagonal"),
+        _c("long_rows/softcap_alibi_padding_masked_high", "softcap",
+           m.key_padding([64], side="right") & m.causal(align=62), **{**long, "q_len": 2},
+           softcap=5.0, alibi=Alibi([12.0], convention="signed", align=62), extra_flags=high,
+           notes="a static 2048-slot KV cache holding 64 tokens, queries at positions 62 and "
+                 "63: the empty slots 64..2047 score up to 2.4e4 above the kept keys"),
+        _c("long_rows/window_kv_cache_masked_high", "sliding_window",
+           m.sliding_window(255, 0, align=1000), **{**long, "q_len": 2},
+           alibi=Alibi([24.0], convention="signed", align=1000), extra_flags=high,
+           notes="a 256-key window after 1000 cached tokens; future keys score up to 2.5e4 "
+                 "above it"),
+    ]
 
 
 # --- inference-time families (docs/spec.md 2.4.14-2.4.16, 3.8) ----------------------------------
@@ -234,6 +372,11 @@ def varlen_cases() -> list[Case]:
            m.varlen(m.causal(align=br), m.padded_keys_layout([1, 3, 2], 4, [3, 4, 2])),
            batch=1, q_len=6, k_len=12,
            notes="xformers BlockDiagonalCausalWithOffsetPaddedKeysMask"),
+        _c("varlen/packed_self_chunked", "varlen",
+           m.varlen(m.chunked(2, align=br) & m.causal(align=br),
+                    m.varlen_layout([0, 3, 7, 9], [0, 3, 7, 9])), batch=1, q_len=9, k_len=9,
+           notes="self-attention packing (cu_seqlens_q == cu_seqlens_k): chunks restart per "
+                 "sequence (HF position_ids packing does the same)"),
         _c("varlen/seqused_k_gqa", "varlen",
            m.varlen(m.causal(align=br), m.varlen_layout([0, 2, 4], [0, 5, 10],
                                                         seqused_k=[3, 5])),

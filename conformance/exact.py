@@ -245,6 +245,9 @@ def _alibi_terms(case: Case):
     alibi = case.alibi
     if alibi is None:
         return None
+    if alibi.layout is not None:
+        raise ValueError(f"exact_attention: case {case.id!r} uses ALiBi with per-sequence "
+                         "positions (layout=), which this engine does not restate yet")
     batch, q_heads, _, q_len, k_len, _, _ = _dims(case)
     if alibi.num_heads != q_heads:
         raise ValueError(f"exact_attention: case {case.id!r} ALiBi has slopes for "

@@ -5,8 +5,9 @@ catalog's small cases with exact (mpmath) golden values. A kernel is also worth 
 lengths it is written for -- thousands of keys, windows and chunks of hundreds, many documents
 in one packed row -- where the exact engine is far too slow. A *sweep* is a named list of such
 cases; ``refmask golden generate DIR --sweep NAME`` writes its corpus with the float64
-reference engine (``golden.generate(..., engine="reference")``, error bound: spec section 3.6)
-and ``refmask check BACKEND --corpus DIR`` judges a backend on exactly those cases.
+reference engine (``golden.generate(..., engine="reference")``: ``refmask.attention`` on its
+exact path, never ``refmask.fast``; error bound: spec section 3.6) and ``refmask check BACKEND
+--corpus DIR`` judges a backend (``refmask.fast`` included) on exactly those cases.
 
 Sweeps (:func:`sweep_names`):
 

@@ -75,6 +75,9 @@ FLAGS = {
     "Length0": "Tq or Tk is 0",
     "LargeMagnitude": "scores large enough to overflow a naive exp",
     "LowPrecision": "float16 or bfloat16",
+    "LongRow": "rows of at least 2048 keys (float16 accumulation of the denominator shows)",
+    "MaskedKeysScoreHigh": "masked keys score >= 2e4 above every kept key of their row "
+                           "(a finite -1e4 mask does not hide them)",
     "Varlen": "packed sequences with per-sequence alignment (cu_seqlens_q != cu_seqlens_k)",
     "PagedKV": "keys in a paged KV cache (block table, page size, sequence lengths)",
     "TreeMask": "speculative-decoding token tree over a cached prefix",
@@ -135,6 +138,9 @@ class Case:
                                                 self.k_len))
 
     def to_json(self) -> dict:
+        if self.alibi is not None and self.alibi.layout is not None:
+            raise ValueError(f"case {self.name}: ALiBi with per-sequence positions (layout=) has "
+                             "no JSON form in schema 1 and no exact golden engine yet")
         return {
             "id": self.id, "name": self.name, "family": self.family,
             "mask": None if self.mask is None else self.mask.to_json(),
@@ -220,6 +226,7 @@ def derive_flags(case: Case) -> tuple:
         ("BTHD", case.layout == "BTHD"), ("Length1", 1 in (case.q_len, case.k_len)),
         ("Length0", 0 in (case.q_len, case.k_len)), ("LargeMagnitude", case.input_scale >= 8),
         ("LowPrecision", case.dtype in ("float16", "bfloat16")),
+        ("LongRow", case.k_len >= 2048),
     ) if on)
     unknown = flags - set(FLAGS)
     if unknown:
@@ -361,9 +368,11 @@ def reference_outputs(case: Case, inputs: Mapping, *, float64: bool, grads: bool
     """refmask's result for the case: in float64 (``float64=True``) or naively in the case
     dtype (inputs and arithmetic in that dtype), as float64 NumPy arrays in BHTD layout.
 
-    Keys: out, lse, and with ``grads`` dq, dk, dv (+ dbias, dsinks when the case has them).
-    Always refmask's exact (array-API) path, never the Numba fast path: golden values and
-    tolerances never come from ``refmask.fast``, which is judged like any other backend."""
+    Always the exact path (``path="exact"``, the array-API definition), whatever the size:
+    these values are golden values or yardsticks, and ``refmask.fast`` is judged against
+    them like any backend, never used to make them.
+
+    Keys: out, lse, and with ``grads`` dq, dk, dv (+ dbias, dsinks when the case has them)."""
     def cast(x):
         if x.dtype == np.bool_:
             return x

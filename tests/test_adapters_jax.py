@@ -24,6 +24,7 @@ TOP_LEFT = {
     "causal/bottom_right/wide", "causal/bottom_right/tall", "causal/decode_q_len_1",
     "window/fa_2_0/bottom_right_wide", "window/left_unbounded_right_1", "gqa/6_to_3_window",
     "mqa/4_to_1", "alibi/abs_causal_bottom_right", "split_kv/keys_0_4",
+    "long_rows/causal_bottom_right_decode",
 }
 #: masked logits are replaced by -0.7 * finfo(float32).max: empty rows are the mean of V.
 UNIFORM = {

@@ -24,11 +24,15 @@ LOW = ["float32", "float16", "bfloat16"]
 #: use_causal_mask / is_causal are top-left (keras/src/backend/tensorflow/nn.py band_part;
 #: MultiHeadAttention._compute_causal_mask).
 TOP_LEFT = {"causal/bottom_right/wide", "causal/bottom_right/tall", "causal/decode_q_len_1",
-            "alibi/abs_causal_bottom_right"}
+            "alibi/abs_causal_bottom_right", "long_rows/causal_bottom_right_decode"}
 #: masked logits replaced by -0.7 * 3.38953e38: empty rows are the mean of V.
 UNIFORM = {"padding/queries_right", "padding/queries_left_keys_left_causal",
            "padding/all_keys_padded", "explicit/articles_empty_first_row",
-           "empty_rows/all_masked", "empty_rows/every_other_query_padded"}
+           "empty_rows/all_masked", "empty_rows/every_other_query_padded",
+           "padding/bottom_right_valid_lengths_queries"}
+#: Hkv = 1: keras' TF backend repeats kv heads only when K > 1 (see test_keras_dpa_matrix)
+SINGLE_KV_HEAD = {"mqa/4_to_1", "mla/decode_576_512", "long_rows/mqa_explicit_scale",
+                  "long_rows/flat_mqa_4096"}
 
 
 #: FlashAttention varlen: a sequence with more queries than keys has empty rows
@@ -70,8 +74,8 @@ def test_keras_dpa_matrix():
     _assert_expected(report, TOP_LEFT | {"mla/prefill_192_128"},
                      UNIFORM | VARLEN_EMPTY | SPLIT_TOP_LEFT
                      | {"window/fa_2_0/bottom_right_tall"},
-                     fails={"mqa/4_to_1", "mla/decode_576_512"})
-    mqa = [r for r in report.results if r.case.name in ("mqa/4_to_1", "mla/decode_576_512")]
+                     fails=SINGLE_KV_HEAD)
+    mqa = [r for r in report.results if r.case.name in SINGLE_KV_HEAD]
     # keras' TF backend repeats kv heads only when K > 1; K = 1 reaches tf.einsum unbroadcast
     assert all("InvalidArgumentError" in r.reason for r in mqa)
 

@@ -25,7 +25,8 @@ NAMES = ["onnxruntime.attention23", "onnxruntime.attention24"]
 #: is_causal without past_key / nonpad_kv_seqlen aligns top-left (offset 0), measured.
 TOP_LEFT = {"causal/bottom_right/wide", "causal/bottom_right/tall", "causal/decode_q_len_1",
             "mqa/4_to_1", "alibi/abs_causal_bottom_right", "mla/prefill_192_128",
-            "mla/decode_576_512"}
+            "mla/decode_576_512", "softcap/bias_causal_bottom_right",
+            "softcap/alibi_abs_bottom_right", "long_rows/causal_bottom_right_decode"}
 
 
 @pytest.fixture(params=NAMES)

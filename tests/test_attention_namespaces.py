@@ -27,6 +27,17 @@ def _strict(x):
     return xp.asarray(x)
 
 
+@pytest.fixture(autouse=True)
+def _restore_jax_x64():
+    """These tests switch JAX to 64-bit mode; later test modules must find it as it was."""
+    jax = sys.modules.get("jax")
+    before = None if jax is None else jax.config.jax_enable_x64
+    yield
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        jax.config.update("jax_enable_x64", bool(before))
+
+
 def _torch(x):
     torch = pytest.importorskip("torch")
     return torch.asarray(x)

@@ -139,7 +139,8 @@ def test_exact_matches_naive_float64(case_id):
 def test_exact_matches_refmask_attention_on_the_catalog():
     """The two independent readings of the spec agree on every float64 catalog case
     (large-magnitude gradients are pure cancellation in float64, see
-    test_large_magnitude_gradients_keep_their_digits)."""
+    test_large_magnitude_gradients_keep_their_digits; so are those of the MaskedKeysScoreHigh
+    rows, whose steep ALiBi slopes put all but ~e^-12 of the weight on one key)."""
     for case in catalog(["float64"]):
         inputs = case_inputs(case)
         kwargs = attention_kwargs(case, inputs)
@@ -149,7 +150,8 @@ def test_exact_matches_refmask_attention_on_the_catalog():
                      "dv": grads.dv, "dbias": grads.dbias, "dsinks": grads.dsinks}
         for name, value in exact.exact_attention(case, inputs).items():
             assert_specials_equal(value, reference[name], f"{case.id} {name}")
-            if "LargeMagnitude" in case.flags and name in ("dq", "dk"):
+            cancelling = {"LargeMagnitude", "MaskedKeysScoreHigh"} & set(case.flags)
+            if cancelling and name in ("dq", "dk"):
                 continue
             assert normwise(value, reference[name]) < 1e-14, f"{case.id} {name}"
 

@@ -275,3 +275,58 @@ def test_cli_errors(argv, message, tmp_path, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def _long_case_above_the_fast_threshold():
+    """A long-sweep case big enough (2 heads x 512 x 512 scores) that ``path="auto"`` would
+    hand it to refmask.fast."""
+    case = next(c for c in sweep("long") if c.id == "long/causal/top_left/512@float64")
+    assert case.q_heads * case.q_len * case.k_len >= 2 ** 19
+    return case
+
+
+def _exact_path_outputs(case, inputs):
+    """The case's outputs computed here directly on the exact path, in the case's layout."""
+    from refmask.attention import attention, attention_vjp
+    from refmask.case import attention_kwargs
+
+    values = {n: x if x.dtype == np.bool_ else np.asarray(x, np.float64)
+              for n, x in inputs.items()}
+    kwargs = attention_kwargs(case, values)
+    result = attention(values["q"], values["k"], values["v"], **kwargs, path="exact")
+    grads = attention_vjp(values["q"], values["k"], values["v"], values["d_out"], **kwargs,
+                          path="exact")
+    return {"out": result.out, "lse": result.lse, "dq": grads.dq, "dk": grads.dk,
+            "dv": grads.dv}
+
+
+def test_a_reference_engine_corpus_holds_exact_path_values_never_the_fast_paths(tmp_path):
+    """Golden provenance: the reference engine computes with the exact path whatever the size,
+    so its corpus is the same whether or not refmask.fast exists; the fast path's values differ
+    in the last bits, so a corpus computed by it would fail this test."""
+    from refmask import fast
+    from refmask.case import attention_kwargs
+
+    case = _long_case_above_the_fast_threshold()
+    corpus = golden.load(golden.generate(tmp_path / "long", [case], engine="reference"))
+    stored = corpus[case.id]
+    direct = _exact_path_outputs(case, stored.inputs)
+    for name, value in direct.items():
+        assert np.array_equal(stored.expected[name], value), name
+    values = {n: np.asarray(x, np.float64) for n, x in stored.inputs.items()}
+    by_fast = fast.attention(values["q"], values["k"], values["v"],
+                             **attention_kwargs(case, values)).out
+    assert not np.array_equal(stored.expected["out"], by_fast)
+
+
+def test_the_numpy_adapter_runs_the_exact_path_and_refmask_fast_is_judged_apart():
+    from refmask.adapters import load
+
+    case = _long_case_above_the_fast_threshold()
+    inputs = case_inputs(case)
+    direct = _exact_path_outputs(case, inputs)
+    output = load("numpy").run(case, inputs, grads=True)
+    assert np.array_equal(np.asarray(output.out), direct["out"])
+    assert all(np.array_equal(np.asarray(output.grads[n]), direct[n]) for n in ("dq", "dk", "dv"))
+    fast_output = load("refmask.fast").run(case, inputs, grads=False)
+    assert not np.array_equal(np.asarray(fast_output.out), direct["out"])

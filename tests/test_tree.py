@@ -118,3 +118,8 @@ def test_q_len_must_be_the_node_count():
 def test_json_round_trip():
     mask = m.tree([[-1, 0, 1], [-1, -1, 0]], align=[2, 0])
     assert m.from_json(mask.to_json()) == mask
+
+
+def test_mismatched_batch_sizes_are_refused():
+    with pytest.raises(ValueError, match="mismatched batch sizes"):
+        m.tree([[-1, 0], [-1, 0]], align=[1, 2, 3])

@@ -369,3 +369,31 @@ def test_lengths_must_match_the_layout():
         mask.materialize(1, 1, 3, 3)
     with pytest.raises(ValueError, match="3 key slots but k_len = 4"):
         mask.materialize(1, 1, 2, 4)
+
+
+def test_masks_evaluate_in_another_namespace():
+    torch = pytest.importorskip("torch")
+    for mask, (batch, q_len, k_len) in (
+        (m.varlen(m.causal(align=BR) & m.chunked(2, align=BR),
+                  m.varlen_layout([0, 2, 5], [0, 4, 7])), (1, 5, 7)),
+        (m.varlen(m.sliding_window(1, 0, align=BR),
+                  m.paged_layout([[2, 0], [1, 3]], 2, [3, 2], num_pages=4)), (2, 1, 8)),
+        (m.tree([-1, 0, 0, 1], align=BR), (1, 4, 7)),
+    ):
+        got = mask.materialize(batch, 1, q_len, k_len, xp=torch)
+        assert isinstance(got, torch.Tensor)
+        assert np.array_equal(got.numpy(), mask.materialize(batch, 1, q_len, k_len))
+
+
+def test_per_sequence_alibi_cases_are_refused_where_not_supported_yet():
+    from refmask.case import Case
+    from refmask.conformance.exact import exact_attention
+
+    layout = m.varlen_layout([0, 2, 5], [0, 4, 7])
+    case = Case(name="varlen/alibi", family="varlen", mask=m.varlen(m.causal(align=BR), layout),
+                batch=1, q_heads=2, kv_heads=2, q_len=5, k_len=7,
+                alibi=Alibi(2, convention="abs", align=BR, layout=layout))
+    with pytest.raises(ValueError, match="per-sequence positions"):
+        case.to_json()
+    with pytest.raises(ValueError, match="per-sequence positions"):
+        exact_attention(case)

@@ -33,6 +33,10 @@ reflects only whether HF's mask is the case's mask. Read from transformers 5.23.
 * ``documents`` (contiguous segments, self-attention, no padding, no cache) with a causal
   builder -> ``position_ids`` restarting at 0 in each segment (HF's packed-sequence
   detection, used only when ``attention_mask`` is None).
+* ``varlen(causal, causal window or causal chunks, layout)`` over contiguous self-attention
+  spans (``cu_seqlens_q == cu_seqlens_k``) -> the same ``position_ids`` packing (HF restarts
+  windows and chunks per packed sequence, measured); cross-attention spans, padded, gappy or
+  paged keys: unsupported (HF's packed path has no form for them).
 * anything else (query padding, strided, global tokens, explicit arrays, predicates,
   per-batch/per-head selections, OR/NOT, bidirectional chunks or documents) has no HF
   builder: unsupported.
@@ -94,9 +98,50 @@ def _segments_to_positions(ids: np.ndarray) -> np.ndarray:
     return positions
 
 
+def _packed_self_attention(mask):
+    """``varlen(inner, layout)`` as ``documents & inner`` with top-left parts, when that is the
+    same mask and HF's packed path can say it: queries and keys share contiguous spans that
+    cover the row (self-attention, so per sequence Tq = Tk and both alignments coincide) and
+    ``inner`` is causal, a causal window (rules on ``pq - pk`` only, the same on local and on
+    packed positions) or causal chunks. The rewritten parts only choose HF's builder and its
+    config; HF applies them per document itself (measured, transformers 5.23.0: with packed
+    ``position_ids`` its chunks restart at every sequence, tests/test_hf_packed.py), and the
+    verdict compares HF's mask with the case's own."""
+    from refmask import masks as m
+
+    layout = mask.layout
+    spans = layout.packed_queries and layout.block_table is None and (
+        layout.q_starts == layout.k_starts and layout.q_lengths == layout.k_lengths
+        and layout.q_total == layout.k_total == sum(layout.q_lengths))
+    if not spans:
+        raise Unsupported("HF packs sequences through position_ids restarts: self-attention over "
+                          "contiguous sequences only (cu_seqlens_q == cu_seqlens_k, no padded, "
+                          "gappy or paged keys)")
+    parts = []
+    for part in _and_parts(mask.mask):
+        if part.kind == "causal":
+            parts.append(m.causal(align="top_left"))
+        elif part.kind == "sliding_window" and part.right == 0:
+            parts.append(m.sliding_window(part.left, 0, align="top_left"))
+        elif part.kind == "chunked":
+            parts.append(m.chunked(part.size, align="top_left"))
+        else:
+            raise Unsupported(f"HF's packed path keeps documents and reads packed positions; a "
+                              f"per-sequence {part.kind} part has no such form")
+        if part.align.kind not in ("top_left", "bottom_right"):
+            raise Unsupported("HF's packed path has no per-sequence cache offsets")
+    cu = [0] + [start + length for start, length in zip(layout.q_starts, layout.q_lengths,
+                                                         strict=True)]
+    return m.all_of(m.documents_from_cu_seqlens(cu), *parts)
+
+
 def plan(case: Case) -> dict:
     """HF's inputs for the case: builder name, config fields, cached token count, 2-D
     attention_mask (bool (B, Tk) or None), position_ids, block_sequence_ids."""
+    if case.mask is not None and case.mask.kind == "varlen":
+        from dataclasses import replace
+
+        case = replace(case, mask=_packed_self_attention(case.mask))
     parts = _and_parts(case.mask)
     spatial = [p for p in parts if p.kind in _SPATIAL]
     padding = [p for p in parts if p.kind == "key_padding"]

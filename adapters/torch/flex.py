@@ -13,6 +13,10 @@ Translation into flex's native features:
   refmask's NumPy table lookups (``Alignment.offset_table``, padding-length checks, explicit
   arrays) and recompiles for every mask object (about 1 s per case); see
   tests/test_adapters_torch.py.
+  Packed and paged sequences (``varlen`` masks whose per-sequence mask is made of causal,
+  window and chunk parts) get a native, document-aware mask_mod instead
+  (:func:`_document_mask_mod`): sequence and position tables gathered by index, the rules
+  written in torch, the way attention-gym's ``generate_doc_mask_mod`` wraps an inner mask_mod.
 * softcap, bias, ALiBi -> one ``score_mod``: ``cap * tanh(s / cap)`` first, then
   ``+ bias[b, h, q_idx, kv_idx]``, then ALiBi from the indices (``-m_h |pq - pk|`` or
   ``m_h (pk - pq)``, ``pq = q_idx + offset[b]``), the spec's order (flex applies score_mod to
@@ -69,6 +73,83 @@ def _unsupported(case) -> str | None:
     return None
 
 
+def _rule_parts(mask) -> list | None:
+    """The AND-parts of a per-sequence mask as (kind, parameters, alignment) when each is
+    full, causal, sliding_window or chunked; None when some part is anything else."""
+    parts = list(mask.masks) if mask.kind == "and" else [mask]
+    rules = []
+    for part in parts:
+        if part.kind == "full":
+            continue
+        if part.kind == "causal":
+            rules.append(("window", (None, 0), part.align))
+        elif part.kind == "sliding_window":
+            rules.append(("window", (part.left, part.right), part.align))
+        elif part.kind == "chunked":
+            rules.append(("chunk", part.size, part.align))
+        else:
+            return None
+    return rules
+
+
+def _document_mask_mod(case, device: str = "cpu"):
+    """A native, document-aware mask_mod for ``varlen(inner, layout)`` (attention-gym's
+    ``generate_doc_mask_mod`` generalised to per-sequence alignment and paged keys), or None
+    when the inner mask is not made of causal / window / chunk parts.
+
+    Tables (torch tensors): ``seq_q[i]`` and ``local_q[i]`` for packed queries (batched: the
+    sequence is ``b`` and the local index ``q_idx``), ``pos[n, j]`` the logical position of
+    key slot j in sequence n (-1 for none), and per part ``offset[n]`` of its per-sequence
+    alignment. Then, with ``pq = local_q + offset[n]``, ``pk = pos[n, kv_idx]``: keep iff n
+    exists, ``pk >= 0`` and every part's rule holds on (pq, pk)."""
+    import torch
+
+    mask = case.mask
+    if mask is None or mask.kind != "varlen":
+        return None
+    rules = _rule_parts(mask.mask)
+    if rules is None:
+        return None
+    layout = mask.layout
+    long = {"dtype": torch.int64, "device": device}
+    positions = torch.tensor(layout.key_positions(), **long)
+    inner_q = max(layout.q_lengths, default=0) if layout.packed_queries else case.q_len
+    inner_k = max(layout.k_lengths, default=0)
+    tables = []
+    for kind, params, align in rules:
+        offsets = layout.per_sequence_alignment(align, "torch.flex").offset_table(inner_q,
+                                                                                 inner_k)
+        offsets = np.broadcast_to(offsets, (layout.num_sequences,)).copy()
+        tables.append((kind, params, torch.tensor(offsets, **long)))
+    if layout.packed_queries:
+        seq_table, local_table = (torch.tensor(t, **long) for t in layout.query_table())
+    else:
+        seq_table = local_table = None
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        if seq_table is None:
+            sequence, local = b, q_idx
+        else:
+            sequence, local = seq_table[q_idx], local_table[q_idx]
+        safe = sequence.clamp(min=0)
+        pk = positions[safe, kv_idx]
+        kept = (sequence >= 0) & (pk >= 0)
+        for kind, params, offset in tables:
+            pq = local + offset[safe]
+            if kind == "chunk":
+                kept = kept & (torch.div(pq, params, rounding_mode="floor")
+                               == torch.div(pk, params, rounding_mode="floor"))
+                continue
+            left, right = params
+            if left is not None:
+                kept = kept & (pk >= pq - left)
+            if right is not None:
+                kept = kept & (pk <= pq + right)
+        return kept
+
+    return mask_mod
+
+
 def _lookup_mask_mod(keep):
     """mask_mod reading a (B, H, Tq, Tk) bool tensor (one code object for every case, so
     dynamo reuses its trace)."""
@@ -117,13 +198,19 @@ def _call(case, q, k, v, bias, *, device: str = "cpu", attend=None, scale=None):
     attend = flex_attention if attend is None else attend
     block_mask = None
     if case.mask is not None and case.q_len > 0:  # no queries: the mask has no entries
-        small = tc.reduced_keep(case.keep())
-        keep = tc.to_torch(small, device=device).expand(case.batch, case.q_heads, case.q_len,
-                                                        case.k_len)
-        block_mask = create_block_mask(
-            _lookup_mask_mod(keep), case.batch if small.shape[0] > 1 else None,
-            case.q_heads if small.shape[1] > 1 else None, case.q_len, case.k_len,
-            device=device)
+        document = _document_mask_mod(case, device)
+        if document is not None:
+            per_batch = case.mask.batch_size is not None
+            block_mask = create_block_mask(document, case.batch if per_batch else None, None,
+                                           case.q_len, case.k_len, device=device)
+        else:
+            small = tc.reduced_keep(case.keep())
+            keep = tc.to_torch(small, device=device).expand(case.batch, case.q_heads,
+                                                            case.q_len, case.k_len)
+            block_mask = create_block_mask(
+                _lookup_mask_mod(keep), case.batch if small.shape[0] > 1 else None,
+                case.q_heads if small.shape[1] > 1 else None, case.q_len, case.k_len,
+                device=device)
     score_mod = None
     if case.softcap is not None or bias is not None or case.alibi is not None:
         slopes = offsets = None

@@ -15,7 +15,8 @@ Two engines compute the golden outputs (``generate(..., engine=...)``):
   digits, correctly rounded to float64. Every machine derives the same bits, so
   :func:`verify` compares BIT FOR BIT. Practical for the catalog's small cases only.
 * ``"reference"`` (long-sequence sweeps, :mod:`~refmask.conformance.sweeps`): refmask's own
-  float64 reference, :func:`refmask.attention.attention` and ``attention_vjp`` on the inputs
+  float64 reference, :func:`refmask.attention.attention` and ``attention_vjp`` on the exact
+  path (``path="exact"`` whatever the size, never ``refmask.fast``) on the inputs
   upcast to float64 (``refmask.case.reference_outputs(case, inputs, float64=True, grads=True)``),
   within the error bound of spec section 3.6 of the exact values. The same machine re-derives
   the same bits, but another BLAS may sum in another order, so :func:`verify` compares the

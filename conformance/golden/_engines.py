@@ -1,6 +1,7 @@
 """The two engines that derive a corpus's golden outputs from its cases ("exact": mpmath via
-:mod:`refmask.conformance.exact`; "reference": refmask's float64 reference); used by both
-:func:`~refmask.conformance.golden.generate` and :func:`~refmask.conformance.golden.verify`.
+:mod:`refmask.conformance.exact`; "reference": refmask's float64 reference on its exact path,
+never ``refmask.fast``); used by both :func:`~refmask.conformance.golden.generate` and
+:func:`~refmask.conformance.golden.verify`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ ENGINES = {"exact": GENERATOR, "reference": REFERENCE_GENERATOR}
 
 
 def reference_golden_outputs(case: Case, inputs: Mapping) -> dict:
-    """The float64 reference's golden outputs, laid out like the exact engine's."""
+    """The float64 reference's golden outputs (exact path), laid out like the exact engine's."""
     arrays = reference_outputs(case, dict(inputs), float64=True, grads=True)
     # back from BHTD to the case's layout (the swap is its own inverse)
     arrays = {name: to_bhtd(case, value) if name in ("out", "dq", "dk", "dv") else value

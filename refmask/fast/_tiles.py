@@ -296,6 +296,8 @@ def sampled_cost(source: MaskSource, map_of: np.ndarray, maps: tuple, grid: Tile
     one product may cover; 1 for the backward, which computes tile by tile).
     """
     n_q = grid.n_q_tiles
+    if n_q == 0 or grid.n_k_tiles == 0:  # Tq = 0 or Tk = 0: no tile, nothing to cost
+        return 0.0
     rows = np.unique(np.linspace(0, n_q - 1, min(n_q, COST_SAMPLE_ROWS)).astype(np.int64))
     q0, q1 = grid.q_bounds()
     k0, k1 = grid.k_bounds()

@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .._validate import check_int_matrix
-from ._base import classify_by_evaluation
+from ._base import classify_by_evaluation, common_batch_size
 from ._positional import PositionalMask
 from .alignment import AlignLike, Alignment, as_alignment
 
@@ -86,8 +86,8 @@ class Tree(PositionalMask):
 
     @property
     def batch_size(self) -> int | None:
-        sizes = {len(self.parents), self.align.batch_size or 1} - {1}
-        return sizes.pop() if sizes else None
+        rows = len(self.parents) if len(self.parents) > 1 else None
+        return common_batch_size("tree", parents=rows, align=self.align.batch_size)
 
     def check_lengths(self, q_len: int, k_len: int) -> None:
         """Query i is tree node i: Tq must equal the number of nodes."""
@@ -123,8 +123,5 @@ def tree(parents: ArrayLike, *, align: AlignLike) -> Tree:
     ancestor_matrix(parents)  # validates
     table = check_int_matrix("tree", "parents", parents)
     mask = Tree(table, as_alignment(align, "tree"))
-    mask.batch_size  # noqa: B018
-    if len(table) > 1 and mask.align.batch_size not in (None, len(table)):
-        raise ValueError(f"tree: parents has {len(table)} rows but align has "
-                         f"{mask.align.batch_size} offsets")
+    mask.batch_size  # noqa: B018 - mismatched batch sizes fail here
     return mask
