@@ -51,6 +51,7 @@ from .mask_edits import (
     field_shift,
     kinds,
     mask_edit,
+    mask_edits,
     offset_shift,
     padding_flip,
     padding_lengths,
@@ -76,25 +77,43 @@ class Explanation:
     applies: Callable[[Case], bool]
     changes: Callable[[Case], dict]
     lse_free_on_empty_rows: bool = False
+    #: for a mask edit: ``case -> [node edits]`` applied in turn to the mask's JSON tree, so
+    #: two edits of different parts of the mask (an alignment and a window edge) compose
+    edits: Callable[[Case], list] | None = None
 
 
 def compose(first: Explanation, second: Explanation) -> Explanation:
     """Both alternatives at once (e.g. top-left causal *and* mean-of-V empty rows, which is
-    what a backend gives when its causal switch empties rows the spec keeps)."""
+    what a backend gives when its causal switch empties rows the spec keeps; or two mask
+    edits, applied one after the other)."""
     kinds = {first.kind, second.kind}
     kind = "bug" if "bug" in kinds else ("empty_rows_only" if "empty_rows_only" in kinds
                                           else "policy")
+    edits = None
+    changes = lambda c: {**first.changes(c), **second.changes(c)}  # noqa: E731
+    if first.edits is not None and second.edits is not None:
+        edits = lambda c: [*first.edits(c), *second.edits(c)]  # noqa: E731
+        changes = lambda c: {"mask": _chained(c, edits(c))}  # noqa: E731
     return Explanation(
         f"{first.name} + {second.name}", kind, f"{first.slot}+{second.slot}",
         f"{first.description}; and {second.description}",
         "; ".join(f for f in (first.fix, second.fix) if f),
-        lambda c: first.applies(c) and second.applies(c),
-        lambda c: {**first.changes(c), **second.changes(c)},
-        first.lse_free_on_empty_rows or second.lse_free_on_empty_rows)
+        lambda c: first.applies(c) and second.applies(c), changes,
+        first.lse_free_on_empty_rows or second.lse_free_on_empty_rows, edits)
+
+
+def _chained(case: Case, edits: list):
+    mask = mask_edits(case, edits)
+    if mask is None:
+        raise ValueError("the mask edits do not compose on this mask")
+    return mask
 
 
 def composable(first: Explanation, second: Explanation) -> bool:
+    """Different slots, or two single mask edits (they edit the tree in turn)."""
     slots_a, slots_b = set(first.slot.split("+")), set(second.slot.split("+"))
+    if slots_a == slots_b == {"mask"} and first.edits and second.edits:
+        return first.name != second.name
     return not (slots_a & slots_b)
 
 
@@ -112,7 +131,8 @@ def _mask_record(name, kind, description, fix, needs: set, edit):
     def applies(case):
         return bool(needs & kinds(case)) and mask_edit(case, bound(case)) is not None
 
-    return Explanation(name, kind, "mask", description, fix, applies, changes)
+    return Explanation(name, kind, "mask", description, fix, applies, changes,
+                       edits=lambda case: [bound(case)])
 
 
 def _mask_explanations() -> list[Explanation]:

@@ -80,6 +80,20 @@ def mask_edit(case: Case, edit: Callable[[dict], dict | None]) -> m.Mask | None:
     return None if new == tree else _from_json(new)
 
 
+def mask_edits(case: Case, edits: list) -> m.Mask | None:
+    """The case's mask with each of ``edits`` applied in turn (:func:`mask_edit`); None when
+    one of them changes nothing or the result is not a valid mask."""
+    tree = _mask_json(case)
+    if tree is None:
+        return None
+    for edit in edits:
+        new = _edit_everywhere(tree, edit)
+        if new == tree:
+            return None
+        tree = new
+    return _from_json(tree)
+
+
 def _align_kind(node: dict) -> str | None:
     align = node.get("align")
     if align is None:
