@@ -255,7 +255,7 @@ def _case(**fields):
     ({"batch": 64, "q_heads": 64, "q_len": 1 << 12, "k_len": 1 << 12}, ValueError,
      "exceeds MAX_CASE_SCORES"),
 ])
-def test_a_case_with_an_impossible_field_is_refused_by_name(fields, error, match):  # rule: case-fields
+def test_a_case_with_an_impossible_field_is_refused(fields, error, match):  # rule: case-fields
     with pytest.raises(error, match=match):
         _case(**fields)
 
