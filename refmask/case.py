@@ -12,6 +12,7 @@ alike (adapters import this module, never the suite):
     attention_kwargs                  the keyword arguments of refmask.attention.attention
     to_bhtd                           an array of the case's layout seen as (B, H, T, D)
     numpy_dtype / dtype_unavailable   the NumPy dtype of a dtype name (bfloat16: ml_dtypes)
+    round_float64                     float64 values rounded once to a case dtype
     reference_outputs                 refmask's own result for the case, float64 BHTD
 
 Inputs are never stored: :func:`case_inputs` regenerates them from ``refmask.rng``, keyed by
@@ -32,6 +33,7 @@ import numpy as np
 
 from . import masks as m
 from . import rng
+from ._rounding import round_float64
 from ._typing import Array
 from ._validate import check_choice, check_flag, check_int, check_real, check_str
 from .attention import Alibi, Grads, attention, attention_vjp
@@ -382,7 +384,7 @@ def case_inputs(case: Case) -> dict:
 
     def normal(tensor: str, shape: tuple, factor: float = 1.0) -> np.ndarray:
         u = rng.uniform(case.seed, f"{case.name}/{tensor}", shape)
-        return ((2.0 * u - 1.0) * np.sqrt(3.0) * factor).astype(dtype)
+        return round_float64((2.0 * u - 1.0) * np.sqrt(3.0) * factor, dtype)
 
     out_len = case.q_len
     inputs = {
