@@ -70,7 +70,8 @@ def test_float64_to_bfloat16_is_one_correct_rounding():
     probes = _probes()
     got = round_float64(np.array(probes), numpy_dtype("bfloat16")).view(np.uint16)
     expected = [_correctly_rounded_bits(x) for x in probes]
-    mismatches = [(x, int(g), e) for x, g, e in zip(probes, got, expected, strict=True) if int(g) != e]
+    mismatches = [(x, int(g), e) for x, g, e in zip(probes, got, expected, strict=True)
+                  if int(g) != e]
     assert mismatches == []
 
 
