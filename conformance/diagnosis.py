@@ -15,7 +15,8 @@ from refmask.adapters.common.translate import float64_inputs
 from refmask.case import Case, to_bhtd
 
 from .alternatives import alternative
-from .explanations import Explanation, Fit, composable, compose, explanations, fits
+from .explanations import Explanation, composable, compose, explanations
+from .fits import Fit, fits
 from .tolerance import (
     AGGREGATE_FLOOR,
     C_SIGMA,
@@ -363,8 +364,10 @@ def _pick(results: dict, case, values, model, compute, declared: list,
             f"the result was computed internally in {precision}, not {case.dtype}"),
             fix=f"compute in {case.dtype} (or declare the case dtype {precision})"),
             r, "bug", None)
-    runners = [Match(x, rr, kind(x), precision) for rr, x in near[1:5]]
-    return best, runners
+    # a runner-up that is the best plus more parts says nothing more: not listed
+    parts = set(best.name.split(" + "))
+    runners = [Match(x, rr, kind(x), precision) for rr, x in near[1:]]
+    return best, [m for m in runners if not parts < set(m.name.split(" + "))][:4]
 
 
 # --- localisation -------------------------------------------------------------------------------
