@@ -493,7 +493,7 @@ def _score_explanations() -> list[Explanation]:
         Explanation("softmax=no_max_subtraction", "bug", "softmax",
                     "exp of the raw scores without subtracting the row maximum: overflows "
                     "in the case dtype", "subtract the row maximum before exp",
-                    lambda c: c.q_len > 0 and c.k_len > 0,
+                    lambda c: c.q_len > 0 and c.k_len > 0 and not c.key_splits,
                     lambda c: {"max_subtract": False}),
         Explanation("accumulation=case_dtype", "bug", "accumulation",
                     "the softmax denominator and P @ V are accumulated in the case dtype "
@@ -513,6 +513,31 @@ def _score_explanations() -> list[Explanation]:
     ]
 
 
+def _merge_explanations() -> list[Explanation]:
+    """Wrong merges of split-KV partials (spec 3.8); they apply to split-KV cases only."""
+    split = lambda c: bool(c.key_splits)  # noqa: E731
+    return [
+        Explanation("merge=lse_base_2", "bug", "merge",
+                    "the partials' natural-log LSEs are merged as log2 (2^(lse_p - max): "
+                    "FlashInfer's merge_state fed FlashAttention / FlexAttention LSEs)",
+                    "merge with the base the partials' LSE is in (refmask.attention.merge "
+                    "base='e'), or convert: lse2 = lse * log2(e)",
+                    split, lambda c: {"merge": "base_2"}),
+        Explanation("merge=empty_partial_nan", "bug", "merge",
+                    "a row with an empty partial (lse_p = -inf) comes out NaN: the merge "
+                    "multiplies the empty partial's 0/0 output by its zero weight, or "
+                    "computes exp(-inf - (-inf)) when every partial is empty",
+                    "give an empty partial weight 0 without reading its output; a row whose "
+                    "partials are all empty is out 0, lse -inf",
+                    split, lambda c: {"merge": "empty_partial_nan"}),
+        Explanation("merge=no_max_subtraction", "bug", "merge",
+                    "the merge weights are exp(lse_p) without subtracting the largest LSE: "
+                    "they overflow to inf (NaN output) once an LSE passes log(finfo.max)",
+                    "weight each partial by exp(lse_p - max_p lse_p)",
+                    split, lambda c: {"merge": "no_max_subtraction"}),
+    ]
+
+
 def explanations() -> list[Explanation]:
     """Every single alternative (compositions are built by :func:`diagnose`), in the order
     a composed name lists its parts: float64 precision bugs, mask conventions, empty rows,
@@ -520,7 +545,8 @@ def explanations() -> list[Explanation]:
     scores = _score_explanations()
     precision = [e for e in scores if e.name.startswith("scale=float32")]
     rest = [e for e in scores if e not in precision]
-    return [*precision, *_mask_explanations(), *_empty_row_explanations(), *rest]
+    return [*precision, *_mask_explanations(), *_empty_row_explanations(), *rest,
+            *_merge_explanations()]
 
 
 def by_name(name: str) -> Explanation:

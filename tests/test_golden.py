@@ -25,6 +25,7 @@ from _corpus import manifest_of, write_manifest
 import refmask
 from refmask import masks as m
 from refmask.attention import attention, attention_vjp
+from refmask.case import partial_cases, to_bhtd
 from refmask.conformance import exact, golden
 from refmask.conformance.cases import Case, attention_kwargs, base_cases, case_inputs, catalog
 
@@ -149,6 +150,11 @@ def test_exact_matches_refmask_attention_on_the_catalog():
         grads = attention_vjp(inputs["q"], inputs["k"], inputs["v"], inputs["d_out"], **kwargs)
         reference = {"out": result.out, "lse": result.lse, "dq": grads.dq, "dk": grads.dk,
                      "dv": grads.dv, "dbias": grads.dbias, "dsinks": grads.dsinks}
+        parts = [attention(inputs["q"], inputs["k"], inputs["v"],
+                           **attention_kwargs(part, inputs)) for part in partial_cases(case)]
+        if parts:  # a split-KV case: each key range's partial (BHTD)
+            reference["partial_out"] = np.stack([to_bhtd(case, r.out) for r in parts])
+            reference["partial_lse"] = np.stack([r.lse for r in parts])
         for name, value in exact.exact_attention(case, inputs).items():
             assert_specials_equal(value, reference[name], f"{case.id} {name}")
             cancelling = {"LargeMagnitude", "MaskedKeysScoreHigh"} & set(case.flags)
