@@ -101,7 +101,7 @@ def _merged_weights(weights: np.ndarray, share: np.ndarray) -> np.ndarray:
 
 
 def single(case: Case, values: dict, *, mask: object = UNSET, scale: float | None = None,
-                kv_map: str = "repeat", softcap: object = UNSET, softcap_at: str = "before_bias",
+                kv_map: object = "repeat", softcap: object = UNSET, softcap_at: str = "before_bias",
                 alibi: object = UNSET, masking: str = "neg_inf", constant: float | None = None,
                 empty_rows: str | None = None, sinks: str = "spec", dropout: str = "scaled",
                 lse_base: float = math.e, max_subtract: bool = True,
@@ -111,8 +111,8 @@ def single(case: Case, values: dict, *, mask: object = UNSET, scale: float | Non
     3.2; weights (B, Hq, Tq, Tk) are the factors multiplied into V.
 
     mask: another Mask (default the case's); scale: another scale; kv_map: "repeat"
-    (``h // (Hq/Hkv)``) or "modulo" (``h % Hkv``); softcap / softcap_at: "before_bias" (spec),
-    "after_bias", "after_mask", "tanh_unscaled" (``tanh(t/cap)``, no ``cap *``), "ignored";
+    (``h // (Hq/Hkv)``), "modulo" (``h % Hkv``) or a sequence: the kv head of each query
+    head; softcap / softcap_at: "before_bias" (spec), "after_bias", "after_mask", "tanh_unscaled" (``tanh(t/cap)``, no ``cap *``), "ignored";
     alibi: another Alibi or None; masking: "neg_inf" (spec), "add" / "replace" (the masked
     scores get ``s + C`` / ``C`` with ``C = constant`` rounded to the case dtype, the addition
     rounded to the accumulation dtype), "multiply" (scores times the 0/1 mask), "after_softmax"
@@ -128,8 +128,9 @@ def single(case: Case, values: dict, *, mask: object = UNSET, scale: float | Non
     q = to_bhtd(case, values["q"])
     k, v = to_bhtd(case, values["k"]), to_bhtd(case, values["v"])
     group = case.q_heads // case.kv_heads
-    heads = [h // group if kv_map == "repeat" else h % case.kv_heads
-             for h in range(case.q_heads)]
+    heads = (list(kv_map) if not isinstance(kv_map, str) else
+             [h // group if kv_map == "repeat" else h % case.kv_heads
+              for h in range(case.q_heads)])
     k, v = k[:, heads], v[:, heads]
     keep = _keep(case, case.mask if mask is UNSET else mask)
     cap = case.softcap if softcap is UNSET else softcap

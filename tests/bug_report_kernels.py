@@ -280,3 +280,31 @@ def autocast_bfloat16_inside(q, k, v, call):
     low = [np.asarray(x, np.float32).astype(bf16) for x in (q, k, v)]
     out, lse = lk.online_softmax(*low, call)
     return np.asarray(out, np.float32).astype(q.dtype), np.asarray(lse, np.float32)
+
+
+# --- bugs no record names: the fitted head map and key range ---------------------------------
+
+def repeat_kv_wrong_group(q, k, v, call):
+    """A ``repeat_kv`` with n_rep = Hkv where Hq / Hkv is meant (query head h reads kv head
+    h // Hkv, clipped): the head map class of onnx/onnx#7274 with another wrong formula."""
+    hq, hkv = q.shape[1], k.shape[1]
+    idx = [min(h // hkv, hkv - 1) for h in range(hq)]
+    return lk.online_softmax(q, np.ascontiguousarray(k[:, idx]),
+                             np.ascontiguousarray(v[:, idx]), call)
+
+
+def last_partial_key_block_dropped(q, k, v, call):
+    """The Triton fused-attention tutorial's assumption (N_CTX a multiple of BLOCK_N) broken:
+    the last partial key block (block 4) is never visited."""
+    tk = call.keep.shape[-1]
+    keep = np.asarray(call.keep).copy()
+    keep[..., (tk // 4) * 4:] = False
+    return _attend(q, k, v, call, keep=keep)
+
+
+def rows_past_first_block_zero(q, k, v, call):
+    """A query-block loop that only writes its first block of 4 rows (the others stay 0)."""
+    out, lse = lk.online_softmax(q, k, v, call)
+    out = np.asarray(out).copy()
+    out[..., 4:, :] = 0
+    return out, lse

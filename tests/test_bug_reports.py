@@ -124,6 +124,25 @@ def test_a_declared_finite_constant_is_a_policy():
     assert (result.verdict, result.convention) == ("policy", "empty_rows=uniform"), result.reason
 
 
+# --- bugs no record names: fitted, or localised in mask terms --------------------------------
+
+@pytest.mark.parametrize("kernel, case_name, dtype, name", [
+    (b.repeat_kv_wrong_group, "gqa/6_to_3_window", "bfloat16", "gqa=head_map[0,0,0,1,1,1]"),
+    (b.last_partial_key_block_dropped, "full/wide", "bfloat16", "keys=dropped(keys>=8)"),
+], ids=["head_map", "key_block"])
+def test_a_bug_no_record_names_is_fitted(kernel, case_name, dtype, name):
+    result = run_case(from_function(kernel), case_named(case_name, dtype))
+    assert (result.verdict, result.convention) == ("fail", name), result.reason
+    assert "matches a fitted parameter" in result.reason
+
+
+def test_an_unexplained_failure_is_localised_to_the_rows_it_reads_off():
+    result = run_case(from_function(b.rows_past_first_block_zero),
+                      case_named("causal/top_left/square", "bfloat16"))
+    assert (result.verdict, result.convention) == ("fail", None), result.reason
+    assert "only query rows >= 4 are off (exactly; 8 of 24 rows)" in result.reason
+
+
 # --- frameworks without a refmask adapter, through the user-function path -------------------
 
 def numpy_einsum_neg_inf(q, k, v, call):
