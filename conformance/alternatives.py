@@ -112,7 +112,8 @@ def single(case: Case, values: dict, *, mask: object = UNSET, scale: float | Non
 
     mask: another Mask (default the case's); scale: another scale; kv_map: "repeat"
     (``h // (Hq/Hkv)``), "modulo" (``h % Hkv``) or a sequence: the kv head of each query
-    head; softcap / softcap_at: "before_bias" (spec), "after_bias", "after_mask", "tanh_unscaled" (``tanh(t/cap)``, no ``cap *``), "ignored";
+    head; softcap / softcap_at: "before_bias" (spec), "after_bias", "after_mask",
+    "tanh_unscaled" (``tanh(t/cap)``, no ``cap *``), "ignored";
     alibi: another Alibi or None; masking: "neg_inf" (spec), "add" / "replace" (the masked
     scores get ``s + C`` / ``C`` with ``C = constant`` rounded to the case dtype, the addition
     rounded to the accumulation dtype), "multiply" (scores times the 0/1 mask), "after_softmax"
