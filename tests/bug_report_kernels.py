@@ -190,6 +190,8 @@ def _additive_in_dtype(q, k, v, call, constant, *, subtract_after_multiply=False
     kx = lk._expanded(k, q.shape[1]).astype(A)
     vx = lk._expanded(v, q.shape[1]).astype(A)
     s = lk._rounded((q.astype(A) @ np.swapaxes(kx, -1, -2)) * A(call.scale), dtype)
+    if call.bias is not None:  # ALiBi included, added in the case dtype
+        s = lk._rounded(s + np.asarray(call.bias, A), dtype)
     keep = np.asarray(call.keep)
     with np.errstate(over="ignore", invalid="ignore"):
         c = np.asarray(constant, dtype).astype(A)  # the constant as the dtype holds it
@@ -308,3 +310,15 @@ def rows_past_first_block_zero(q, k, v, call):
     out = np.asarray(out).copy()
     out[..., 4:, :] = 0
     return out, lse
+
+
+def bert_minus_10000_added(q, k, v, call):
+    """google-research/bert (``adder = (1 - mask) * -10000.0``, the convention of
+    huggingface/transformers#205): -10000 added to masked scores in the case dtype; a masked
+    key scoring 10000 above the kept ones (a steep ALiBi slope over a long cache) leaks."""
+    return _additive_in_dtype(q, k, v, call, -1e4)
+
+
+def alibi_dropped_by_kernel(q, k, v, call):
+    """The ALiBi bias never reaches the kernel (alibi_slopes not passed on a fast path)."""
+    return _attend(q, k, v, call, bias=None)

@@ -96,6 +96,11 @@ REPORTS = [
     ("onnx/onnx#8054 Attention-24 is_causal anchored at the query index",
      b.index_anchored_causal_with_valid_lengths, "padding/keys_right_causal_bottom_right",
      ("float16",), "fail", "causal=top_left"),
+    ("huggingface/transformers#29067 Falcon's SDPA path drops the ALiBi bias",
+     b.alibi_dropped_by_kernel, "alibi/abs_causal_bottom_right", ("bfloat16",), "fail",
+     "alibi=ignored"),
+    ("huggingface/transformers#29067, the same path with an explicit bias",
+     b.alibi_dropped_by_kernel, "bias/causal", ("float16",), "fail", "bias=ignored"),
     ("autocast around SDPA: float32 inputs computed in bfloat16",
      b.autocast_bfloat16_inside, "causal/top_left/square", ("float32",), "fail",
      "computed_in=bfloat16"),
@@ -110,6 +115,16 @@ def test_bug_report_kernel_is_named(report, kernel, case_name, dtypes, verdict, 
         assert (result.verdict, result.convention) == (verdict, name), (dtype, result.reason)
         assert result.diagnosis["best"]["fix"], result.diagnosis
         assert len(result.reason) < 700, result.reason
+
+
+def test_a_leaking_minus_10000_is_a_bug_listed_with_its_twin():
+    """BERT's -10000 added in float16 where a steep ALiBi slope puts masked keys 10000 above
+    the kept ones: the masked keys take all the weight, which is exactly an inverted mask on
+    this case; the constant is listed with it, and neither is a policy."""
+    result = run_case(from_function(b.bert_minus_10000_added),
+                      case_named("long_rows/window_kv_cache_masked_high", "float16"))
+    assert result.verdict == "fail" and result.convention_kind == "bug", result.reason
+    assert "mask_constant=-1e4 (add" in result.reason, result.reason
 
 
 def test_a_declared_finite_constant_is_a_policy():
