@@ -432,10 +432,12 @@ def main(argv=None) -> int:
               f"{classify.get('seconds', float('nan')):.3f} s, codes E/P/F = "
               f"{classify.get('counts')}")
 
-    print("\n| sweep | Tq x Tk | fast | exact | torch | exact / fast | fast / torch |")
-    print("|---|---|---|---|---|---|---|")
+    sweep_rows = chosen(sweep_cases(args.quick))
+    if sweep_rows:
+        print("\n| sweep | Tq x Tk | fast | exact | torch | exact / fast | fast / torch |")
+        print("|---|---|---|---|---|---|---|")
     sweep = []
-    for case in chosen(sweep_cases(args.quick)):
+    for case in sweep_rows:
         impls = ["fast", "exact"] + (["torch"] if torch_ok else [])
         best = measure_case(case, impls, args.quick, cpu_time=cpu)
         sweep.append({"case": case.name, "T": case.length, "kept_pairs": case.kept_pairs(),
