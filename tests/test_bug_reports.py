@@ -194,3 +194,19 @@ def test_jax_dot_product_attention_is_causal_as_a_user_function():
                                 ("mqa/4_to_1", "policy", "causal=top_left")):
         result = run_case(from_function(jax_causal), case_named(case, "bfloat16"))
         assert (result.verdict, result.convention) == (verdict, name), (case, result.reason)
+
+
+# --- fuzz: the shrunk example is named as check names the catalog case ------------------------
+
+@pytest.mark.parametrize("kernel, name", [
+    (b.gqa_tile_not_interleave, "gqa=h_mod_hkv"),
+    (b.scale_divided_not_multiplied, "scale=inverted"),
+    (b.query_pre_attn_scalar_224, "scale=fitted(1.07x)"),
+], ids=["gqa_tile", "scale_divided", "query_pre_attn_scalar"])
+def test_fuzz_names_a_bug_report_kernel_on_the_shrunk_case_in_bfloat16(kernel, name):
+    from refmask.conformance.strategies import fuzz
+
+    found = fuzz(kernel, max_examples=40, seed=1, dtypes=["bfloat16"])
+    assert found.case is not None and found.result.verdict == "fail"
+    assert found.result.convention == name, found.result.reason
+    assert sum(found.verdicts.values()) == found.tried
