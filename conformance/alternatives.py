@@ -105,7 +105,8 @@ def single(case: Case, values: dict, *, mask: object = UNSET, scale: float | Non
                 alibi: object = UNSET, masking: str = "neg_inf", constant: float | None = None,
                 empty_rows: str | None = None, sinks: str = "spec", dropout: str = "scaled",
                 lse_base: float = math.e, max_subtract: bool = True,
-                accumulate: str | None = None, empty_lse: float | None = None) -> tuple:
+                accumulate: str | None = None, accumulate_pv: bool = True,
+                dropout_factor: float | None = None, empty_lse: float | None = None) -> tuple:
     """(out BHTD, lse, weights) of attention in float64 with the named departures from spec
     3.2; weights (B, Hq, Tq, Tk) are the factors multiplied into V.
 
@@ -120,7 +121,9 @@ def single(case: Case, values: dict, *, mask: object = UNSET, scale: float | Non
     dropout: "scaled" (spec), "unscaled", "ignored", "inverted" (the keep pattern read as a
     drop pattern); lse_base: the LSE's base; max_subtract=False: exp of the raw scores in the
     case dtype (overflow as the kernel would); accumulate: a dtype in which the denominator and
-    ``P @ V`` are summed left to right; empty_lse: the LSE of empty rows (default -inf).
+    (with accumulate_pv, the default) ``P @ V`` are summed left to right; dropout_factor: the
+    factor of the kept weights (default 1 / (1 - rate)); empty_lse: the LSE of empty rows
+    (default -inf).
     """
     q = to_bhtd(case, values["q"])
     k, v = to_bhtd(case, values["k"]), to_bhtd(case, values["v"])
@@ -194,9 +197,11 @@ def single(case: Case, values: dict, *, mask: object = UNSET, scale: float | Non
         if "dropout_keep" in values and dropout != "ignored":
             pattern = values["dropout_keep"] if dropout != "inverted" else ~values["dropout_keep"]
             p = p * pattern
-            if dropout != "unscaled":
+            if dropout_factor is not None:
+                p = p * dropout_factor
+            elif dropout != "unscaled":
                 p = p / (1.0 - case.dropout_rate)
-        if accumulate:
+        if accumulate and accumulate_pv:
             out = _sequential_sum(p[..., :, :, None] * v[..., None, :, :], -2, accumulate)
         else:
             out = p @ v
