@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from refmask.case import Case, numpy_dtype, to_bhtd
+from refmask.case import Case, numpy_dtype, round_float64, to_bhtd
 
 from .tolerance import ACCUMULATION
 
@@ -28,7 +28,7 @@ def _keep(case: Case, mask) -> np.ndarray:
 
 
 def _in_dtype(x, dtype):
-    return np.asarray(x, np.float64).astype(numpy_dtype(dtype)).astype(np.float64)
+    return round_float64(x, numpy_dtype(dtype)).astype(np.float64)
 
 
 def _sequential_sum(x, axis: int, dtype: str):

@@ -15,7 +15,7 @@ from refmask.adapters.common.translate import float64_inputs
 from refmask.case import Case, to_bhtd
 
 from .alternatives import alternative
-from .explanations import Explanation, composable, compose, explanations
+from .explanations import Explanation, Fit, composable, compose, explanations, fits
 from .tolerance import (
     AGGREGATE_FLOOR,
     C_SIGMA,
@@ -238,10 +238,71 @@ def diagnose(case: Case, inputs: dict, output: Output, golden: dict, model: Forw
                          precision)
             if best[0] is not None:
                 break
+    if best[0] is None:
+        best = (_fitted(case, values, lambda changes: judge.judge(
+            *_alt(case, values, changes), lse_free=False)), [])
     ranked = sorted(results.values(), key=lambda x: x[0])
     closest_matches = tuple(Match(e, r, e.kind) for r, e in ranked[:3] if np.isfinite(r))
     return Diagnosis(best=best[0], runners_up=tuple(best[1]), closest=closest_matches,
                      evaluated=evaluated)
+
+
+#: Fitted factors: a grid of 2^(k/4), |k| <= FIT_STEPS, refined by golden section; only for
+#: cases of at most FIT_SIZE score entries (each step recomputes the case).
+FIT_STEPS = 32
+FIT_SIZE = 1 << 20
+#: A fitted factor within 2^(+-FIT_MIN_LOG2) of 1 names nothing (a rounding of the value).
+FIT_MIN_LOG2 = 1.0 / 64
+
+
+def _alt(case: Case, values: dict, changes: dict) -> tuple:
+    with np.errstate(all="ignore"):
+        return alternative(case, values, **changes)
+
+
+def _fitted(case: Case, values: dict, score: Callable[[dict], float]) -> Match | None:
+    """The first :func:`.explanations.fits` parameter whose best factor f (the smallest
+    residual over the grid, refined) makes the output match: a bug named
+    ``<name>=fitted(<value in words>)``; None when none matches."""
+    if case.batch * case.q_heads * case.q_len * case.k_len > FIT_SIZE:
+        return None
+    for fit in fits():
+        if not _safe_applies_fit(fit, case):
+            continue
+
+        def at(log_f, fit=fit):
+            try:
+                return score(fit.changes(case, 2.0 ** log_f))
+            except (ValueError, TypeError, KeyError, IndexError):
+                return math.inf
+        grid = [(at(k / 4), k / 4) for k in range(-FIT_STEPS, FIT_STEPS + 1) if k]
+        r, x = min(grid)
+        if not np.isfinite(r):
+            continue
+        lo, hi = x - 0.25, x + 0.25
+        for _ in range(16):  # golden section on log2 f within one grid step either side
+            a, b = hi - 0.618 * (hi - lo), lo + 0.618 * (hi - lo)
+            if at(a) <= at(b):
+                hi = b
+            else:
+                lo = a
+        x = min((x, (lo + hi) / 2), key=at)
+        r, f = at(x), 2.0 ** x
+        if r <= 1.0 and abs(x) >= FIT_MIN_LOG2:
+            words = fit.describe(case, f)
+            return Match(Explanation(
+                f"{fit.name}=fitted({f:.3g}x)", "fitted", fit.name,
+                f"matches the spec with the {fit.name.replace('_', ' ')} multiplied by "
+                f"{f:.4g}: {words} (no named bug has this value)", fit.fix,
+                lambda c: True, lambda c, fit=fit, f=f: fit.changes(c, f)), r, "fitted")
+    return None
+
+
+def _safe_applies_fit(fit: Fit, case: Case) -> bool:
+    try:
+        return bool(fit.applies(case))
+    except (ValueError, TypeError, KeyError, IndexError):
+        return False
 
 
 def _safe_applies(explanation: Explanation, case: Case) -> bool:

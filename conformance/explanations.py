@@ -41,15 +41,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refmask.attention import Alibi
+from refmask.attention import Alibi, alibi_slopes
 from refmask.case import Case, numpy_dtype
 
 from .alternatives import default_scale
 from .mask_edits import (
     causal_strict,
+    field_drop,
     field_shift,
     kinds,
     mask_edit,
+    mask_edits,
     offset_shift,
     padding_flip,
     padding_lengths,
@@ -75,25 +77,43 @@ class Explanation:
     applies: Callable[[Case], bool]
     changes: Callable[[Case], dict]
     lse_free_on_empty_rows: bool = False
+    #: for a mask edit: ``case -> [node edits]`` applied in turn to the mask's JSON tree, so
+    #: two edits of different parts of the mask (an alignment and a window edge) compose
+    edits: Callable[[Case], list] | None = None
 
 
 def compose(first: Explanation, second: Explanation) -> Explanation:
     """Both alternatives at once (e.g. top-left causal *and* mean-of-V empty rows, which is
-    what a backend gives when its causal switch empties rows the spec keeps)."""
+    what a backend gives when its causal switch empties rows the spec keeps; or two mask
+    edits, applied one after the other)."""
     kinds = {first.kind, second.kind}
     kind = "bug" if "bug" in kinds else ("empty_rows_only" if "empty_rows_only" in kinds
                                           else "policy")
+    edits = None
+    changes = lambda c: {**first.changes(c), **second.changes(c)}  # noqa: E731
+    if first.edits is not None and second.edits is not None:
+        edits = lambda c: [*first.edits(c), *second.edits(c)]  # noqa: E731
+        changes = lambda c: {"mask": _chained(c, edits(c))}  # noqa: E731
     return Explanation(
         f"{first.name} + {second.name}", kind, f"{first.slot}+{second.slot}",
         f"{first.description}; and {second.description}",
         "; ".join(f for f in (first.fix, second.fix) if f),
-        lambda c: first.applies(c) and second.applies(c),
-        lambda c: {**first.changes(c), **second.changes(c)},
-        first.lse_free_on_empty_rows or second.lse_free_on_empty_rows)
+        lambda c: first.applies(c) and second.applies(c), changes,
+        first.lse_free_on_empty_rows or second.lse_free_on_empty_rows, edits)
+
+
+def _chained(case: Case, edits: list):
+    mask = mask_edits(case, edits)
+    if mask is None:
+        raise ValueError("the mask edits do not compose on this mask")
+    return mask
 
 
 def composable(first: Explanation, second: Explanation) -> bool:
+    """Different slots, or two single mask edits (they edit the tree in turn)."""
     slots_a, slots_b = set(first.slot.split("+")), set(second.slot.split("+"))
+    if slots_a == slots_b == {"mask"} and first.edits and second.edits:
+        return first.name != second.name
     return not (slots_a & slots_b)
 
 
@@ -111,7 +131,8 @@ def _mask_record(name, kind, description, fix, needs: set, edit):
     def applies(case):
         return bool(needs & kinds(case)) and mask_edit(case, bound(case)) is not None
 
-    return Explanation(name, kind, "mask", description, fix, applies, changes)
+    return Explanation(name, kind, "mask", description, fix, applies, changes,
+                       edits=lambda case: [bound(case)])
 
 
 def _mask_explanations() -> list[Explanation]:
@@ -161,6 +182,12 @@ def _mask_explanations() -> list[Explanation]:
                      "applied to a window already counted without self)",
                      "a window of W keys including self is (W-1, 0) in FlashAttention terms",
                      {"sliding_window"}, field_shift("sliding_window", "left", -1)),
+        _mask_record("window=left_unbounded", "bug",
+                     "the sliding window's left bound is dropped (FlashAttention reads a "
+                     "negative left reach, e.g. window_size=(-W, 0), as unbounded): a "
+                     "causal window becomes plain causal",
+                     "pass window_size=(W-1, 0) with a non-negative left reach",
+                     {"sliding_window"}, field_drop("sliding_window", "left")),
         _mask_record("window=right_plus_1", "bug",
                      "the sliding window reaches one key further to the right (into the "
                      "future for a causal window)",
@@ -292,6 +319,21 @@ def _empty_row_explanations() -> list[Explanation]:
     return records
 
 
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _standard_slopes(case: Case) -> bool:
+    """The case's ALiBi slopes are the Press et al. slopes of its head count."""
+    return case.alibi is not None and np.ndim(case.alibi.slopes) == 1 and np.allclose(
+        case.alibi.slopes, alibi_slopes(case.q_heads), rtol=1e-12, atol=0.0)
+
+
+def _with_slopes(case: Case, slopes) -> dict:
+    return {"alibi": Alibi(slopes, convention=case.alibi.convention, align=case.alibi.align,
+                           layout=case.alibi.layout)}
+
+
 def _score_explanations() -> list[Explanation]:
     float64_only = lambda c: c.dtype == "float64"  # noqa: E731
 
@@ -319,6 +361,22 @@ def _score_explanations() -> list[Explanation]:
         Explanation("scale=none", "bug", "scale", "scores not scaled at all",
                     "multiply q @ k^T by the scale",
                     lambda c: default_scale(c) != 1.0, lambda c: {"scale": 1.0}),
+        Explanation("scale=inverted", "bug", "scale",
+                    "scores divided by the scale instead of multiplied (s * sqrt(Dqk) for the "
+                    "default 1/sqrt(Dqk))", "multiply q @ k^T by the scale (scale = "
+                    "head_dim ** -0.5 is a factor, not a divisor)",
+                    lambda c: default_scale(c) not in (0.0, 1.0),
+                    lambda c: {"scale": 1.0 / default_scale(c)}),
+        Explanation("scale=1/sqrt(Hq*Dqk)", "bug", "scale",
+                    "scores scaled by 1/sqrt(d_model) = 1/sqrt(Hq * Dqk) instead of the "
+                    "per-head 1/sqrt(Dqk)", "scale by the per-head dim: head_dim ** -0.5",
+                    lambda c: c.scale is None and c.q_heads > 1,
+                    lambda c: {"scale": 1.0 / math.sqrt(c.q_heads * c.qk_dim)}),
+        Explanation("scale=1/sqrt(Hq)", "bug", "scale",
+                    "scores scaled by 1/sqrt(num_heads) instead of 1/sqrt(head_dim)",
+                    "scale by the per-head dim: head_dim ** -0.5",
+                    lambda c: c.scale is None and c.q_heads > 1,
+                    lambda c: {"scale": 1.0 / math.sqrt(c.q_heads)}),
         Explanation("scale=explicit_ignored", "bug", "scale",
                     "the explicit scale is ignored: 1/sqrt(Dqk) is used",
                     "forward the scale argument to the kernel",
@@ -370,6 +428,21 @@ def _score_explanations() -> list[Explanation]:
                     lambda c: {"alibi": Alibi([-x for x in c.alibi.slopes],
                                               convention=c.alibi.convention,
                                               align=c.alibi.align)}),
+        Explanation("alibi=slopes_off_by_one", "bug", "alibi",
+                    "ALiBi slopes 2^(-8h/H) instead of 2^(-8(h+1)/H): every slope 2^(8/H) "
+                    "times too steep, head 0 gets slope 1",
+                    "m_h = 2 ** (-8 * (h + 1) / H) for h = 0 .. H-1 (Press et al.)",
+                    lambda c: _standard_slopes(c) and _power_of_two(c.q_heads),
+                    lambda c: _with_slopes(c, [2.0 ** (-8.0 * h / c.q_heads)
+                                               for h in range(c.q_heads)])),
+        Explanation("alibi=geometric_slopes", "bug", "alibi",
+                    "ALiBi slopes as the plain geometric sequence 2^(-8(h+1)/H) for a head "
+                    "count H that is not a power of two",
+                    "for H not a power of two take the slopes of the largest power of two "
+                    "c < H, then every other slope of 2c (refmask.attention.alibi_slopes)",
+                    lambda c: _standard_slopes(c) and not _power_of_two(c.q_heads),
+                    lambda c: _with_slopes(c, [2.0 ** (-8.0 * (h + 1) / c.q_heads)
+                                               for h in range(c.q_heads)])),
         Explanation("alibi=top_left", "policy", "alibi",
                     "ALiBi distances aligned top-left where the case aligns them "
                     "bottom-right", "align ALiBi positions like the causal mask",
@@ -436,3 +509,46 @@ def by_name(name: str) -> Explanation:
             return explanation
     raise ValueError(f"explanations: unknown alternative {name!r}")
 
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A numeric parameter fitted when no named alternative explains a failure (spec 5.4):
+    the output is judged against the spec with the parameter multiplied by a factor ``f``,
+    and a factor that matches names the failure ``<name>=fitted(...)``.
+
+    value: the spec's value of the parameter on the case; changes: ``(case, f) -> dict`` of
+    :func:`.alternatives.alternative` keyword arguments; describe: ``(case, f) -> str``, the
+    fitted value in words (e.g. ``scale 0.1768 = 1/sqrt(32)``).
+    """
+
+    name: str
+    applies: Callable[[Case], bool]
+    changes: Callable[[Case, float], dict]
+    describe: Callable[[Case, float], str]
+    fix: str
+
+
+def _scale_words(case: Case, f: float) -> str:
+    fitted = default_scale(case) * f
+    return (f"scale {fitted:.4g} = 1/sqrt({1.0 / fitted ** 2:.4g}) where the spec uses "
+            f"{default_scale(case):.4g} = 1/sqrt({1.0 / default_scale(case) ** 2:.4g})")
+
+
+def fits() -> list[Fit]:
+    """Every fitted parameter, in the order they are tried."""
+    def slopes_times(case, f):
+        return _with_slopes(case, np.asarray(case.alibi.slopes, np.float64) * f)
+
+    return [
+        Fit("scale", lambda c: c.q_len > 0 and c.k_len > 1,
+            lambda c, f: {"scale": default_scale(c) * f}, _scale_words,
+            "scale the scores by exactly the spec's scale (1/sqrt(Dqk) or the explicit one)"),
+        Fit("alibi_slopes", lambda c: c.alibi is not None and c.k_len > 1,
+            slopes_times, lambda c, f: f"ALiBi slopes {f:.4g} times the case's",
+            "use the case's ALiBi slopes (refmask.attention.alibi_slopes for Press et al.)"),
+        Fit("softcap", lambda c: c.softcap is not None and c.k_len > 1,
+            lambda c, f: {"softcap": c.softcap * f},
+            lambda c, f: f"softcap {c.softcap * f:.4g} where the spec uses {c.softcap:.4g}",
+            "pass the softcap unchanged (cap * tanh(s / cap))"),
+    ]

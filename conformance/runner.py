@@ -347,7 +347,8 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool | None = None,
                       f"not declare: {description} (declare it, or accept it with "
                       f"--allow-policy {best.name}){also}", convention=best.name,
                       convention_kind="undeclared", **extra)
-    return result("fail", f"matches the known bug {best.name}: {description}. Fix: "
+    what = "a fitted parameter" if best.kind == "fitted" else "the known bug"
+    return result("fail", f"matches {what} {best.name}: {description}. Fix: "
                   f"{best.explanation.fix}{also}", convention=best.name,
                   convention_kind="bug", **extra)
 

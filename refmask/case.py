@@ -12,6 +12,7 @@ alike (adapters import this module, never the suite):
     attention_kwargs                  the keyword arguments of refmask.attention.attention
     to_bhtd                           an array of the case's layout seen as (B, H, T, D)
     numpy_dtype / dtype_unavailable   the NumPy dtype of a dtype name (bfloat16: ml_dtypes)
+    round_float64                     float64 values rounded once to a case dtype
     reference_outputs                 refmask's own result for the case, float64 BHTD
 
 Inputs are never stored: :func:`case_inputs` regenerates them from ``refmask.rng``, keyed by
@@ -32,8 +33,17 @@ import numpy as np
 
 from . import masks as m
 from . import rng
+from ._rounding import round_float64
 from ._typing import Array
+from ._validate import check_choice, check_flag, check_int, check_real, check_str
 from .attention import Alibi, Grads, attention, attention_vjp
+
+#: The most scores (B * Hq * Tq * Tk) one case may have. Everything derived from a case
+#: (flags, golden values, tolerances, reports) materialises its keep mask and float64
+#: score-sized arrays densely: 2**28 scores are 256 MiB of keep mask and 2 GiB per float64
+#: array, so a larger case would exhaust a development machine's memory before it could
+#: fail with a clear message. The catalog's largest case (sweeps included) has 2**22.
+MAX_CASE_SCORES = 2**28
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 
@@ -121,6 +131,9 @@ class Case:
     notes: str = ""
     extra_flags: tuple = field(default=())
 
+    def __post_init__(self) -> None:
+        _check_case_fields(self)
+
     @property
     def id(self) -> str:
         """Unique id: the base name and the dtype, e.g. ``causal/bottom_right/wide@float16``."""
@@ -155,6 +168,57 @@ class Case:
             "input_scale": self.input_scale, "empty_rows": self.empty_rows, "seed": self.seed,
             "flags": list(self.flags), "notes": self.notes,
         }
+
+
+def _check_case_fields(case: Case) -> None:
+    """Refuse a case no attention call could have, naming the field and the rule.
+
+    Shapes: B, Hq, Hkv, Dqk, Dv >= 1, Tq, Tk >= 0, Hq a multiple of Hkv (GQA), and
+    ``B * Hq * Tq * Tk <= MAX_CASE_SCORES``. Scalars: ``scale`` finite or None, ``softcap``
+    finite > 0 or None, ``dropout_rate`` in [0, 1) or None, ``input_scale`` finite > 0,
+    ``0 <= seed < 2**64``; ``dtype``, ``layout`` and ``empty_rows`` from their lists.
+    """
+    where = f"Case {case.name!r}" if isinstance(case.name, str) else "Case"
+    for name in ("name", "family"):
+        if not check_str(where, name, getattr(case, name)):
+            raise ValueError(f"{where}: {name} must be a non-empty str")
+    check_str(where, "notes", case.notes)
+    if case.mask is not None and not isinstance(case.mask, m.Mask):
+        raise TypeError(f"{where}: mask must be a refmask Mask or None, got "
+                        f"{type(case.mask).__name__}")
+    dims = {name: check_int(where, name, getattr(case, name), minimum=minimum)
+            for name, minimum in (("batch", 1), ("q_heads", 1), ("kv_heads", 1),
+                                  ("q_len", 0), ("k_len", 0), ("qk_dim", 1), ("v_dim", 1))}
+    if dims["q_heads"] % dims["kv_heads"]:
+        raise ValueError(f"{where}: q_heads ({dims['q_heads']}) must be a multiple of kv_heads "
+                         f"({dims['kv_heads']}) (query head h reads kv head h // (Hq / Hkv))")
+    scores = dims["batch"] * dims["q_heads"] * dims["q_len"] * dims["k_len"]
+    if scores > MAX_CASE_SCORES:
+        raise ValueError(f"{where}: B * Hq * Tq * Tk = {scores} exceeds MAX_CASE_SCORES = 2**28 "
+                         "(a case's keep mask and golden arrays are materialised densely)")
+    check_choice(where, "dtype", case.dtype, DTYPES)
+    check_choice(where, "layout", case.layout, ("BHTD", "BTHD"))
+    check_choice(where, "empty_rows", case.empty_rows, ("zero", "nan", "uniform", "unmasked"))
+    if case.scale is not None:
+        check_real(where, "scale", case.scale, optional=True)
+    if case.softcap is not None:
+        check_real(where, "softcap", case.softcap, positive=True, optional=True)
+    check_real(where, "input_scale", case.input_scale, positive=True)
+    if case.dropout_rate is not None:
+        rate = check_real(where, "dropout_rate", case.dropout_rate, optional=True)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"{where}: dropout_rate must be a real number in [0, 1) or None, "
+                             f"got {rate!r}")
+    for name in ("bias", "sinks"):
+        check_flag(where, name, getattr(case, name))
+    if case.alibi is not None and not isinstance(case.alibi, Alibi):
+        raise TypeError(f"{where}: alibi must be a refmask Alibi or None, got "
+                        f"{type(case.alibi).__name__}")
+    check_int(where, "seed", case.seed, minimum=0, maximum=2**64 - 1,
+              rule="an int with 0 <= seed < 2**64")
+    if isinstance(case.extra_flags, str) or not isinstance(case.extra_flags, tuple):
+        raise TypeError(f"{where}: extra_flags must be a tuple of flag names, got "
+                        f"{case.extra_flags!r:.80}")
 
 
 def _nodes(mask):
@@ -320,7 +384,7 @@ def case_inputs(case: Case) -> dict:
 
     def normal(tensor: str, shape: tuple, factor: float = 1.0) -> np.ndarray:
         u = rng.uniform(case.seed, f"{case.name}/{tensor}", shape)
-        return ((2.0 * u - 1.0) * np.sqrt(3.0) * factor).astype(dtype)
+        return round_float64((2.0 * u - 1.0) * np.sqrt(3.0) * factor, dtype)
 
     out_len = case.q_len
     inputs = {
