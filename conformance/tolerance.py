@@ -42,8 +42,9 @@ the Dqk products of a score independently of each other, so the score error is i
 walk over Dqk terms (``r_ij``: ~sqrt(Dqk) times below the worst case ``a_ij`` for the MLA
 head dims 192 and 576); rounding the score (torch math rounds the product, then the scaled
 product) and the few score-sized steps in acc that follow cost ``(eps + 2 eps(acc)) |score|``.
-Rounding P to ``u`` before ``P @ V`` and rounding the output cost at most the first form of ``R``. The roundings of different keys are independent, so
-over many keys they add up like a random walk: the second forms, with C = C_SIGMA = 3
+Rounding P to ``u`` before ``P @ V`` and rounding the output cost at most the first form of
+``R``. The roundings of different keys are independent, so over many keys they add up like
+a random walk: the second forms, with C = C_SIGMA = 3
 (about five standard deviations of a sum of uniform errors), bound them far more tightly on
 long rows (a 2048-key row's output is ~45x smaller than the sum of its terms) and never
 exceed the worst case for sums of up to 9 terms. No term grows with |lse|: the output
@@ -256,8 +257,9 @@ def forward_model(*, q: np.ndarray, k: np.ndarray, v: np.ndarray, probs: np.ndar
     q (B, Hq, Tq, Dqk); k, v (B, Hq, Tk, D) with the kv heads already expanded to query
     heads; probs (B, Hq, Tq, Tk) the golden softmax weights *before* dropout (0 on masked
     keys and empty rows); sink_probs (B, Hq, Tq) or None (accepted for the callers; the model
-    needs only ``p_sink_i = 1 - sum_j p_ij``, which the weights carry); dropout_factor (B, Hq, Tq, Tk) or
-    None; additive: |bias| + |alibi| (B, Hq, Tq, Tk) or None; out, lse: the golden values.
+    needs only ``p_sink_i = 1 - sum_j p_ij``, which the weights carry); dropout_factor
+    (B, Hq, Tq, Tk) or None; additive: |bias| + |alibi| (B, Hq, Tq, Tk) or None; out, lse:
+    the golden values.
     """
     eps, eps_acc = EPS[dtype], EPS[ACCUMULATION[dtype]]
     batch, heads, q_len, _ = q.shape
