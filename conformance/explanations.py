@@ -49,6 +49,7 @@ from .mask_edits import (
     causal_strict,
     field_drop,
     field_shift,
+    first_entry,
     kinds,
     mask_edit,
     mask_edits,
@@ -246,6 +247,12 @@ def _mask_explanations() -> list[Explanation]:
                      "packed documents attend across document boundaries",
                      "build the mask from cu_seqlens / segment ids", {"documents"},
                      lambda node: {"kind": "full"} if node.get("kind") == "documents" else None),
+        _mask_record("per_batch=first_entry", "bug",
+                     "every batch entry gets the first entry's per-batch value (valid length, "
+                     "KV-cache offset or prefix): one split point for the whole batch",
+                     "index the lengths / offsets / cu_seqlens by batch entry",
+                     {"key_padding", "query_padding", "prefix_lm", "align:offset",
+                      "align:bottom_right"}, first_entry),
         Explanation("mask_inverted", "bug", "mask",
                     "mask polarity inverted (True read as 'masked', as nn.MultiheadAttention "
                     "does, where the spec says True = attend)",
@@ -329,7 +336,7 @@ def _standard_slopes(case: Case) -> bool:
         case.alibi.slopes, alibi_slopes(case.q_heads), rtol=1e-12, atol=0.0)
 
 
-def _with_slopes(case: Case, slopes) -> dict:
+def with_slopes(case: Case, slopes) -> dict:
     return {"alibi": Alibi(slopes, convention=case.alibi.convention, align=case.alibi.align,
                            layout=case.alibi.layout)}
 
@@ -433,7 +440,7 @@ def _score_explanations() -> list[Explanation]:
                     "times too steep, head 0 gets slope 1",
                     "m_h = 2 ** (-8 * (h + 1) / H) for h = 0 .. H-1 (Press et al.)",
                     lambda c: _standard_slopes(c) and _power_of_two(c.q_heads),
-                    lambda c: _with_slopes(c, [2.0 ** (-8.0 * h / c.q_heads)
+                    lambda c: with_slopes(c, [2.0 ** (-8.0 * h / c.q_heads)
                                                for h in range(c.q_heads)])),
         Explanation("alibi=geometric_slopes", "bug", "alibi",
                     "ALiBi slopes as the plain geometric sequence 2^(-8(h+1)/H) for a head "
@@ -441,7 +448,7 @@ def _score_explanations() -> list[Explanation]:
                     "for H not a power of two take the slopes of the largest power of two "
                     "c < H, then every other slope of 2c (refmask.attention.alibi_slopes)",
                     lambda c: _standard_slopes(c) and not _power_of_two(c.q_heads),
-                    lambda c: _with_slopes(c, [2.0 ** (-8.0 * (h + 1) / c.q_heads)
+                    lambda c: with_slopes(c, [2.0 ** (-8.0 * (h + 1) / c.q_heads)
                                                for h in range(c.q_heads)])),
         Explanation("alibi=top_left", "policy", "alibi",
                     "ALiBi distances aligned top-left where the case aligns them "
@@ -468,6 +475,11 @@ def _score_explanations() -> list[Explanation]:
                     "dropout keep-mask applied without 1/(1-rate)",
                     "divide the kept weights by 1 - rate",
                     lambda c: c.dropout_rate is not None, lambda c: {"dropout": "unscaled"}),
+        Explanation("dropout=scaled_by_1/rate", "bug", "dropout",
+                    "the kept weights scaled by 1 / rate instead of 1 / (1 - rate)",
+                    "divide the kept weights by the keep probability 1 - rate",
+                    lambda c: c.dropout_rate is not None and 0 < c.dropout_rate != 0.5,
+                    lambda c: {"dropout_factor": 1.0 / c.dropout_rate}),
         Explanation("dropout=ignored", "bug", "dropout", "the dropout pattern is not applied",
                     "multiply the weights by keep / (1 - rate)",
                     lambda c: c.dropout_rate is not None, lambda c: {"dropout": "ignored"}),
@@ -481,7 +493,7 @@ def _score_explanations() -> list[Explanation]:
         Explanation("softmax=no_max_subtraction", "bug", "softmax",
                     "exp of the raw scores without subtracting the row maximum: overflows "
                     "in the case dtype", "subtract the row maximum before exp",
-                    lambda c: c.q_len > 0 and c.k_len > 0,
+                    lambda c: c.q_len > 0 and c.k_len > 0 and not c.key_splits,
                     lambda c: {"max_subtract": False}),
         Explanation("accumulation=case_dtype", "bug", "accumulation",
                     "the softmax denominator and P @ V are accumulated in the case dtype "
@@ -490,6 +502,39 @@ def _score_explanations() -> list[Explanation]:
                     lambda c: c.dtype in ("float16", "bfloat16") and c.k_len > 1 and (
                         c.batch * c.q_heads * c.q_len * c.k_len * c.v_dim <= 1 << 22),
                     lambda c: {"accumulate": c.dtype}),
+        Explanation("softmax=denominator_in_case_dtype", "bug", "accumulation",
+                    "the softmax row sum is accumulated in float16 / bfloat16 (P @ V in "
+                    "float32): once the running sum's ulp exceeds the terms it stops growing, "
+                    "so long rows are normalised by too small a sum",
+                    "accumulate the row sum of exp in float32",
+                    lambda c: c.dtype in ("float16", "bfloat16") and c.k_len > 1 and (
+                        c.batch * c.q_heads * c.q_len * c.k_len <= 1 << 22),
+                    lambda c: {"accumulate": c.dtype, "accumulate_pv": False}),
+    ]
+
+
+def _merge_explanations() -> list[Explanation]:
+    """Wrong merges of split-KV partials (spec 3.8); they apply to split-KV cases only."""
+    split = lambda c: bool(c.key_splits)  # noqa: E731
+    return [
+        Explanation("merge=lse_base_2", "bug", "merge",
+                    "the partials' natural-log LSEs are merged as log2 (2^(lse_p - max): "
+                    "FlashInfer's merge_state fed FlashAttention / FlexAttention LSEs)",
+                    "merge with the base the partials' LSE is in (refmask.attention.merge "
+                    "base='e'), or convert: lse2 = lse * log2(e)",
+                    split, lambda c: {"merge": "base_2"}),
+        Explanation("merge=empty_partial_nan", "bug", "merge",
+                    "a row with an empty partial (lse_p = -inf) comes out NaN: the merge "
+                    "multiplies the empty partial's 0/0 output by its zero weight, or "
+                    "computes exp(-inf - (-inf)) when every partial is empty",
+                    "give an empty partial weight 0 without reading its output; a row whose "
+                    "partials are all empty is out 0, lse -inf",
+                    split, lambda c: {"merge": "empty_partial_nan"}),
+        Explanation("merge=no_max_subtraction", "bug", "merge",
+                    "the merge weights are exp(lse_p) without subtracting the largest LSE: "
+                    "they overflow to inf (NaN output) once an LSE passes log(finfo.max)",
+                    "weight each partial by exp(lse_p - max_p lse_p)",
+                    split, lambda c: {"merge": "no_max_subtraction"}),
     ]
 
 
@@ -500,7 +545,8 @@ def explanations() -> list[Explanation]:
     scores = _score_explanations()
     precision = [e for e in scores if e.name.startswith("scale=float32")]
     rest = [e for e in scores if e not in precision]
-    return [*precision, *_mask_explanations(), *_empty_row_explanations(), *rest]
+    return [*precision, *_mask_explanations(), *_empty_row_explanations(), *rest,
+            *_merge_explanations()]
 
 
 def by_name(name: str) -> Explanation:
@@ -510,45 +556,3 @@ def by_name(name: str) -> Explanation:
     raise ValueError(f"explanations: unknown alternative {name!r}")
 
 
-
-@dataclass(frozen=True)
-class Fit:
-    """A numeric parameter fitted when no named alternative explains a failure (spec 5.4):
-    the output is judged against the spec with the parameter multiplied by a factor ``f``,
-    and a factor that matches names the failure ``<name>=fitted(...)``.
-
-    value: the spec's value of the parameter on the case; changes: ``(case, f) -> dict`` of
-    :func:`.alternatives.alternative` keyword arguments; describe: ``(case, f) -> str``, the
-    fitted value in words (e.g. ``scale 0.1768 = 1/sqrt(32)``).
-    """
-
-    name: str
-    applies: Callable[[Case], bool]
-    changes: Callable[[Case, float], dict]
-    describe: Callable[[Case, float], str]
-    fix: str
-
-
-def _scale_words(case: Case, f: float) -> str:
-    fitted = default_scale(case) * f
-    return (f"scale {fitted:.4g} = 1/sqrt({1.0 / fitted ** 2:.4g}) where the spec uses "
-            f"{default_scale(case):.4g} = 1/sqrt({1.0 / default_scale(case) ** 2:.4g})")
-
-
-def fits() -> list[Fit]:
-    """Every fitted parameter, in the order they are tried."""
-    def slopes_times(case, f):
-        return _with_slopes(case, np.asarray(case.alibi.slopes, np.float64) * f)
-
-    return [
-        Fit("scale", lambda c: c.q_len > 0 and c.k_len > 1,
-            lambda c, f: {"scale": default_scale(c) * f}, _scale_words,
-            "scale the scores by exactly the spec's scale (1/sqrt(Dqk) or the explicit one)"),
-        Fit("alibi_slopes", lambda c: c.alibi is not None and c.k_len > 1,
-            slopes_times, lambda c, f: f"ALiBi slopes {f:.4g} times the case's",
-            "use the case's ALiBi slopes (refmask.attention.alibi_slopes for Press et al.)"),
-        Fit("softcap", lambda c: c.softcap is not None and c.k_len > 1,
-            lambda c, f: {"softcap": c.softcap * f},
-            lambda c, f: f"softcap {c.softcap * f:.4g} where the spec uses {c.softcap:.4g}",
-            "pass the softcap unchanged (cap * tanh(s / cap))"),
-    ]

@@ -186,3 +186,22 @@ def field_drop(kind: str, key: str) -> Callable[[dict], dict | None]:
 def padding_side(node: dict) -> dict:
     return {**node, "side": "left" if node.get("side") == "right" else "right"}
 
+
+
+def _first_everywhere(value: object) -> object:
+    """A per-batch list [x0, x1, ...] (of numbers, not all equal) -> [x0, x0, ...]; dicts
+    (an alignment's offsets or valid lengths) walked; anything else unchanged."""
+    if isinstance(value, dict):
+        return {key: _first_everywhere(v) for key, v in value.items()}
+    if (isinstance(value, list) and len(value) > 1
+            and all(isinstance(x, (int, float)) for x in value) and len(set(value)) > 1):
+        return [value[0]] * len(value)
+    return value
+
+
+def first_entry(node: dict) -> dict | None:
+    """Per-batch lengths, prefixes, offsets and valid lengths of ``node`` replaced by the
+    first batch entry's (None when the node has none)."""
+    edited = {key: _first_everywhere(value) if key in ("lengths", "prefix", "align") else value
+              for key, value in node.items()}
+    return None if edited == node else edited

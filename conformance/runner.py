@@ -47,6 +47,7 @@ from .judging import (
     shipped_golden,
 )
 from .results import VERDICTS, CaseResult, Report, Worst, worst_element
+from .split_kv import run_split
 from .tolerance import (
     ForwardModel,
     TensorCheck,
@@ -296,6 +297,23 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool | None = None,
               or adapter.unsupported(case))
     if reason:
         return result("unsupported", reason)
+    golden = golden or judging.golden()
+    if case.key_splits:
+        return run_split(adapter, case, judging=judging, golden=golden, explain=explain,
+                         judge=_judge)
+    return _judge(adapter, case, judging, golden, explain)
+
+
+def _judge(adapter: Adapter, case: Case, judging: Judging, golden: Callable,
+           explain: bool) -> CaseResult:
+    """The verdict of a supported case (:func:`run_case` after its checks)."""
+    grads, timeout = judging.grads, judging.timeout
+    start = time.perf_counter()
+
+    def result(verdict, reason="", **extra):
+        return CaseResult(case=case, backend=adapter.name, verdict=verdict, reason=reason,
+                          seconds=time.perf_counter() - start, **extra)
+
     inputs = case_inputs(case)
     status, output = _run_backend(adapter, case, inputs, grads, timeout)
     if status == "timeout":
@@ -308,7 +326,7 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool | None = None,
                       traceback=_user_traceback(output))
     if not isinstance(output, Output):
         return result("fail", f"the backend returned {type(output).__name__}, not an Output")
-    gold = (golden or judging.golden())(case, inputs, grads)
+    gold = golden(case, inputs, grads)
     if grads:
         missing = _missing_gradients(output, gold)
         if missing:

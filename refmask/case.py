@@ -105,6 +105,9 @@ class Case:
     ``bias``/``sinks`` are switches: the values come from the case's random stream.
     ``input_scale`` multiplies q and k (large values stress the softmax).
     ``empty_rows`` is the policy under which the golden output is defined.
+    ``key_splits`` ``((0, s1), (s1, s2), ..., (sn, Tk))``: a split-KV case, whose partial
+    results over each key range are judged and merged (:func:`partial_cases`); ``()`` for an
+    ordinary case.
     """
 
     name: str
@@ -130,9 +133,12 @@ class Case:
     seed: int = 0
     notes: str = ""
     extra_flags: tuple = field(default=())
+    key_splits: tuple = ()
 
     def __post_init__(self) -> None:
         _check_case_fields(self)
+        if self.key_splits:
+            _check_key_splits(self)
 
     @property
     def id(self) -> str:
@@ -167,7 +173,50 @@ class Case:
             "sinks": self.sinks, "dropout_rate": self.dropout_rate,
             "input_scale": self.input_scale, "empty_rows": self.empty_rows, "seed": self.seed,
             "flags": list(self.flags), "notes": self.notes,
+            **({"key_splits": [list(split) for split in self.key_splits]}
+               if self.key_splits else {}),
         }
+
+
+def _check_key_splits(case: Case) -> None:
+    """key_splits: >= 2 ranges (start, stop) of ints, start < stop, contiguous from 0 to Tk;
+    sinks (which belong to exactly one range) and empty-row policies other than "zero" (the
+    merge of empty partials is the zero row) are refused."""
+    where = f"Case {case.name!r}: key_splits"
+    splits = case.key_splits
+    if not isinstance(splits, tuple) or len(splits) < 2 or not all(
+            isinstance(s, tuple) and len(s) == 2 and all(
+                isinstance(x, int) and not isinstance(x, bool) for x in s) for s in splits):
+        raise ValueError(f"{where} must be a tuple of at least two (start, stop) int pairs, "
+                         f"got {splits!r}")
+    flat = [edge for split in splits for edge in split]
+    inner = flat[1:-1]
+    if (flat[0] != 0 or flat[-1] != case.k_len or inner[0::2] != inner[1::2]
+            or any(start >= stop for start, stop in splits)):
+        raise ValueError(f"{where} must be non-empty contiguous key ranges covering [0, Tk = "
+                         f"{case.k_len}) in order, got {splits!r}")
+    if case.sinks:
+        raise ValueError(f"{where}: a sink belongs to exactly one key range; sinks with "
+                         "key_splits are not supported")
+    if case.empty_rows != "zero":
+        raise ValueError(f"{where}: needs empty_rows='zero' (an empty partial has out 0 and "
+                         f"lse -inf), got {case.empty_rows!r}")
+
+
+def key_range_mask(mask: m.Mask | None, start: int, stop: int) -> m.Mask:
+    """``mask`` restricted to the keys ``start <= k < stop`` (a split-KV partial's mask):
+    ``mask & key_padding(stop) & ~key_padding(start)``, both padded on the right."""
+    keys = m.key_padding(stop, side="right") & ~m.key_padding(start, side="right")
+    return keys if mask is None else mask & keys
+
+
+def partial_cases(case: Case) -> list[Case]:
+    """The partials of a split-KV case: for each ``(start, stop)`` of ``case.key_splits``
+    the case with the mask :func:`key_range_mask` ``(case.mask, start, stop)`` and no
+    key_splits. The name is kept, so every partial sees exactly the case's inputs; every key
+    outside the range is masked (an empty partial row has out 0 and lse -inf)."""
+    return [replace(case, mask=key_range_mask(case.mask, start, stop), key_splits=())
+            for start, stop in case.key_splits]
 
 
 def _check_case_fields(case: Case) -> None:
@@ -290,7 +339,7 @@ def derive_flags(case: Case) -> tuple:
         ("BTHD", case.layout == "BTHD"), ("Length1", 1 in (case.q_len, case.k_len)),
         ("Length0", 0 in (case.q_len, case.k_len)), ("LargeMagnitude", case.input_scale >= 8),
         ("LowPrecision", case.dtype in ("float16", "bfloat16")),
-        ("LongRow", case.k_len >= 2048),
+        ("LongRow", case.k_len >= 2048), ("SplitKV", bool(case.key_splits)),
     ) if on)
     unknown = flags - set(FLAGS)
     if unknown:
@@ -327,6 +376,7 @@ def case_from_json(data: Mapping, *, trust: Iterable[str] = ()) -> Case:
             sinks=data["sinks"], dropout_rate=data["dropout_rate"],
             input_scale=data["input_scale"], empty_rows=data["empty_rows"], seed=data["seed"],
             notes=data["notes"],
+            key_splits=tuple(tuple(split) for split in data.get("key_splits", ())),
         )
         extra = set(data["flags"]) - set(derive_flags(case))
         case = replace(case, extra_flags=tuple(sorted(extra)))
@@ -436,7 +486,9 @@ def reference_outputs(case: Case, inputs: Mapping, *, float64: bool, grads: bool
     these values are golden values or yardsticks, and ``refmask.fast`` is judged against
     them like any backend, never used to make them.
 
-    Keys: out, lse, and with ``grads`` dq, dk, dv (+ dbias, dsinks when the case has them)."""
+    Keys: out, lse, and with ``grads`` dq, dk, dv (+ dbias, dsinks when the case has them);
+    for a split-KV case also partial_out (P, B, Hq, Tq, Dv) and partial_lse (P, B, Hq, Tq),
+    the results of its :func:`partial_cases`."""
     def cast(x):
         if x.dtype == np.bool_:
             return x
@@ -452,6 +504,11 @@ def reference_outputs(case: Case, inputs: Mapping, *, float64: bool, grads: bool
             g = attention_vjp(values["q"], values["k"], values["v"], values["d_out"], **kwargs,
                               path="exact")
             arrays.update(gradient_arrays(case, g))
+    if case.key_splits:
+        parts = [reference_outputs(part, inputs, float64=float64, grads=False)
+                 for part in partial_cases(case)]
+        arrays["partial_out"] = np.stack([part["out"] for part in parts])
+        arrays["partial_lse"] = np.stack([part["lse"] for part in parts])
     return arrays
 
 

@@ -225,3 +225,58 @@ def query_pre_attn_scalar_224(q, k, v, call):
     """huggingface/transformers#31891 (Gemma-2 9B): query_pre_attn_scalar 224 (= d_model /
     heads) where the model was trained with 256 (= head_dim): the scale is 1/sqrt(7/8 D)."""
     return _attend(q, k, v, call, scale=1.0 / math.sqrt(q.shape[-1] * 224 / 256))
+
+
+# --- low-precision internals, dropout, per-batch lengths --------------------------------------
+
+def f16_row_sum(q, k, v, call):
+    """sonos/tract#2586 (and huggingface/candle#3727): the softmax row sum of exponentials is
+    accumulated left to right in float16; past 2048 the running sum stops growing (its ulp
+    exceeds the terms), so long rows are normalised by too small a divisor."""
+    dtype = q.dtype
+    A = lk._acc(dtype)
+    s = lk._scores_f32(q, k, call, prescale=False, scores_in_dtype=False)
+    vx = lk._expanded(v, q.shape[1]).astype(A)
+    with np.errstate(invalid="ignore", over="ignore"):
+        top = s.max(axis=-1, keepdims=True)
+        e = np.exp(s - np.where(np.isneginf(top), 0, top)).astype(np.float16)
+        total = np.zeros(e.shape[:-1] + (1,), np.float16)
+        for j in range(e.shape[-1]):
+            total = total + e[..., j:j + 1]
+        p = e.astype(A) / np.where(total == 0, 1, total).astype(A)
+    return (lk._rounded(p, dtype) @ vx).astype(dtype)
+
+
+def dropout_scaled_by_one_over_rate(q, k, v, call):
+    """rasbt/LLMs-from-scratch#431 (and NVIDIA/apex#816): the kept weights scaled by
+    1 / rate instead of 1 / (1 - rate)."""
+    rate = call.dropout_rate
+    out, lse = lk.online_softmax(q, k, v, replace(call, dropout_rate=1.0 - rate))
+    return out, lse
+
+
+def first_entry_mask(q, k, v, call):
+    """Tencent-Hunyuan/HunyuanVideo#310 (torch mode): ``cu_seqlens_q[1]`` taken as the one
+    split point, so every batch entry is masked as the first one."""
+    keep = np.asarray(call.keep)
+    return _attend(q, k, v, call, keep=np.broadcast_to(keep[:1], keep.shape))
+
+
+def index_anchored_causal_with_valid_lengths(q, k, v, call):
+    """onnx/onnx#8054: Attention-24 ``is_causal`` is anchored at the query index (key j <= i)
+    even when ``nonpad_kv_seqlen`` says the query block ends at the valid length."""
+    i, j = _rows_cols(call)
+    lengths = _key_lengths(call)
+    keep = (j[None] < lengths[:, None, None]) & (j <= i)[None]
+    return _attend(q, k, v, call, keep=np.broadcast_to(keep[:, None], call.keep.shape))
+
+
+def autocast_bfloat16_inside(q, k, v, call):
+    """huggingface/transformers (autocast around SDPA): float32 inputs, the attention run in
+    bfloat16 inside (q, k, v and the output rounded to bfloat16), returned as float32."""
+    import ml_dtypes
+
+    bf16 = ml_dtypes.bfloat16
+    low = [np.asarray(x, np.float32).astype(bf16) for x in (q, k, v)]
+    out, lse = lk.online_softmax(*low, call)
+    return np.asarray(out, np.float32).astype(q.dtype), np.asarray(lse, np.float32)

@@ -82,6 +82,23 @@ REPORTS = [
     ("google/flax#982 the -1e10 mask bias is -inf in float16: NaN rows",
      b.minus_1e10_overflows_in_float16, "padding/queries_right", ("float16",), "fail",
      "empty_rows=nan"),
+    ("sonos/tract#2586 the float16 softmax row sum stops growing past 2048",
+     b.f16_row_sum, "long_rows/flat_causal_kv_cache_4096", ("float16",), "fail",
+     "softmax=denominator_in_case_dtype"),
+    ("rasbt/LLMs-from-scratch#431 dropout scaled by 1/rate, not 1/(1 - rate)",
+     b.dropout_scaled_by_one_over_rate, "dropout/causal", ("bfloat16",), "fail",
+     "dropout=scaled_by_1/rate"),
+    ("Tencent-Hunyuan/HunyuanVideo#310 one cu_seqlens split point for the whole batch",
+     b.first_entry_mask, "window/kv_cache_per_batch", ("bfloat16",), "fail",
+     "per_batch=first_entry"),
+    ("Tencent-Hunyuan/HunyuanVideo#310, on per-batch prefixes",
+     b.first_entry_mask, "prefix_lm/per_batch", ("float16",), "fail", "per_batch=first_entry"),
+    ("onnx/onnx#8054 Attention-24 is_causal anchored at the query index",
+     b.index_anchored_causal_with_valid_lengths, "padding/keys_right_causal_bottom_right",
+     ("float16",), "fail", "causal=top_left"),
+    ("autocast around SDPA: float32 inputs computed in bfloat16",
+     b.autocast_bfloat16_inside, "causal/top_left/square", ("float32",), "fail",
+     "computed_in=bfloat16"),
 ]
 
 
@@ -177,3 +194,19 @@ def test_jax_dot_product_attention_is_causal_as_a_user_function():
                                 ("mqa/4_to_1", "policy", "causal=top_left")):
         result = run_case(from_function(jax_causal), case_named(case, "bfloat16"))
         assert (result.verdict, result.convention) == (verdict, name), (case, result.reason)
+
+
+# --- fuzz: the shrunk example is named as check names the catalog case ------------------------
+
+@pytest.mark.parametrize("kernel, name", [
+    (b.gqa_tile_not_interleave, "gqa=h_mod_hkv"),
+    (b.scale_divided_not_multiplied, "scale=inverted"),
+    (b.query_pre_attn_scalar_224, "scale=fitted(1.07x)"),
+], ids=["gqa_tile", "scale_divided", "query_pre_attn_scalar"])
+def test_fuzz_names_a_bug_report_kernel_on_the_shrunk_case_in_bfloat16(kernel, name):
+    from refmask.conformance.strategies import fuzz
+
+    found = fuzz(kernel, max_examples=40, seed=1, dtypes=["bfloat16"])
+    assert found.case is not None and found.result.verdict == "fail"
+    assert found.result.convention == name, found.result.reason
+    assert sum(found.verdicts.values()) == found.tried

@@ -32,7 +32,8 @@ SUPPORTED_SCHEMA_VERSIONS = (1,)
 MANIFEST = "manifest.json"
 
 INPUT_NAMES = ("q", "k", "v", "d_out", "bias", "sinks", "dropout_keep")
-EXACT_NAMES = ("out", "lse", "dq", "dk", "dv", "dbias", "dsinks")
+EXACT_NAMES = ("out", "lse", "dq", "dk", "dv", "dbias", "dsinks", "partial_out",
+               "partial_lse")
 _FILE_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.npz")
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -155,6 +156,13 @@ def expected_members(case_json: Mapping) -> dict:
         expected["exact.dsinks"] = (f64, (hq,))
     if case_json["dropout_rate"] is not None:
         expected["input.dropout_keep"] = (np.dtype(bool), scores)
+    splits = case_json.get("key_splits")
+    if splits:
+        if not isinstance(splits, list) or len(splits) > 64:
+            raise ValueError(f"key_splits must be a list of at most 64 ranges, got "
+                             f"{splits!r:.40}")
+        expected["exact.partial_out"] = (f64, (len(splits), b, hq, tq, dv))
+        expected["exact.partial_lse"] = (f64, (len(splits), b, hq, tq))
     return expected
 
 

@@ -276,7 +276,8 @@ class TilePlan:
     (tile_map, tile_row, tile_col, tile_code, shape (n,)); ``row_ptr[m, r]`` ..
     ``row_ptr[m, r + 1]`` are map m's tiles in row r. ``by_column`` is a permutation of the
     tiles into column-major order per map, with ``col_ptr[m, c]`` .. ``col_ptr[m, c + 1]``
-    indexing it. ``empty_tiles`` counts the skipped tiles of every (b, h).
+    indexing it. ``empty_tiles`` counts the skipped tiles of every (b, h). ``band``: the
+    arithmetic keep rule of PARTIAL tiles (:func:`band_rule`), ``[0, 0, 0]`` when none.
     """
 
     grid: TileGrid
@@ -291,6 +292,38 @@ class TilePlan:
     by_column: np.ndarray
     col_ptr: np.ndarray
     empty_tiles: int
+    band: np.ndarray
+
+
+#: No bound on a side of a band rule (beyond any |i + offset - j| of an int64 grid).
+_UNBOUNDED = 1 << 62
+
+
+def band_rule(source: MaskSource, grid: TileGrid) -> np.ndarray:
+    """The keep rule of a causal or sliding-window mask as int64 numbers the kernels
+    evaluate per (i, j) instead of reading keep blocks:
+
+        band = [1, low, high, offset_0, offset_1, ...]:
+        keep(b, i, j) iff low <= (i + offset_b) - j <= high       (offset_0 for every b
+                                                                   when there is one)
+
+    sliding_window(left, right): low = -right, high = left (None: unbounded);
+    causal: low = 0, high unbounded; offsets: the alignment's ``offset_table``. Any other
+    source (other masks, subclasses, combinations, arrays): ``[0, 0, 0]`` (keep blocks).
+    """
+    from ..masks.causal import Causal
+    from ..masks.sliding_window import SlidingWindow
+
+    mask = source.value
+    if source.kind != "mask" or type(mask) not in (Causal, SlidingWindow):
+        return np.zeros(3, dtype=np.int64)
+    if type(mask) is Causal:
+        low, high = 0, _UNBOUNDED
+    else:
+        low = -_UNBOUNDED if mask.right is None else -mask.right
+        high = _UNBOUNDED if mask.left is None else mask.left
+    offsets = np.asarray(mask.align.offset_table(grid.q_len, grid.k_len), dtype=np.int64)
+    return np.concatenate([[1, low, high], offsets.reshape(-1)]).astype(np.int64)
 
 
 def tile_map_keys(source: MaskSource, batch: int, heads: int):
@@ -335,7 +368,8 @@ def plan_tiles(source: MaskSource, batch: int, heads: int, grid: TileGrid) -> Ti
     empty_tiles = int(sum(int(uses[m]) * empty_per_map[m] for m in range(len(maps))))
     return TilePlan(grid=grid, source=source, map_of=map_of, maps=maps, tile_map=tile_map,
                     tile_row=tile_row, tile_col=tile_col, tile_code=tile_code, row_ptr=row_ptr,
-                    by_column=by_column, col_ptr=col_ptr, empty_tiles=empty_tiles)
+                    by_column=by_column, col_ptr=col_ptr, empty_tiles=empty_tiles,
+                    band=band_rule(source, grid))
 
 
 #: Tile shapes (Bq, Bk) the automatic choice considers, largest first.
@@ -429,6 +463,7 @@ def choose_tiles(source: MaskSource, batch: int, heads: int, q_len: int, k_len: 
         candidates = candidates[:1]
     best = None
     seen = set()
+    map_of, maps = tile_map_keys(source, batch, heads)
     for q_tile, k_tile in candidates:
         grid = TileGrid(q_len, k_len, max(1, min(q_tile, q_len)), max(1, min(k_tile, k_len)))
         if (grid.q_tile, grid.k_tile) in seen:
@@ -436,7 +471,6 @@ def choose_tiles(source: MaskSource, batch: int, heads: int, q_len: int, k_len: 
         seen.add((grid.q_tile, grid.k_tile))
         if len(seen) == 1 and len(candidates) == 1:
             return grid
-        map_of, maps = tile_map_keys(source, batch, heads)
         cost = sampled_cost(source, map_of, maps, grid,
                             span_tiles(grid, head_dim) if spans else 1)
         if best is None or cost < 0.97 * best[0]:
@@ -452,6 +486,9 @@ def waves(plan: TilePlan, axis: str, budget_bytes: int):
     """
     grid = plan.grid
     count = grid.n_q_tiles if axis == "row" else grid.n_k_tiles
+    if plan.band[0]:  # a band rule needs no keep blocks: one wave
+        yield 0, count
+        return
     index = plan.tile_row if axis == "row" else plan.tile_col
     partial = plan.tile_code == PARTIAL
     per_line = np.bincount(index[partial], minlength=count) * (grid.q_tile * grid.k_tile)
@@ -469,15 +506,22 @@ def wave_keep_blocks(plan: TilePlan, axis: str, first: int, last: int, threads: 
     Returns ``(tile_keep, blocks, pairs)``: tile_keep (n_tiles,) int64 is the block index of
     each such tile and -1 for every other tile (FULL, or outside the wave); blocks is
     (n, Bk, Bq) bool; pairs is the number of (i, j) index pairs given to ``mask.keep``.
+    With a band rule (``plan.band``) no block is built: tile_keep is 0 for the PARTIAL
+    tiles, blocks a (1, 1, 1) placeholder, pairs 0.
     Chunks of tiles are evaluated on ``threads`` threads (NumPy releases the GIL).
     """
     grid = plan.grid
     line = plan.tile_row if axis == "row" else plan.tile_col
     chosen = np.nonzero((plan.tile_code == PARTIAL) & (line >= first) & (line < last))[0]
     tile_keep = np.full(plan.tile_row.shape[0], -1, dtype=np.int64)
+    if plan.band[0]:  # PARTIAL tiles evaluate the band rule in the kernels
+        tile_keep[chosen] = 0
+        return tile_keep, np.zeros((1, 1, 1), dtype=bool), 0
     tile_keep[chosen] = np.arange(chosen.shape[0], dtype=np.int64)
     blocks = np.empty((chosen.shape[0], grid.k_tile, grid.q_tile), dtype=bool)
-    chunk = max(1, _KEEP_CHUNK_PAIRS // (grid.q_tile * grid.k_tile))
+    # at most _KEEP_CHUNK_PAIRS pairs per call, and work for every thread
+    chunk = max(1, min(_KEEP_CHUNK_PAIRS // (grid.q_tile * grid.k_tile),
+                       -(-chosen.shape[0] // max(1, threads))))
     jobs = []
     for index, (b, h) in enumerate(plan.maps):
         # each map's tiles are contiguous in the plan, so its chosen tiles are a slice
