@@ -97,11 +97,12 @@ def run_split(adapter: Adapter, case: Case, *, judging: Judging, golden: Callabl
                   judge(replace(adapter, run=_capturing(adapter.run, box)), part, forward,
                         _golden_of_partial(gold, p), explain))
         if result.verdict == "unsupported":
-            return replace(result, case=case, reason=f"{where}: {result.reason}")
+            return replace(result, case=case, reason=f"{result.reason} (split-KV {where})")
         if result.verdict != "fail" and box["output"].lse is None:
-            return replace(result, case=case, verdict="unsupported", checks=(),
-                           reason=f"{where}: {adapter.name} returns no LSE, so its partials "
-                                  "cannot be merged")
+            return CaseResult(case=case, backend=adapter.name, verdict="unsupported",
+                              seconds=result.seconds,
+                              reason=f"{adapter.name}: returns no LSE, so its split-KV "
+                                     f"partials cannot be merged ({where})")
         checks += _renamed(result.checks, p)
         if result.verdict == "fail":
             return replace(result, case=case, checks=tuple(checks),

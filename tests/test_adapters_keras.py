@@ -33,7 +33,7 @@ UNIFORM = {"padding/queries_right", "padding/queries_left_keys_left_causal",
            "padding/bottom_right_valid_lengths_queries"}
 #: Hkv = 1: keras' TF backend repeats kv heads only when K > 1 (see test_keras_dpa_matrix)
 SINGLE_KV_HEAD = {"mqa/4_to_1", "mla/decode_576_512", "long_rows/mqa_explicit_scale",
-                  "long_rows/flat_mqa_4096"}
+                  "long_rows/flat_mqa_4096", "split_kv/merge_decode_large_magnitude"}
 
 #: float16 rows of >= 1024 kept keys: the TF backend's P @ V is ``tf.einsum`` (keras/src/
 #: backend/tensorflow/nn.py ``_dot_product_attention_xla``, and MultiHeadAttention's
