@@ -201,6 +201,16 @@ def test_a_wrong_partial_is_named_before_the_merge():
     assert {c.name for c in result.checks} >= {"partial0.out", "partial1.lse", "partial2.out"}
 
 
+def test_a_crashing_merge_kernel_fails_naming_the_merge():
+    def crashes(outs, lses, call):
+        raise RuntimeError("no merge here")
+
+    result = run_case(from_function(_kernel(crashes), name="crash"),
+                      MERGE_CASES["split_kv/merge_window_3_splits"])
+    assert result.verdict == "fail"
+    assert result.reason == ("partials ok, crash's merge raised RuntimeError: no merge here")
+
+
 def test_a_backend_without_lse_cannot_be_merged():
     def out_only(q, k, v, call):
         return _partial_attention(q, k, v, call)[0]
