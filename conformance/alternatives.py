@@ -31,14 +31,17 @@ def _in_dtype(x, dtype):
     return round_float64(x, numpy_dtype(dtype)).astype(np.float64)
 
 
-def _sequential_sum(x, axis: int, dtype: str):
-    """Left-to-right sum rounded to ``dtype`` after every addition (a low-precision
-    accumulator)."""
+def _sequential_sum(x, axis: int, dtype: str, block: int = 1):
+    """A low-precision accumulator: blocks of ``block`` consecutive terms summed exactly
+    (float64), each block added left to right to a running sum rounded to ``dtype`` after
+    every addition (``block=1``: a plain sequential sum; larger blocks: a tiled kernel whose
+    per-tile partials are float32)."""
     np_dtype = numpy_dtype(dtype)
     moved = np.moveaxis(np.asarray(x, np.float64), axis, 0)
     total = np.zeros(moved.shape[1:], np_dtype)
-    for term in moved:
-        total = (total.astype(np.float64) + term).astype(np_dtype)
+    for start in range(0, moved.shape[0], block):
+        partial = moved[start:start + block].sum(axis=0)
+        total = (total.astype(np.float64) + partial).astype(np_dtype)
     return total.astype(np.float64)
 
 
@@ -106,8 +109,9 @@ def single(case: Case, values: dict, *, mask: object = UNSET, scale: float | Non
                 empty_rows: str | None = None, sinks: str = "spec", dropout: str = "scaled",
                 lse_base: float = math.e, max_subtract: bool = True,
                 accumulate: str | None = None, accumulate_pv: bool = True,
-                dropout_factor: float | None = None, empty_lse: float | None = None,
-                bias: bool = True) -> tuple:
+                accumulate_denominator: bool = True, accumulate_block: int = 1,
+                dropout_factor: float | None = None,
+                empty_lse: float | None = None, bias: bool = True) -> tuple:
     """(out BHTD, lse, weights) of attention in float64 with the named departures from spec
     3.2; weights (B, Hq, Tq, Tk) are the factors multiplied into V.
 
@@ -123,8 +127,9 @@ def single(case: Case, values: dict, *, mask: object = UNSET, scale: float | Non
     3.3; sinks: "spec", "dropped", "out_of_lse" (the output uses the sink, the LSE omits it);
     dropout: "scaled" (spec), "unscaled", "ignored", "inverted" (the keep pattern read as a
     drop pattern); lse_base: the LSE's base; max_subtract=False: exp of the raw scores in the
-    case dtype (overflow as the kernel would); accumulate: a dtype in which the denominator and
-    (with accumulate_pv, the default) ``P @ V`` are summed left to right; dropout_factor: the
+    case dtype (overflow as the kernel would); accumulate: a dtype in which the denominator
+    (with accumulate_denominator, the default) and ``P @ V`` (with accumulate_pv, the default)
+    are summed left to right, in blocks of ``accumulate_block`` terms; dropout_factor: the
     factor of the kept weights (default 1 / (1 - rate)); empty_lse: the LSE of empty rows
     (default -inf); bias=False: the explicit bias of the case left out.
     """
@@ -173,7 +178,8 @@ def single(case: Case, values: dict, *, mask: object = UNSET, scale: float | Non
         weights = np.exp(s - shift)
         if not max_subtract:
             weights = _in_dtype(weights, case.dtype)
-        total = (_sequential_sum(weights, -1, accumulate)[..., None] if accumulate
+        total = (_sequential_sum(weights, -1, accumulate, accumulate_block)[..., None]
+                 if accumulate and accumulate_denominator
                  else weights.sum(axis=-1, keepdims=True))
         sink_weight = None if sink is None else np.exp(sink - shift)
         denominator = total if sink_weight is None else total + sink_weight
@@ -207,7 +213,8 @@ def single(case: Case, values: dict, *, mask: object = UNSET, scale: float | Non
             elif dropout != "unscaled":
                 p = p / (1.0 - case.dropout_rate)
         if accumulate and accumulate_pv:
-            out = _sequential_sum(p[..., :, :, None] * v[..., None, :, :], -2, accumulate)
+            out = _sequential_sum(p[..., :, :, None] * v[..., None, :, :], -2, accumulate,
+                                  accumulate_block)
         else:
             out = p @ v
     return out, lse[..., 0] / math.log(lse_base), p

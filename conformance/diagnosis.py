@@ -5,7 +5,7 @@ localised in mask terms."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -25,7 +25,6 @@ from .tolerance import (
     F_AGGREGATE,
     F_ELEMENT,
     ForwardModel,
-    TensorCheck,
     weighted_rms,
 )
 
@@ -154,6 +153,81 @@ class _Judge:
         return r
 
 
+    def judge_noise(self, alt_out, alt_lse) -> float:
+        """The residual against a rounding process (``Explanation.noise``; <= 1: it matches).
+
+        ``alt`` is one summation order of the process; the output, from another order, must
+        have an error of the same size and place: its weighted RMS error against the golden
+        output within a factor NOISE_BAND of the alternative's, and every entry within the
+        tolerance plus NOISE_ENVELOPE times the largest deviation of the alternative in its
+        row (a row the process leaves exact leaves no room). The LSE likewise, where given.
+        """
+        r = noise_residual(self.output.out, self.golden["out"], alt_out, self.model.out)
+        if self.output.lse is not None and alt_lse is not None and np.isfinite(r):
+            r = max(r, noise_residual(self.output.lse, self.golden["lse"], alt_lse,
+                                      self.model.lse))
+        return r
+
+
+#: Two summation orders of one rounding process (sequential, blocked, a tree of tiles) give
+#: RMS errors within about this factor of each other (a blocked sum of n terms in blocks of
+#: b has ~sqrt(b) fewer roundings per term than a sequential one; b <= 16 for the kernels
+#: in tests/test_explanations.py).
+NOISE_BAND = 4.0
+#: How far past the alternative's own largest deviation (in its row) an entry may be.
+NOISE_ENVELOPE = 4.0
+#: The summation orders tried for a rounding process: blocks of 1 (sequential), 4, 16 and 64
+#: terms summed exactly, then accumulated in the low precision (tiled kernels); the best
+#: order is the match.
+NOISE_BLOCKS = (1, 4, 16, 64)
+
+
+def _noise_alt(case: Case, values: dict, explanation: Explanation, block: int) -> tuple:
+    with np.errstate(all="ignore"):
+        return alternative(case, values, **explanation.changes(case), accumulate_block=block)
+
+
+#: An error that one global factor explains (actual - golden ~ c golden) beyond this share of
+#: its variance is systematic -- a scaled output, not a summation process whose own error is
+#: not systematic (share below half of this).
+NOISE_SYSTEMATIC = 0.9
+
+
+def _systematic_share(x: np.ndarray, golden: np.ndarray) -> float:
+    """The share of the variance of ``x - golden`` explained by ``c * golden`` (least squares
+    over the finite entries; 0 when there is no error)."""
+    use = np.isfinite(golden) & np.isfinite(x)
+    d, g = (np.asarray(x, np.float64) - golden)[use], golden[use]
+    dd, gg = float(d @ d), float(g @ g)
+    if dd == 0 or gg == 0:
+        return 0.0
+    return float(d @ g) ** 2 / (dd * gg)
+
+
+def noise_residual(actual, golden: np.ndarray, alt: np.ndarray, weight: np.ndarray) -> float:
+    """``max(band / NOISE_BAND, envelope)`` of :meth:`_Judge.judge_noise`; inf when the output
+    is exact where the alternative is not; the ordinary residual against the golden value
+    where the alternative stays within the tolerance (the LSE under a P @ V accumulation)."""
+    actual = np.asarray(actual, np.float64)
+    if actual.shape != golden.shape:
+        return math.inf
+    with np.errstate(invalid="ignore"):
+        e_actual = weighted_rms(actual - golden, weight, golden)
+        e_alt = weighted_rms(alt - golden, weight, golden)
+    if residual(alt, golden, weight) <= 1.0:  # the process keeps this tensor within tolerance
+        return residual(actual, golden, weight)
+    if not (np.isfinite(e_actual) and np.isfinite(e_alt)) or e_actual == 0:
+        return math.inf
+    if _systematic_share(actual, golden) > NOISE_SYSTEMATIC > 2 * _systematic_share(alt, golden):
+        return math.inf  # one factor explains the output's error, not the process's: no noise
+    band = max(e_actual / e_alt, e_alt / e_actual) / NOISE_BAND
+    deviation = np.nan_to_num(np.abs(alt - golden), nan=0.0, posinf=0.0)
+    # out (B, H, T, D): the row's largest deviation; lse (B, H, T): each row its own
+    row_max = deviation.max(axis=-1, keepdims=True) if deviation.ndim == 4 else deviation
+    envelope = weight + NOISE_ENVELOPE * row_max / F_ELEMENT
+    return max(band, residual(actual, golden, np.broadcast_to(envelope, golden.shape)))
+
+
 def _values(case: Case, values: dict) -> np.ndarray:
     """v (B, Hq, Tk, Dv) with the kv heads expanded to query heads."""
     v = to_bhtd(case, values["v"])
@@ -196,7 +270,11 @@ def diagnose(case: Case, inputs: dict, output: Output, golden: dict, model: Forw
             np.array_equal(alt[0], spec_out, equal_nan=True)
             and np.array_equal(alt[1], spec_lse, equal_nan=True))
 
-    singles = [e for e in explanations() if _safe_applies(e, case) and differs(e)]
+    applicable = [e for e in explanations() if _safe_applies(e, case) and differs(e)]
+    # rounding processes are matched by the size of their error, a weaker test than entry by
+    # entry: they are judged only when nothing exact (named, lower precision, fitted) matches
+    singles = [e for e in applicable if not e.noise]
+    noise = [e for e in applicable if e.noise]
     declared = [e for e in singles if e.name in declared]
 
     v = _values(case, values)
@@ -206,6 +284,9 @@ def diagnose(case: Case, inputs: dict, output: Output, golden: dict, model: Forw
         alt = compute(explanation)
         if alt is None:
             return math.inf
+        if explanation.noise:
+            return min(judge.judge_noise(*_noise_alt(case, values, explanation, block)[:2])
+                       for block in NOISE_BLOCKS)
         return judge.judge(alt[0], alt[1], alt[2], explanation.lse_free_on_empty_rows)
 
     scored = [(score(e, judge), e) for e in singles]
@@ -245,6 +326,13 @@ def diagnose(case: Case, inputs: dict, output: Output, golden: dict, model: Forw
             return judge.judge(*_alt(case, values, changes), lse_free=False)
         best = (_fitted_head_map(case, values, output, judge)
                 or _fitted_key_range(case, judged) or _fitted(case, values, judged), [])
+    if best[0] is None:
+        best = (_fitted_output_factor(case, values, output, judge), [])
+    if best[0] is None and noise:
+        noise_results = {e.name: (score(e, judge), e) for e in noise}
+        results.update(noise_results)
+        evaluated = len(results)
+        best = _pick(noise_results, case, values, model, compute, declared, None)
     ranked = sorted(results.values(), key=lambda x: x[0])
     closest_matches = tuple(Match(e, r, e.kind) for r, e in ranked[:3] if np.isfinite(r))
     return Diagnosis(best=best[0], runners_up=tuple(best[1]), closest=closest_matches,
@@ -298,6 +386,30 @@ def _fitted(case: Case, values: dict, score: Callable[[dict], float]) -> Match |
                 f"{f:.4g}: {words} (no named bug has this value)", fit.fix,
                 lambda c: True, lambda c, fit=fit, f=f: fit.changes(c, f)), r, "fitted")
     return None
+
+
+def _fitted_output_factor(case: Case, values: dict, output, judge: _Judge) -> Match | None:
+    """The whole output c times the spec's (a stray normalisation, a dropout rescale on a
+    path without dropout, a wrong constant), c by least squares over the finite entries,
+    when nothing named matches and c then matches."""
+    spec_out, spec_lse, weights = _alt(case, values, {})
+    actual = np.asarray(output.out, np.float64)
+    use = np.isfinite(spec_out) & np.isfinite(actual)
+    denominator = float(spec_out[use] @ spec_out[use]) if use.any() else 0.0
+    if denominator == 0:
+        return None
+    c = float(actual[use] @ spec_out[use]) / denominator
+    if not np.isfinite(c) or c == 1.0:
+        return None
+    r = judge.judge(c * spec_out, spec_lse, weights, lse_free=False)
+    if r > 1.0 or judge.judge(spec_out, spec_lse, weights, lse_free=False) <= 1.0:
+        return None
+    return Match(Explanation(
+        f"out=scaled({c:.4g}x)", "fitted", "output",
+        f"the output is {c:.4g} times the spec's in every row (the softmax weights or the "
+        "result multiplied by a stray constant)", "find the constant the output is multiplied "
+        "by (a normalisation, a dropout rescale, a scale applied twice) and remove it",
+        lambda c_: True, lambda c_: {}), r, "fitted")
 
 
 def _fitted_head_map(case: Case, values: dict, output, judge: _Judge) -> Match | None:
@@ -443,118 +555,3 @@ def _pick(results: dict, case, values, model, compute, declared: list,
     parts = set(best.name.split(" + "))
     runners = [Match(x, rr, kind(x), precision) for rr, x in near[1:]]
     return best, [m for m in runners if not parts < set(m.name.split(" + "))][:4]
-
-
-# --- localisation -------------------------------------------------------------------------------
-
-def _row_predicates(case: Case) -> list[tuple[str, np.ndarray]]:
-    """Named (B, Hq, Tq) row sets, in mask terms, that a failure may be confined to."""
-    keep = case.keep()
-    shape = (case.batch, case.q_heads, case.q_len)
-    kept = keep.sum(axis=-1)
-    preds = [
-        ("empty rows (no kept key)", kept == 0),
-        ("rows that keep every key", kept == case.k_len),
-        ("rows with some masked key", (kept < case.k_len) & (kept > 0)),
-        ("rows that keep exactly one key", kept == 1),
-        ("rows that keep two or more keys", kept >= 2),
-    ]
-    if case.k_len:
-        preds += [("rows whose kept keys include key 0", keep[..., 0]),
-                  ("rows whose kept keys do not include key 0", ~keep[..., 0] & (kept > 0)),
-                  ("rows whose kept keys include the last key", keep[..., -1])]
-    if case.q_len:
-        first = np.zeros(shape, bool)
-        first[..., 0] = True
-        last = np.zeros(shape, bool)
-        last[..., -1] = True
-        preds += [("the first query row", first), ("the last query row", last)]
-    if case.kv_heads < case.q_heads:
-        heads = np.arange(case.q_heads)[None, :, None]
-        group = case.q_heads // case.kv_heads
-        preds += [(f"heads >= Hkv = {case.kv_heads}",
-                   np.broadcast_to(heads >= case.kv_heads, shape)),
-                  ("heads that are not the first of their kv group",
-                   np.broadcast_to(heads % group != 0, shape))]
-    for h in range(case.q_heads if case.q_heads > 1 else 0):
-        preds.append((f"head {h}", np.broadcast_to(np.arange(case.q_heads)[None, :, None] == h,
-                                                   shape)))
-    for b in range(case.batch if case.batch > 1 else 0):
-        preds.append((f"batch entry {b}", np.broadcast_to(
-            np.arange(case.batch)[:, None, None] == b, shape)))
-    return [(name, np.broadcast_to(p, shape)) for name, p in preds]
-
-
-#: What a localisation suggests when it is exactly this row set.
-_HINTS = {"rows that keep two or more keys": " (a row with one kept key is exact whatever its "
-          "score: look at the scores -- scale, bias, softcap -- not at the mask)",
-          "rows that keep every key": " (look at how the full rows are computed: scale, "
-          "bias, softcap, key blocks)"}
-
-
-def _observed_predicates(case: Case, bad_rows: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """Row sets read off the failing rows themselves: query rows from (or up to) the first
-    (last) failing one, the set of failing heads, the set of failing batch entries."""
-    shape = bad_rows.shape
-    b, h, i = (np.nonzero(bad_rows.any(axis=axes))[0] for axes in ((1, 2), (0, 2), (0, 1)))
-    rows = np.arange(case.q_len)[None, None, :]
-    preds = []
-    if i.min() > 0:
-        preds.append((f"query rows >= {i.min()}", np.broadcast_to(rows >= i.min(), shape)))
-    if i.max() < case.q_len - 1:
-        preds.append((f"query rows <= {i.max()}", np.broadcast_to(rows <= i.max(), shape)))
-    if 1 < len(h) < case.q_heads:
-        preds.append((f"heads {list(map(int, h))}", np.broadcast_to(
-            np.isin(np.arange(case.q_heads), h)[None, :, None], shape)))
-    if 1 < len(b) < case.batch:
-        preds.append((f"batch entries {list(map(int, b))}", np.broadcast_to(
-            np.isin(np.arange(case.batch), b)[:, None, None], shape)))
-    return preds
-
-
-def localise(case: Case, bad_rows: np.ndarray) -> str:
-    """Describe the failing (b, h, i) rows in mask terms: the smallest named row set (or
-    intersection of two) that holds every failing row, and whether it is exactly that set;
-    the named sets are those of :func:`_row_predicates` and those read off the failing rows
-    (:func:`_observed_predicates`)."""
-    total = int(bad_rows.sum())
-    if total == 0:
-        return ""
-    rows = bad_rows.size
-    if total == rows:
-        return f"every row is off ({rows} of {rows})"
-    preds = _row_predicates(case) + _observed_predicates(case, bad_rows)
-    found = []
-    for name, p in preds:
-        if not (bad_rows & ~p).any():
-            found.append((int(p.sum()), name, p))
-    for n, (name_a, a) in enumerate(preds):
-        for name_b, b in preds[n + 1:]:
-            both = a & b
-            if both.any() and not (bad_rows & ~both).any():
-                found.append((int(both.sum()), f"{name_a} and {name_b}", both))
-    if not found:
-        where = [tuple(int(x) for x in idx) for idx in np.argwhere(bad_rows)[:4]]
-        return f"{total} of {rows} rows are off, e.g. (b, h, i) = {where}"
-    found.sort(key=lambda x: x[0])
-    size, name, p = found[0]
-    exact = "exactly" if size == total else f"{total} of the {size}"
-    hint = _HINTS.get(name, "") if size == total else ""
-    return f"only {name} are off ({exact}; {total} of {rows} rows){hint}"
-
-
-def bad_rows(checks: Sequence[TensorCheck], golden: dict, output: Output,
-             model: ForwardModel) -> np.ndarray:
-    """(B, Hq, Tq) rows where out or lse fails the per-element bound."""
-    out = np.asarray(output.out, np.float64)
-    gold = golden["out"]
-    with np.errstate(invalid="ignore"):
-        bad = (np.abs(out - gold) > F_ELEMENT * model.out) | (np.isnan(out) != np.isnan(gold))
-    rows = bad.any(axis=-1) if bad.ndim == 4 else np.zeros(gold.shape[:3], bool)
-    if output.lse is not None and np.shape(output.lse) == golden["lse"].shape:
-        lse = np.asarray(output.lse, np.float64)
-        with np.errstate(invalid="ignore"):
-            rows |= ((np.abs(lse - golden["lse"]) > F_ELEMENT * model.lse)
-                     & np.isfinite(golden["lse"])) | (np.isfinite(lse) != np.isfinite(
-                         golden["lse"]))
-    return rows

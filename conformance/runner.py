@@ -38,7 +38,7 @@ from refmask.case import (
     reference_outputs,
 )
 
-from .diagnosis import Diagnosis, Match, bad_rows, diagnose, localise
+from .diagnosis import Diagnosis, Match, diagnose
 from .judging import (
     DEFAULT_CASE_TIMEOUT,
     Judging,
@@ -46,6 +46,7 @@ from .judging import (
     select_cases,
     shipped_golden,
 )
+from .localisation import bad_rows, localise
 from .results import VERDICTS, CaseResult, Report, Worst, worst_element
 from .split_kv import run_split
 from .tolerance import (
