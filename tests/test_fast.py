@@ -406,6 +406,37 @@ def test_band_masks_evaluate_their_rule_arithmetically(name):
             q, k, v, d_out, tiles={"q_tile": 4, "k_tile": 5})
 
 
+def test_tile_candidates_are_costed_by_one_classify_call_per_map_as_if_one_by_one():
+    """``sampled_costs`` classifies the sampled tiles of every candidate in one call per tile
+    map; each candidate's cost equals its cost computed alone, from the materialised mask's
+    per-tile counts (the cost model's formula written out here)."""
+    from refmask.fast import _tiles
+
+    mask = m.sliding_window(40, 3, align=[5, -7])  # exact classify, one map per batch
+    batch, heads, q_len, k_len = 2, 3, 77, 90
+    source = MaskSource("mask", mask)
+    map_of, maps = _tiles.tile_map_keys(source, batch, heads)
+    grids = [TileGrid(q_len, k_len, bq, bk) for bq, bk in ((8, 8), (16, 32), (77, 90))]
+    spans = [3, 1, 1]
+    together = _tiles.sampled_costs(source, map_of, maps, grids, spans)
+    dense = mask.materialize(batch, heads, q_len, k_len)
+    for grid, span, cost in zip(grids, spans, together, strict=True):
+        assert cost == _tiles.sampled_costs(source, map_of, maps, [grid], [span])[0]
+        n_q, n_k = grid.n_q_tiles, grid.n_k_tiles   # every row is sampled (nq <= 64)
+        padded = np.zeros((batch, heads, n_q * grid.q_tile, n_k * grid.k_tile), dtype=bool)
+        padded[:, :, :q_len, :k_len] = dense
+        kept = padded.reshape(batch, heads, n_q, grid.q_tile, n_k, grid.k_tile).sum((3, 5))
+        q0, q1 = grid.q_bounds()
+        k0, k1 = grid.k_bounds()
+        full = kept == ((q1 - q0)[:, None] * (k1 - k0)[None, :])
+        area = grid.q_tile * grid.k_tile
+        per_row = np.count_nonzero(kept, axis=-1)
+        expected = (np.sum(-(-per_row // span)) * _tiles.SPAN_COST_NS
+                    + per_row.sum() * (_tiles.TILE_COST_NS + area * _tiles.PAIR_COST_NS)
+                    + np.count_nonzero((kept > 0) & ~full) * area * _tiles.PARTIAL_PAIR_COST_NS)
+        assert cost == pytest.approx(expected, rel=1e-12)
+
+
 # --- (e) memory ------------------------------------------------------------------------------
 
 def test_memory_is_independent_of_tq_times_tk():

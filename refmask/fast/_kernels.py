@@ -253,10 +253,11 @@ def forward_items(items, tile_col, tile_keep, keep_blocks, band, q_rows, k_rows,
 
     Consecutive key tiles c0, c0 + 1, ... (at most ``span_tiles``) form one *span* of keys
     [c0 Bk, (c0 + n) Bk): one product S^T = K_span Q_r^T and one acc^T += V_span^T P^T per
-    span, the mask (keep blocks of PARTIAL tiles), bias, ALiBi and softcap per tile inside
-    it, so a band of narrow tiles (a sliding window) costs two large products per query
-    tile instead of two small ones per tile. Per query row i, over its spans in order
-    (m = -inf, l = 0, acc = 0 at the start):
+    span, the mask (keep blocks or the band rule of PARTIAL tiles, :func:`kept_at`), bias,
+    ALiBi and softcap per tile inside it (without softcap, bias and ALiBi: one pass over
+    the span, :func:`plain_span_scores`), so a band of narrow tiles (a sliding window)
+    costs two large products per query tile instead of two small ones per tile. Per query
+    row i, over its spans in order (m = -inf, l = 0, acc = 0 at the start):
 
         m'  = max(m, max_j s_ij)             NaN propagates
         a   = exp(m - m'),  p_ij = exp(s_ij - m')      (shift 0 while m' = -inf)

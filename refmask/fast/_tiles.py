@@ -399,42 +399,59 @@ SPAN_COST_NS, TILE_COST_NS, PAIR_COST_NS, PARTIAL_PAIR_COST_NS = 4000.0, 1000.0,
 COST_SAMPLE_ROWS = 64
 
 
-def sampled_cost(source: MaskSource, map_of: np.ndarray, maps: tuple, grid: TileGrid,
-                 span: int = 1) -> float:
-    """Modelled run time (ns) of a tile shape, from at most COST_SAMPLE_ROWS query-tile rows
-    per tile map (scaled to all nq rows), so a candidate costs O(rows * nk) codes:
+def _sample_rectangles(grid: TileGrid):
+    """``(rows, (q0, q1, k0, k1))``: at most COST_SAMPLE_ROWS evenly spaced query-tile rows
+    of the grid, and the bounds of all their tiles, flattened row-major (rows x nk)."""
+    n_q = grid.n_q_tiles
+    rows = np.unique(np.linspace(0, n_q - 1, min(n_q, COST_SAMPLE_ROWS)).astype(np.int64))
+    q0, q1 = grid.q_bounds()
+    k0, k1 = grid.k_bounds()
+    shape = (rows.shape[0], grid.n_k_tiles)
+    return rows, tuple(np.broadcast_to(x, shape).reshape(-1) for x in (
+        q0[rows][:, None], q1[rows][:, None], k0[None, :], k1[None, :]))
+
+
+def sampled_costs(source: MaskSource, map_of: np.ndarray, maps: tuple, grids: list,
+                  spans: list) -> list:
+    """Modelled run time (ns) of each tile shape ``grids[n]``, from at most
+    COST_SAMPLE_ROWS query-tile rows per tile map (scaled to all nq rows), so a candidate
+    costs O(rows * nk) codes:
 
         sum over (b, h) of  n_spans SPAN_COST + n_nonempty (TILE_COST + Bq Bk PAIR_COST)
                             + n_partial Bq Bk PARTIAL_COST
 
-    with n_spans = sum over rows of ceil(non-empty tiles of the row / span) (``span``: tiles
-    one product may cover; 1 for the backward, which computes tile by tile).
+    with n_spans = sum over rows of ceil(non-empty tiles of the row / spans[n]) (tiles one
+    product may cover; 1 for the backward, which computes tile by tile). The sampled tiles
+    of all candidates go to one ``mask.classify`` call per tile map (its fixed cost, ~0.2 ms,
+    was most of the planning time of a 256-key window at T = 4096).
     """
-    n_q = grid.n_q_tiles
-    if n_q == 0 or grid.n_k_tiles == 0:  # Tq = 0 or Tk = 0: no tile, nothing to cost
-        return 0.0
-    rows = np.unique(np.linspace(0, n_q - 1, min(n_q, COST_SAMPLE_ROWS)).astype(np.int64))
-    q0, q1 = grid.q_bounds()
-    k0, k1 = grid.k_bounds()
-    area = grid.q_tile * grid.k_tile
+    live = [n for n, grid in enumerate(grids) if grid.n_q_tiles and grid.n_k_tiles]
+    totals = [0.0] * len(grids)
+    if not live:  # Tq = 0 or Tk = 0: no tile, nothing to cost
+        return totals
+    samples = {n: _sample_rectangles(grids[n]) for n in live}
+    sizes = [samples[n][1][0].shape[0] for n in live]
     uses = np.bincount(map_of.reshape(-1), minlength=len(maps))
-    total = 0.0
     for count, (b, h) in zip(uses, maps, strict=True):
         if source.kind == "none":
-            codes = np.full((rows.shape[0], grid.n_k_tiles), FULL, dtype=np.int8)
+            flat = np.full(sum(sizes), FULL, dtype=np.int8)
         else:
-            codes = np.asarray(source.value.classify(
-                q0[rows][:, None], q1[rows][:, None], k0[None, :], k1[None, :],
-                q_len=grid.q_len, k_len=grid.k_len, batch=b, head=h))
-        per_row = np.count_nonzero(codes, axis=-1)
-        spans = int(np.sum(-(-per_row // span)))
-        nonempty = int(np.sum(per_row))
-        partial = np.count_nonzero(codes == PARTIAL)
-        total += count * (n_q / rows.shape[0]) * (
-            spans * SPAN_COST_NS + nonempty * (TILE_COST_NS + area * PAIR_COST_NS)
-            + partial * area * PARTIAL_PAIR_COST_NS)
-    return total
-
+            bounds = (np.concatenate([samples[n][1][part] for n in live]) for part in range(4))
+            flat = np.asarray(source.value.classify(
+                *bounds, q_len=grids[live[0]].q_len, k_len=grids[live[0]].k_len, batch=b,
+                head=h)).reshape(-1)
+        for n, codes in zip(live, np.split(flat, np.cumsum(sizes)[:-1]), strict=True):
+            grid, rows = grids[n], samples[n][0]
+            codes = codes.reshape(rows.shape[0], grid.n_k_tiles)
+            area = grid.q_tile * grid.k_tile
+            per_row = np.count_nonzero(codes, axis=-1)
+            n_spans = int(np.sum(-(-per_row // spans[n])))
+            nonempty = int(np.sum(per_row))
+            partial = np.count_nonzero(codes == PARTIAL)
+            totals[n] += count * (grid.n_q_tiles / rows.shape[0]) * (
+                n_spans * SPAN_COST_NS + nonempty * (TILE_COST_NS + area * PAIR_COST_NS)
+                + partial * area * PARTIAL_PAIR_COST_NS)
+    return totals
 
 
 def default_tiles(head_dim: int, candidates=TILE_CANDIDATES) -> tuple:
@@ -451,7 +468,7 @@ def choose_tiles(source: MaskSource, batch: int, heads: int, q_len: int, k_len: 
     kernel, which joins consecutive tiles into one product (:func:`span_tiles`), else tile
     by tile (the backward).
 
-    Each candidate is costed on a sample of its tile rows (:func:`sampled_cost`), never on
+    Each candidate is costed on a sample of its tile rows (:func:`sampled_costs`), never on
     O(Tq * Tk) work; no mask, bool arrays and data-defined masks (classified by evaluation)
     take the first (largest) candidate without costing.
     """
@@ -461,18 +478,18 @@ def choose_tiles(source: MaskSource, batch: int, heads: int, q_len: int, k_len: 
         and any(node.kind in DATA_DEFINED_KINDS for node in mask_nodes(source.value)))
     if data_defined or source.kind == "none":
         candidates = candidates[:1]
-    best = None
-    seen = set()
-    map_of, maps = tile_map_keys(source, batch, heads)
-    for q_tile, k_tile in candidates:
+    grids = []
+    for q_tile, k_tile in candidates:  # shrunk to Tq, Tk; each distinct shape once
         grid = TileGrid(q_len, k_len, max(1, min(q_tile, q_len)), max(1, min(k_tile, k_len)))
-        if (grid.q_tile, grid.k_tile) in seen:
-            continue
-        seen.add((grid.q_tile, grid.k_tile))
-        if len(seen) == 1 and len(candidates) == 1:
-            return grid
-        cost = sampled_cost(source, map_of, maps, grid,
-                            span_tiles(grid, head_dim) if spans else 1)
+        if all((g.q_tile, g.k_tile) != (grid.q_tile, grid.k_tile) for g in grids):
+            grids.append(grid)
+    if len(grids) == 1 and len(candidates) == 1:
+        return grids[0]
+    map_of, maps = tile_map_keys(source, batch, heads)
+    costs = sampled_costs(source, map_of, maps, grids,
+                          [span_tiles(grid, head_dim) if spans else 1 for grid in grids])
+    best = None
+    for cost, grid in zip(costs, grids, strict=True):
         if best is None or cost < 0.97 * best[0]:
             best = (cost, grid)
     return best[1]
