@@ -79,9 +79,11 @@ def _known_conventions(adapter):
 def policy_names() -> tuple:
     """Every named convention (kind "policy") the runner can recognise."""
     from .explanations import explanations
+    from .scores_judging import SCORE_CONVENTIONS
 
     return tuple(e.name for e in explanations()
-                 if e.kind in ("policy", "empty_rows_only") and " + " not in e.name)
+                 if e.kind in ("policy", "empty_rows_only") and " + " not in e.name) + tuple(
+        SCORE_CONVENTIONS)
 
 
 @dataclass(frozen=True)

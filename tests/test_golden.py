@@ -24,6 +24,7 @@ import pytest
 import refmask
 from refmask import masks as m
 from refmask.attention import attention, attention_vjp
+from refmask.case import score_arrays
 from refmask.conformance import exact, golden
 from refmask.conformance.cases import Case, attention_kwargs, base_cases, case_inputs, catalog
 
@@ -147,7 +148,8 @@ def test_exact_matches_refmask_attention_on_the_catalog():
         result = attention(inputs["q"], inputs["k"], inputs["v"], **kwargs)
         grads = attention_vjp(inputs["q"], inputs["k"], inputs["v"], inputs["d_out"], **kwargs)
         reference = {"out": result.out, "lse": result.lse, "dq": grads.dq, "dk": grads.dk,
-                     "dv": grads.dv, "dbias": grads.dbias, "dsinks": grads.dsinks}
+                     "dv": grads.dv, "dbias": grads.dbias, "dsinks": grads.dsinks,
+                     **score_arrays(case, inputs)}  # the score stages the case asks for
         for name, value in exact.exact_attention(case, inputs).items():
             assert_specials_equal(value, reference[name], f"{case.id} {name}")
             cancelling = {"LargeMagnitude", "MaskedKeysScoreHigh"} & set(case.flags)
