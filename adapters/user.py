@@ -35,6 +35,12 @@ What the function declares, as attributes or as keyword arguments of :func:`from
   runs a ``torch.autograd.Function``'s own backward; JAX: ``jax.vjp``, which runs a
   ``jax.custom_vjp`` rule); NumPy and CuPy have no autograd, so ``--grads`` on them needs
   a backward and says so.
+* ``refmask_merge``: the function's own merge kernel for split-KV cases,
+  ``merge(outs, lses, call) -> (out, lse)``: ``outs`` the list of partial outputs
+  (B, Hq, Tq, Dv) and ``lses`` of their LSEs (B, Hq, Tq), as the function returned them for
+  the key ranges of ``call.case.key_splits``, in its framework in float32 (float64 for a
+  float64 case); ``call`` is the whole case's. Without one, refmask's merge combines the
+  partials (``refmask.conformance.split_kv``).
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from refmask.case import to_bhtd
+from refmask.case import case_inputs, to_bhtd
 
 from . import native
 from .common import Adapter, Output, Profile, Unsupported
@@ -280,16 +286,38 @@ class UserFunction:
         return out, lse, {"d" + name: value for name, value in zip(names, found, strict=True)}
 
 
+class UserMerge:
+    """A user's merge kernel ``merge(outs, lses, call) -> (out, lse)`` as ``Adapter.merge``."""
+
+    def __init__(self, merge: Callable, runner: UserFunction):
+        self.merge = merge
+        self.runner = runner
+
+    def __call__(self, case, partials: list) -> Output:
+        runner = self.runner
+        dtype = np.float64 if case.dtype == "float64" else np.float32
+        with native.framework_context(runner.framework, case.dtype):
+            inputs = case_inputs(case)
+            call = runner._call(case, inputs, runner._tensors(case, inputs))
+            outs = [runner._native(np.asarray(p.out, dtype)) for p in partials]
+            lses = [runner._native(np.asarray(p.lse, dtype)) for p in partials]
+            out, lse = _split_result(self.merge(outs, lses, call))
+        if lse is None:
+            raise TypeError("refmask_merge must return (out, lse), got one array")
+        return Output(out=native.to_float64(out), lse=native.to_float64(lse))
+
+
 def from_function(fn: Callable[..., Any], name: str | None = None, *,
                   framework: str | None = None, device: str | None = None,
-                  backward: Callable | None = None, conventions: Any = None,
+                  backward: Callable | None = None, merge: Callable | None = None,
+                  conventions: Any = None,
                   dtypes: Iterable[str] | None = None,
                   unsupported: Iterable[str] | None = None) -> Adapter:
     """Wrap ``fn(q, k, v, call)`` as an adapter named ``name`` (default: module:qualname).
 
     Every keyword overrides the matching ``refmask_*`` attribute of ``fn`` (see the module
     docstring): framework ("numpy", "torch", "jax", "cupy"; default "numpy"), device ("cpu",
-    "cuda"; default "cpu"), backward, conventions, dtypes, unsupported.
+    "cuda"; default "cpu"), backward, merge, conventions, dtypes, unsupported.
     """
     if not callable(fn):
         raise TypeError(f"from_function: fn must be callable, got {type(fn).__name__}")
@@ -300,6 +328,9 @@ def from_function(fn: Callable[..., Any], name: str | None = None, *,
     backward = _declared(fn, "backward", backward)
     if backward is not None and not callable(backward):
         raise TypeError(f"{where}: backward must be callable, got {type(backward).__name__}")
+    merge = _declared(fn, "merge", merge)
+    if merge is not None and not callable(merge):
+        raise TypeError(f"{where}: merge must be callable, got {type(merge).__name__}")
     declared = set(_declared(fn, "unsupported", unsupported) or ())
     unknown = declared - set(FEATURES)
     if unknown:
@@ -339,7 +370,8 @@ def from_function(fn: Callable[..., Any], name: str | None = None, *,
                       notes=notes)
     runner = UserFunction(fn, framework, device, backward)
     return Adapter(name=label, profile=profile, run=runner, unsupported=unsupported_case,
-                   description=(getattr(fn, "__doc__", None) or "").strip())
+                   description=(getattr(fn, "__doc__", None) or "").strip(),
+                   merge=None if merge is None else UserMerge(merge, runner))
 
 
 def import_target(path: str, option: str = "--impl") -> Any:

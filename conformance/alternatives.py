@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from refmask.case import Case, numpy_dtype, to_bhtd
+from refmask.case import Case, key_range_mask, numpy_dtype, round_float64, to_bhtd
 
 from .tolerance import ACCUMULATION
 
@@ -28,7 +28,7 @@ def _keep(case: Case, mask) -> np.ndarray:
 
 
 def _in_dtype(x, dtype):
-    return np.asarray(x, np.float64).astype(numpy_dtype(dtype)).astype(np.float64)
+    return round_float64(x, numpy_dtype(dtype)).astype(np.float64)
 
 
 def _sequential_sum(x, axis: int, dtype: str):
@@ -42,12 +42,71 @@ def _sequential_sum(x, axis: int, dtype: str):
     return total.astype(np.float64)
 
 
-def alternative(case: Case, values: dict, *, mask: object = UNSET, scale: float | None = None,
+def alternative(case: Case, values: dict, *, merge: str | None = None, **changes) -> tuple:
+    """(out BHTD, lse, weights) of attention in float64 with the named departures of
+    :func:`single` (``changes``); for a split-KV case with ``merge`` ("base_2",
+    "empty_partial_nan", "no_max_subtraction"), the partials of ``refmask.case.partial_cases``
+    (each under ``changes``) combined by that wrong merge (:func:`wrong_merge`)."""
+    if merge is None or not case.key_splits:
+        return single(case, values, **changes)
+    base = changes.pop("mask", case.mask)
+    parts = [single(case, values, mask=key_range_mask(base, start, stop), **changes)
+             for start, stop in case.key_splits]
+    return wrong_merge(parts, merge, ACCUMULATION[case.dtype])
+
+
+def wrong_merge(parts: list, how: str, dtype: str) -> tuple:
+    """Partials ``(out, lse, weights)`` merged wrongly (spec 3.8 gives the right merge):
+
+    * "base_2": natural-log LSEs read as log2: ``w_p = 2^(lse_p - max)``, ``lse = max +
+      log2(sum_p w_p)`` (FlashInfer's ``merge_state`` fed FlashAttention's LSE);
+    * "empty_partial_nan": a row with an empty partial (``lse_p = -inf``) is NaN, and its
+      LSE too when every partial is empty (``0 * NaN`` of an empty partial's ``0/0`` output,
+      ``exp(-inf - (-inf))``);
+    * "no_max_subtraction": ``w_p = exp(lse_p)`` rounded to ``dtype`` (the merge's
+      accumulation dtype), ``lse = log(sum_p w_p)``: overflows to inf / NaN once an LSE
+      passes log(finfo(dtype).max).
+    """
+    lses = np.stack([lse for _, lse, _ in parts])
+    outs = np.stack([out for out, _, _ in parts])
+    weights = np.stack([w for _, _, w in parts])
+    with np.errstate(all="ignore"):
+        top = lses.max(axis=0)
+        empty = np.isneginf(top)
+        shift = np.where(empty, 0.0, top)
+        if how == "no_max_subtraction":
+            factor = _in_dtype(np.exp(lses), dtype)
+            total = factor.sum(axis=0)
+            out = (factor[..., None] * outs).sum(axis=0) / total[..., None]
+            return out, np.log(total), _merged_weights(weights, factor / total)
+        base = 2.0 if how == "base_2" else math.e
+        factor = base ** (lses - shift)
+        total = factor.sum(axis=0)
+        share = np.where(empty, 0.0, factor / np.where(empty, 1.0, total))
+        out = np.where(share[..., None] > 0, share[..., None] * outs, 0.0).sum(axis=0)
+        lse = np.where(empty, -np.inf, shift + np.log(np.where(empty, 1.0, total))
+                       / math.log(base))
+        if how == "empty_partial_nan":
+            out = np.where(np.isneginf(lses).any(axis=0)[..., None], np.nan, out)
+            lse = np.where(empty, np.nan, lse)
+        elif how != "base_2":
+            raise ValueError(f"wrong_merge: how must be 'base_2', 'empty_partial_nan' or "
+                             f"'no_max_subtraction', got {how!r}")
+    return out, lse, _merged_weights(weights, share)
+
+
+def _merged_weights(weights: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """The factor of each key in the merged output: ``sum_p share_p * weights_p``."""
+    return np.nan_to_num((share[..., None] * np.nan_to_num(weights)).sum(axis=0))
+
+
+def single(case: Case, values: dict, *, mask: object = UNSET, scale: float | None = None,
                 kv_map: str = "repeat", softcap: object = UNSET, softcap_at: str = "before_bias",
                 alibi: object = UNSET, masking: str = "neg_inf", constant: float | None = None,
                 empty_rows: str | None = None, sinks: str = "spec", dropout: str = "scaled",
                 lse_base: float = math.e, max_subtract: bool = True,
-                accumulate: str | None = None, empty_lse: float | None = None) -> tuple:
+                accumulate: str | None = None, accumulate_pv: bool = True,
+                dropout_factor: float | None = None, empty_lse: float | None = None) -> tuple:
     """(out BHTD, lse, weights) of attention in float64 with the named departures from spec
     3.2; weights (B, Hq, Tq, Tk) are the factors multiplied into V.
 
@@ -62,7 +121,9 @@ def alternative(case: Case, values: dict, *, mask: object = UNSET, scale: float 
     dropout: "scaled" (spec), "unscaled", "ignored", "inverted" (the keep pattern read as a
     drop pattern); lse_base: the LSE's base; max_subtract=False: exp of the raw scores in the
     case dtype (overflow as the kernel would); accumulate: a dtype in which the denominator and
-    ``P @ V`` are summed left to right; empty_lse: the LSE of empty rows (default -inf).
+    (with accumulate_pv, the default) ``P @ V`` are summed left to right; dropout_factor: the
+    factor of the kept weights (default 1 / (1 - rate)); empty_lse: the LSE of empty rows
+    (default -inf).
     """
     q = to_bhtd(case, values["q"])
     k, v = to_bhtd(case, values["k"]), to_bhtd(case, values["v"])
@@ -136,9 +197,11 @@ def alternative(case: Case, values: dict, *, mask: object = UNSET, scale: float 
         if "dropout_keep" in values and dropout != "ignored":
             pattern = values["dropout_keep"] if dropout != "inverted" else ~values["dropout_keep"]
             p = p * pattern
-            if dropout != "unscaled":
+            if dropout_factor is not None:
+                p = p * dropout_factor
+            elif dropout != "unscaled":
                 p = p / (1.0 - case.dropout_rate)
-        if accumulate:
+        if accumulate and accumulate_pv:
             out = _sequential_sum(p[..., :, :, None] * v[..., None, :, :], -2, accumulate)
         else:
             out = p @ v

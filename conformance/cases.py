@@ -450,6 +450,30 @@ def split_kv_cases() -> list[Case]:
                  "and lse judged like any case (tests/test_split_kv.py merges backends' "
                  "partials over shared inputs)")
         for start, stop in ((0, 4), (4, 7), (7, 10))
+    ] + split_kv_merge_cases()
+
+
+def split_kv_merge_cases() -> list[Case]:
+    """Split-KV cases judged in two stages (``key_splits``): each partial against its golden
+    partial, then the merge against the whole (conformance/split_kv.py, spec 3.8)."""
+    br = "bottom_right"
+    window = m.causal(align=br) & m.sliding_window(5, 0, align=br)
+    return [
+        _c("split_kv/merge_window_3_splits", "split_kv", window, q_heads=4, kv_heads=2,
+           q_len=3, k_len=10, key_splits=((0, 4), (4, 8), (8, 10)),
+           notes="a causal 6-key window over 3 key ranges: query 0 keeps nothing in [8, 10), "
+                 "query 2 nothing in [0, 4) (empty partials in kept rows)"),
+        _c("split_kv/merge_decode_large_magnitude", "split_kv",
+           m.causal(align=br) & m.key_padding([12, 7], side="right"), q_heads=4, kv_heads=1,
+           q_len=1, k_len=12, input_scale=30.0, key_splits=((0, 4), (4, 8), (8, 12)),
+           notes="MQA decode with LSEs near 1e3 (past log(finfo(float64).max) = 709.8, so a "
+                 "merge without max subtraction overflows in every dtype); batch 1 has 7 "
+                 "valid keys, its partial [8, 12) is empty"),
+        _c("split_kv/merge_padded_queries_softcap", "split_kv",
+           m.causal(align=br) & m.query_padding([4, 2], side="right"), q_len=4, k_len=9,
+           softcap=5.0, input_scale=2.0, key_splits=((0, 5), (5, 9)),
+           notes="two ranges; batch 1's padded queries keep no key in any partial, so the "
+                 "merged row is empty (out 0, lse -inf)"),
     ]
 
 

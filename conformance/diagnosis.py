@@ -16,6 +16,7 @@ from refmask.case import Case, to_bhtd
 
 from .alternatives import alternative
 from .explanations import Explanation, composable, compose, explanations
+from .fits import Fit, fits
 from .tolerance import (
     AGGREGATE_FLOOR,
     C_SIGMA,
@@ -238,10 +239,81 @@ def diagnose(case: Case, inputs: dict, output: Output, golden: dict, model: Forw
                          precision)
             if best[0] is not None:
                 break
+    if best[0] is None:
+        best = (_fitted(case, values, lambda changes: judge.judge(
+            *_alt(case, values, changes), lse_free=False)), [])
     ranked = sorted(results.values(), key=lambda x: x[0])
     closest_matches = tuple(Match(e, r, e.kind) for r, e in ranked[:3] if np.isfinite(r))
     return Diagnosis(best=best[0], runners_up=tuple(best[1]), closest=closest_matches,
                      evaluated=evaluated)
+
+
+#: Fitted factors: a grid of 2^(k/4), |k| <= FIT_STEPS, refined by golden section; only for
+#: cases of at most FIT_SIZE score entries (each step recomputes the case).
+FIT_STEPS = 32
+FIT_SIZE = 1 << 20
+#: A fitted factor within 2^(+-FIT_MIN_LOG2) of 1 names nothing (a rounding of the value).
+FIT_MIN_LOG2 = 1.0 / 64
+#: How many local minima of the grid are refined.
+FIT_BASINS = 3
+
+
+def _alt(case: Case, values: dict, changes: dict) -> tuple:
+    with np.errstate(all="ignore"):
+        return alternative(case, values, **changes)
+
+
+def _fitted(case: Case, values: dict, score: Callable[[dict], float]) -> Match | None:
+    """The first :func:`.explanations.fits` parameter whose best factor f (the smallest
+    residual over the grid, refined) makes the output match: a bug named
+    ``<name>=fitted(<value in words>)``; None when none matches."""
+    if case.batch * case.q_heads * case.q_len * case.k_len > FIT_SIZE:
+        return None
+    for fit in fits():
+        if not _safe_applies_fit(fit, case):
+            continue
+
+        def at(log_f, fit=fit):
+            try:
+                return score(fit.changes(case, 2.0 ** log_f))
+            except (ValueError, TypeError, KeyError, IndexError):
+                return math.inf
+        grid = [(at(k / 4), k / 4) for k in range(-FIT_STEPS, FIT_STEPS + 1)]
+        # the residual is not unimodal in f (a max over elements): every local minimum of
+        # the grid, f = 1 included, is refined, the FIT_BASINS lowest first
+        basins = sorted(grid[n] for n in range(len(grid)) if np.isfinite(grid[n][0]) and all(
+            grid[n][0] <= grid[m][0] for m in (n - 1, n + 1) if 0 <= m < len(grid)))
+        if not basins:
+            continue
+        r, x = min(_golden(at, x0) for _, x0 in basins[:FIT_BASINS])
+        f = 2.0 ** x
+        if r <= 1.0 and abs(x) >= FIT_MIN_LOG2:
+            words = fit.describe(case, f)
+            return Match(Explanation(
+                f"{fit.name}=fitted({f:.3g}x)", "fitted", fit.name,
+                f"matches the spec with the {fit.name.replace('_', ' ')} multiplied by "
+                f"{f:.4g}: {words} (no named bug has this value)", fit.fix,
+                lambda c: True, lambda c, fit=fit, f=f: fit.changes(c, f)), r, "fitted")
+    return None
+
+
+def _golden(at: Callable[[float], float], x: float) -> tuple[float, float]:
+    """(residual, log2 f): golden-section search of ``at`` within one grid step of ``x``."""
+    lo, hi = x - 0.25, x + 0.25
+    for _ in range(16):
+        a, b = hi - 0.618 * (hi - lo), lo + 0.618 * (hi - lo)
+        if at(a) <= at(b):
+            hi = b
+        else:
+            lo = a
+    return min((at(x), x), (at((lo + hi) / 2), (lo + hi) / 2))
+
+
+def _safe_applies_fit(fit: Fit, case: Case) -> bool:
+    try:
+        return bool(fit.applies(case))
+    except (ValueError, TypeError, KeyError, IndexError):
+        return False
 
 
 def _safe_applies(explanation: Explanation, case: Case) -> bool:
@@ -302,8 +374,10 @@ def _pick(results: dict, case, values, model, compute, declared: list,
             f"the result was computed internally in {precision}, not {case.dtype}"),
             fix=f"compute in {case.dtype} (or declare the case dtype {precision})"),
             r, "bug", None)
-    runners = [Match(x, rr, kind(x), precision) for rr, x in near[1:5]]
-    return best, runners
+    # a runner-up that is the best plus more parts says nothing more: not listed
+    parts = set(best.name.split(" + "))
+    runners = [Match(x, rr, kind(x), precision) for rr, x in near[1:]]
+    return best, [m for m in runners if not parts < set(m.name.split(" + "))][:4]
 
 
 # --- localisation -------------------------------------------------------------------------------

@@ -86,6 +86,8 @@ from concurrent.futures import ProcessPoolExecutor
 import mpmath
 import numpy as np
 
+from refmask.case import partial_cases, to_bhtd
+
 from .cases import Case, case_inputs
 from .exact_terms import _alibi_terms, _dims, _queries, _softmax, _to_mp, exact_score_stages
 
@@ -408,7 +410,8 @@ def exact_attention(case: Case, inputs: Mapping | None = None) -> dict:
     inputs: its inputs; default ``case_inputs(case)`` (regenerated bit for bit).
 
     Returns ``{"out", "lse", "dq", "dk", "dv"[, "dbias"][, "dsinks"][, "scores_<stage>"...]}``
-    -> float64 arrays, each entry the correctly rounded 50-digit value.
+    (and for a split-KV case "partial_out" (P, B, Hq, Tq, Dv) and "partial_lse" (P, B, Hq,
+    Tq)) -> float64 arrays, each entry the correctly rounded 50-digit value.
     """
     _check_case(case)
     if inputs is None:
@@ -441,6 +444,12 @@ def exact_attention(case: Case, inputs: Mapping | None = None) -> dict:
         if case.layout == "BTHD" and name in ("out", "dq", "dk", "dv"):
             array = np.ascontiguousarray(array.transpose(0, 2, 1, 3))
         result[name] = array
+    if case.key_splits:
+        parts = [exact_attention(part, inputs) for part in partial_cases(case)]
+        result["partial_out"] = np.stack([to_bhtd(part, value["out"])
+                                          for part, value in zip(partial_cases(case), parts,
+                                                                 strict=True)])
+        result["partial_lse"] = np.stack([value["lse"] for value in parts])
     return result
 
 

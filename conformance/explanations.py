@@ -41,15 +41,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refmask.attention import Alibi
+from refmask.attention import Alibi, alibi_slopes
 from refmask.case import Case, numpy_dtype
 
 from .alternatives import default_scale
 from .mask_edits import (
     causal_strict,
+    field_drop,
     field_shift,
+    first_entry,
     kinds,
     mask_edit,
+    mask_edits,
     offset_shift,
     padding_flip,
     padding_lengths,
@@ -75,25 +78,43 @@ class Explanation:
     applies: Callable[[Case], bool]
     changes: Callable[[Case], dict]
     lse_free_on_empty_rows: bool = False
+    #: for a mask edit: ``case -> [node edits]`` applied in turn to the mask's JSON tree, so
+    #: two edits of different parts of the mask (an alignment and a window edge) compose
+    edits: Callable[[Case], list] | None = None
 
 
 def compose(first: Explanation, second: Explanation) -> Explanation:
     """Both alternatives at once (e.g. top-left causal *and* mean-of-V empty rows, which is
-    what a backend gives when its causal switch empties rows the spec keeps)."""
+    what a backend gives when its causal switch empties rows the spec keeps; or two mask
+    edits, applied one after the other)."""
     kinds = {first.kind, second.kind}
     kind = "bug" if "bug" in kinds else ("empty_rows_only" if "empty_rows_only" in kinds
                                           else "policy")
+    edits = None
+    changes = lambda c: {**first.changes(c), **second.changes(c)}  # noqa: E731
+    if first.edits is not None and second.edits is not None:
+        edits = lambda c: [*first.edits(c), *second.edits(c)]  # noqa: E731
+        changes = lambda c: {"mask": _chained(c, edits(c))}  # noqa: E731
     return Explanation(
         f"{first.name} + {second.name}", kind, f"{first.slot}+{second.slot}",
         f"{first.description}; and {second.description}",
         "; ".join(f for f in (first.fix, second.fix) if f),
-        lambda c: first.applies(c) and second.applies(c),
-        lambda c: {**first.changes(c), **second.changes(c)},
-        first.lse_free_on_empty_rows or second.lse_free_on_empty_rows)
+        lambda c: first.applies(c) and second.applies(c), changes,
+        first.lse_free_on_empty_rows or second.lse_free_on_empty_rows, edits)
+
+
+def _chained(case: Case, edits: list):
+    mask = mask_edits(case, edits)
+    if mask is None:
+        raise ValueError("the mask edits do not compose on this mask")
+    return mask
 
 
 def composable(first: Explanation, second: Explanation) -> bool:
+    """Different slots, or two single mask edits (they edit the tree in turn)."""
     slots_a, slots_b = set(first.slot.split("+")), set(second.slot.split("+"))
+    if slots_a == slots_b == {"mask"} and first.edits and second.edits:
+        return first.name != second.name
     return not (slots_a & slots_b)
 
 
@@ -111,7 +132,8 @@ def _mask_record(name, kind, description, fix, needs: set, edit):
     def applies(case):
         return bool(needs & kinds(case)) and mask_edit(case, bound(case)) is not None
 
-    return Explanation(name, kind, "mask", description, fix, applies, changes)
+    return Explanation(name, kind, "mask", description, fix, applies, changes,
+                       edits=lambda case: [bound(case)])
 
 
 def _mask_explanations() -> list[Explanation]:
@@ -161,6 +183,12 @@ def _mask_explanations() -> list[Explanation]:
                      "applied to a window already counted without self)",
                      "a window of W keys including self is (W-1, 0) in FlashAttention terms",
                      {"sliding_window"}, field_shift("sliding_window", "left", -1)),
+        _mask_record("window=left_unbounded", "bug",
+                     "the sliding window's left bound is dropped (FlashAttention reads a "
+                     "negative left reach, e.g. window_size=(-W, 0), as unbounded): a "
+                     "causal window becomes plain causal",
+                     "pass window_size=(W-1, 0) with a non-negative left reach",
+                     {"sliding_window"}, field_drop("sliding_window", "left")),
         _mask_record("window=right_plus_1", "bug",
                      "the sliding window reaches one key further to the right (into the "
                      "future for a causal window)",
@@ -219,6 +247,12 @@ def _mask_explanations() -> list[Explanation]:
                      "packed documents attend across document boundaries",
                      "build the mask from cu_seqlens / segment ids", {"documents"},
                      lambda node: {"kind": "full"} if node.get("kind") == "documents" else None),
+        _mask_record("per_batch=first_entry", "bug",
+                     "every batch entry gets the first entry's per-batch value (valid length, "
+                     "KV-cache offset or prefix): one split point for the whole batch",
+                     "index the lengths / offsets / cu_seqlens by batch entry",
+                     {"key_padding", "query_padding", "prefix_lm", "align:offset",
+                      "align:bottom_right"}, first_entry),
         Explanation("mask_inverted", "bug", "mask",
                     "mask polarity inverted (True read as 'masked', as nn.MultiheadAttention "
                     "does, where the spec says True = attend)",
@@ -292,6 +326,21 @@ def _empty_row_explanations() -> list[Explanation]:
     return records
 
 
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _standard_slopes(case: Case) -> bool:
+    """The case's ALiBi slopes are the Press et al. slopes of its head count."""
+    return case.alibi is not None and np.ndim(case.alibi.slopes) == 1 and np.allclose(
+        case.alibi.slopes, alibi_slopes(case.q_heads), rtol=1e-12, atol=0.0)
+
+
+def with_slopes(case: Case, slopes) -> dict:
+    return {"alibi": Alibi(slopes, convention=case.alibi.convention, align=case.alibi.align,
+                           layout=case.alibi.layout)}
+
+
 def _score_explanations() -> list[Explanation]:
     float64_only = lambda c: c.dtype == "float64"  # noqa: E731
 
@@ -319,6 +368,22 @@ def _score_explanations() -> list[Explanation]:
         Explanation("scale=none", "bug", "scale", "scores not scaled at all",
                     "multiply q @ k^T by the scale",
                     lambda c: default_scale(c) != 1.0, lambda c: {"scale": 1.0}),
+        Explanation("scale=inverted", "bug", "scale",
+                    "scores divided by the scale instead of multiplied (s * sqrt(Dqk) for the "
+                    "default 1/sqrt(Dqk))", "multiply q @ k^T by the scale (scale = "
+                    "head_dim ** -0.5 is a factor, not a divisor)",
+                    lambda c: default_scale(c) not in (0.0, 1.0),
+                    lambda c: {"scale": 1.0 / default_scale(c)}),
+        Explanation("scale=1/sqrt(Hq*Dqk)", "bug", "scale",
+                    "scores scaled by 1/sqrt(d_model) = 1/sqrt(Hq * Dqk) instead of the "
+                    "per-head 1/sqrt(Dqk)", "scale by the per-head dim: head_dim ** -0.5",
+                    lambda c: c.scale is None and c.q_heads > 1,
+                    lambda c: {"scale": 1.0 / math.sqrt(c.q_heads * c.qk_dim)}),
+        Explanation("scale=1/sqrt(Hq)", "bug", "scale",
+                    "scores scaled by 1/sqrt(num_heads) instead of 1/sqrt(head_dim)",
+                    "scale by the per-head dim: head_dim ** -0.5",
+                    lambda c: c.scale is None and c.q_heads > 1,
+                    lambda c: {"scale": 1.0 / math.sqrt(c.q_heads)}),
         Explanation("scale=explicit_ignored", "bug", "scale",
                     "the explicit scale is ignored: 1/sqrt(Dqk) is used",
                     "forward the scale argument to the kernel",
@@ -370,6 +435,21 @@ def _score_explanations() -> list[Explanation]:
                     lambda c: {"alibi": Alibi([-x for x in c.alibi.slopes],
                                               convention=c.alibi.convention,
                                               align=c.alibi.align)}),
+        Explanation("alibi=slopes_off_by_one", "bug", "alibi",
+                    "ALiBi slopes 2^(-8h/H) instead of 2^(-8(h+1)/H): every slope 2^(8/H) "
+                    "times too steep, head 0 gets slope 1",
+                    "m_h = 2 ** (-8 * (h + 1) / H) for h = 0 .. H-1 (Press et al.)",
+                    lambda c: _standard_slopes(c) and _power_of_two(c.q_heads),
+                    lambda c: with_slopes(c, [2.0 ** (-8.0 * h / c.q_heads)
+                                               for h in range(c.q_heads)])),
+        Explanation("alibi=geometric_slopes", "bug", "alibi",
+                    "ALiBi slopes as the plain geometric sequence 2^(-8(h+1)/H) for a head "
+                    "count H that is not a power of two",
+                    "for H not a power of two take the slopes of the largest power of two "
+                    "c < H, then every other slope of 2c (refmask.attention.alibi_slopes)",
+                    lambda c: _standard_slopes(c) and not _power_of_two(c.q_heads),
+                    lambda c: with_slopes(c, [2.0 ** (-8.0 * (h + 1) / c.q_heads)
+                                               for h in range(c.q_heads)])),
         Explanation("alibi=top_left", "policy", "alibi",
                     "ALiBi distances aligned top-left where the case aligns them "
                     "bottom-right", "align ALiBi positions like the causal mask",
@@ -395,6 +475,11 @@ def _score_explanations() -> list[Explanation]:
                     "dropout keep-mask applied without 1/(1-rate)",
                     "divide the kept weights by 1 - rate",
                     lambda c: c.dropout_rate is not None, lambda c: {"dropout": "unscaled"}),
+        Explanation("dropout=scaled_by_1/rate", "bug", "dropout",
+                    "the kept weights scaled by 1 / rate instead of 1 / (1 - rate)",
+                    "divide the kept weights by the keep probability 1 - rate",
+                    lambda c: c.dropout_rate is not None and 0 < c.dropout_rate != 0.5,
+                    lambda c: {"dropout_factor": 1.0 / c.dropout_rate}),
         Explanation("dropout=ignored", "bug", "dropout", "the dropout pattern is not applied",
                     "multiply the weights by keep / (1 - rate)",
                     lambda c: c.dropout_rate is not None, lambda c: {"dropout": "ignored"}),
@@ -408,7 +493,7 @@ def _score_explanations() -> list[Explanation]:
         Explanation("softmax=no_max_subtraction", "bug", "softmax",
                     "exp of the raw scores without subtracting the row maximum: overflows "
                     "in the case dtype", "subtract the row maximum before exp",
-                    lambda c: c.q_len > 0 and c.k_len > 0,
+                    lambda c: c.q_len > 0 and c.k_len > 0 and not c.key_splits,
                     lambda c: {"max_subtract": False}),
         Explanation("accumulation=case_dtype", "bug", "accumulation",
                     "the softmax denominator and P @ V are accumulated in the case dtype "
@@ -417,6 +502,39 @@ def _score_explanations() -> list[Explanation]:
                     lambda c: c.dtype in ("float16", "bfloat16") and c.k_len > 1 and (
                         c.batch * c.q_heads * c.q_len * c.k_len * c.v_dim <= 1 << 22),
                     lambda c: {"accumulate": c.dtype}),
+        Explanation("softmax=denominator_in_case_dtype", "bug", "accumulation",
+                    "the softmax row sum is accumulated in float16 / bfloat16 (P @ V in "
+                    "float32): once the running sum's ulp exceeds the terms it stops growing, "
+                    "so long rows are normalised by too small a sum",
+                    "accumulate the row sum of exp in float32",
+                    lambda c: c.dtype in ("float16", "bfloat16") and c.k_len > 1 and (
+                        c.batch * c.q_heads * c.q_len * c.k_len <= 1 << 22),
+                    lambda c: {"accumulate": c.dtype, "accumulate_pv": False}),
+    ]
+
+
+def _merge_explanations() -> list[Explanation]:
+    """Wrong merges of split-KV partials (spec 3.8); they apply to split-KV cases only."""
+    split = lambda c: bool(c.key_splits)  # noqa: E731
+    return [
+        Explanation("merge=lse_base_2", "bug", "merge",
+                    "the partials' natural-log LSEs are merged as log2 (2^(lse_p - max): "
+                    "FlashInfer's merge_state fed FlashAttention / FlexAttention LSEs)",
+                    "merge with the base the partials' LSE is in (refmask.attention.merge "
+                    "base='e'), or convert: lse2 = lse * log2(e)",
+                    split, lambda c: {"merge": "base_2"}),
+        Explanation("merge=empty_partial_nan", "bug", "merge",
+                    "a row with an empty partial (lse_p = -inf) comes out NaN: the merge "
+                    "multiplies the empty partial's 0/0 output by its zero weight, or "
+                    "computes exp(-inf - (-inf)) when every partial is empty",
+                    "give an empty partial weight 0 without reading its output; a row whose "
+                    "partials are all empty is out 0, lse -inf",
+                    split, lambda c: {"merge": "empty_partial_nan"}),
+        Explanation("merge=no_max_subtraction", "bug", "merge",
+                    "the merge weights are exp(lse_p) without subtracting the largest LSE: "
+                    "they overflow to inf (NaN output) once an LSE passes log(finfo.max)",
+                    "weight each partial by exp(lse_p - max_p lse_p)",
+                    split, lambda c: {"merge": "no_max_subtraction"}),
     ]
 
 
@@ -427,7 +545,8 @@ def explanations() -> list[Explanation]:
     scores = _score_explanations()
     precision = [e for e in scores if e.name.startswith("scale=float32")]
     rest = [e for e in scores if e not in precision]
-    return [*precision, *_mask_explanations(), *_empty_row_explanations(), *rest]
+    return [*precision, *_mask_explanations(), *_empty_row_explanations(), *rest,
+            *_merge_explanations()]
 
 
 def by_name(name: str) -> Explanation:
@@ -435,4 +554,5 @@ def by_name(name: str) -> Explanation:
         if explanation.name == name:
             return explanation
     raise ValueError(f"explanations: unknown alternative {name!r}")
+
 

@@ -80,6 +80,20 @@ def mask_edit(case: Case, edit: Callable[[dict], dict | None]) -> m.Mask | None:
     return None if new == tree else _from_json(new)
 
 
+def mask_edits(case: Case, edits: list) -> m.Mask | None:
+    """The case's mask with each of ``edits`` applied in turn (:func:`mask_edit`); None when
+    one of them changes nothing or the result is not a valid mask."""
+    tree = _mask_json(case)
+    if tree is None:
+        return None
+    for edit in edits:
+        new = _edit_everywhere(tree, edit)
+        if new == tree:
+            return None
+        tree = new
+    return _from_json(tree)
+
+
 def _align_kind(node: dict) -> str | None:
     align = node.get("align")
     if align is None:
@@ -144,10 +158,50 @@ def causal_strict(node: dict) -> dict:
         "kind": "sliding_window", "left": 0, "right": 0, "align": node["align"]}}]}
 
 
-def padding_flip(kind: str, other: str) -> Callable[[dict], dict | None]:
-    return replace_kind(kind, lambda node: {**node, "kind": other})
+def padding_flip(kind: str, other: str) -> Callable[[dict, Case], dict | None]:
+    """A ``kind`` padding node read as ``other`` padding (key lengths applied to query rows
+    or back), its lengths clipped to [0, T] of the other axis: a (B, T) pad mask broadcast
+    along the wrong axis keeps every row (or key) below the length, all of them when the
+    length exceeds that axis."""
+    def edit(node, case):
+        if node.get("kind") != kind:
+            return None
+        top = case.q_len if other == "query_padding" else case.k_len
+        lengths = node["lengths"]
+        clipped = ([min(top, x) for x in lengths] if isinstance(lengths, list)
+                   else min(top, lengths))
+        return {**node, "kind": other, "lengths": clipped}
+    return edit
+
+
+def field_drop(kind: str, key: str) -> Callable[[dict], dict | None]:
+    """``key`` of every ``kind`` node set to None (an unbounded window edge)."""
+    def edit(node):
+        if node.get("kind") != kind or node.get(key) is None:
+            return None
+        return {**node, key: None}
+    return edit
 
 
 def padding_side(node: dict) -> dict:
     return {**node, "side": "left" if node.get("side") == "right" else "right"}
 
+
+
+def _first_everywhere(value: object) -> object:
+    """A per-batch list [x0, x1, ...] (of numbers, not all equal) -> [x0, x0, ...]; dicts
+    (an alignment's offsets or valid lengths) walked; anything else unchanged."""
+    if isinstance(value, dict):
+        return {key: _first_everywhere(v) for key, v in value.items()}
+    if (isinstance(value, list) and len(value) > 1
+            and all(isinstance(x, (int, float)) for x in value) and len(set(value)) > 1):
+        return [value[0]] * len(value)
+    return value
+
+
+def first_entry(node: dict) -> dict | None:
+    """Per-batch lengths, prefixes, offsets and valid lengths of ``node`` replaced by the
+    first batch entry's (None when the node has none)."""
+    edited = {key: _first_everywhere(value) if key in ("lengths", "prefix", "align") else value
+              for key, value in node.items()}
+    return None if edited == node else edited

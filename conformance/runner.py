@@ -58,6 +58,7 @@ from .scores_judging import (
     scores_unsupported,
     temperature_unsupported,
 )
+from .split_kv import run_split
 from .tolerance import (
     ForwardModel,
     TensorCheck,
@@ -321,6 +322,23 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool | None = None,
               or adapter.unsupported(case))
     if reason:
         return result("unsupported", reason)
+    golden = golden or judging.golden()
+    if case.key_splits:
+        return run_split(adapter, case, judging=judging, golden=golden, explain=explain,
+                         judge=_judge)
+    return _judge(adapter, case, judging, golden, explain)
+
+
+def _judge(adapter: Adapter, case: Case, judging: Judging, golden: Callable,
+           explain: bool) -> CaseResult:
+    """The verdict of a supported case (:func:`run_case` after its checks)."""
+    grads, timeout = judging.grads, judging.timeout
+    start = time.perf_counter()
+
+    def result(verdict, reason="", **extra):
+        return CaseResult(case=case, backend=adapter.name, verdict=verdict, reason=reason,
+                          seconds=time.perf_counter() - start, **extra)
+
     inputs = case_inputs(case)
     status, output = _run_backend(adapter, case, inputs, grads, timeout)
     if status == "timeout":
@@ -336,7 +354,7 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool | None = None,
     if missing_scores(case, output):
         return result("fail", f"the backend returned no {', '.join(missing_scores(case, output))}"
                       " (the case asks for these score stages, spec 3.9)")
-    gold = (golden or judging.golden())(case, inputs, grads)
+    gold = golden(case, inputs, grads)
     if grads:
         missing = _missing_gradients(output, gold)
         if missing:
@@ -389,7 +407,8 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool | None = None,
                       f"not declare: {description} (declare it, or accept it with "
                       f"--allow-policy {best.name}){also}", convention=best.name,
                       convention_kind="undeclared", **extra)
-    return result("fail", f"matches the known bug {best.name}: {description}. Fix: "
+    what = "a fitted parameter" if best.kind == "fitted" else "the known bug"
+    return result("fail", f"matches {what} {best.name}: {description}. Fix: "
                   f"{best.explanation.fix}{also}", convention=best.name,
                   convention_kind="bug", **extra)
 

@@ -374,7 +374,7 @@ def ulp_distance(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
     Floats of one sign are ordered like their bit patterns, so mapping negative patterns to
     ``-(pattern & ~sign)`` makes the distance a plain integer difference.
     """
-    from refmask.case import numpy_dtype
+    from refmask.case import numpy_dtype, round_float64
 
     np_dtype = numpy_dtype(dtype)
     bits = {2: np.int16, 4: np.int32, 8: np.int64}[np_dtype.itemsize]
@@ -382,7 +382,7 @@ def ulp_distance(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
 
     def ordered(x):
         with np.errstate(over="ignore", invalid="ignore"):
-            raw = np.asarray(x, np.float64).astype(np_dtype).view(bits).astype(np.int64)
+            raw = round_float64(x, np_dtype).view(bits).astype(np.int64)
         return np.where(raw < 0, -(raw & magnitude), raw)
 
     return np.abs(ordered(a) - ordered(b)).astype(np.float64)

@@ -13,6 +13,7 @@ alike (adapters import this module, never the suite):
     attention_kwargs                  the keyword arguments of refmask.attention.attention
     to_bhtd                           an array of the case's layout seen as (B, H, T, D)
     numpy_dtype / dtype_unavailable   the NumPy dtype of a dtype name (bfloat16: ml_dtypes)
+    round_float64                     float64 values rounded once to a case dtype
     reference_outputs                 refmask's own result for the case, float64 BHTD
 
 Inputs are never stored: :func:`case_inputs` regenerates them from ``refmask.rng``, keyed by
@@ -33,10 +34,19 @@ import numpy as np
 
 from . import masks as m
 from . import rng
+from ._case_outputs import check_outputs, score_output_name
+from ._rounding import round_float64
 from ._typing import Array
-from ._validate import check_choice
-from .attention import SCORE_STAGES, Alibi, Grads, attention, attention_scores, attention_vjp
+from ._validate import check_choice, check_flag, check_int, check_real, check_str
+from .attention import Alibi, Grads, attention, attention_scores, attention_vjp
 from .masks.varlen import layout_from_json
+
+#: The most scores (B * Hq * Tq * Tk) one case may have. Everything derived from a case
+#: (flags, golden values, tolerances, reports) materialises its keep mask and float64
+#: score-sized arrays densely: 2**28 scores are 256 MiB of keep mask and 2 GiB per float64
+#: array, so a larger case would exhaust a development machine's memory before it could
+#: fail with a clear message. The catalog's largest case (sweeps included) has 2**22.
+MAX_CASE_SCORES = 2**28
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 
@@ -93,12 +103,6 @@ FLAGS = {
 }
 
 
-def score_output_name(stage: str) -> str:
-    """The output name of a score stage (spec 3.9): ``"scores_" + stage``, e.g.
-    ``scores_probs``; also the golden member ``exact.scores_<stage>``."""
-    return f"scores_{stage}"
-
-
 @dataclass(frozen=True)
 class Case:
     """One attention call, completely specified.
@@ -114,6 +118,9 @@ class Case:
     ``query_scale``: per-query temperature tau (spec 3.2.3), Tq finite floats > 0 (the
     float64 values; the input ``query_scale`` is them rounded to the case dtype); default
     None = no temperature.
+    ``key_splits`` ``((0, s1), (s1, s2), ..., (sn, Tk))``: a split-KV case, whose partial
+    results over each key range are judged and merged (:func:`partial_cases`); ``()`` for an
+    ordinary case.
     """
 
     name: str
@@ -139,11 +146,15 @@ class Case:
     seed: int = 0
     notes: str = ""
     extra_flags: tuple = field(default=())
+    key_splits: tuple = ()
     scores: tuple = ()
     query_scale: tuple | None = None
 
-    def __post_init__(self):
-        _check_outputs(self)
+    def __post_init__(self) -> None:
+        _check_case_fields(self)
+        if self.key_splits:
+            _check_key_splits(self)
+        check_outputs(self)
 
     @property
     def id(self) -> str:
@@ -186,29 +197,101 @@ class Case:
             "sinks": self.sinks, "dropout_rate": self.dropout_rate,
             "input_scale": self.input_scale, "empty_rows": self.empty_rows, "seed": self.seed,
             "flags": list(self.flags), "notes": self.notes, **optional,
+            **({"key_splits": [list(split) for split in self.key_splits]}
+               if self.key_splits else {}),
         }
 
 
-def _check_outputs(case: Case) -> None:
-    """``scores``: a tuple of distinct stages of SCORE_STAGES in that order;
-    ``query_scale``: None or a tuple of Tq finite floats > 0."""
-    where = f"Case {case.name!r}"
-    if not isinstance(case.scores, tuple):
-        raise TypeError(f"{where}: scores must be a tuple of stages, got "
-                        f"{type(case.scores).__name__}")
-    for stage in case.scores:
-        check_choice(where, "scores", stage, SCORE_STAGES)
-    if list(case.scores) != sorted(set(case.scores), key=SCORE_STAGES.index):
-        raise ValueError(f"{where}: scores must name each stage at most once, in the order "
-                         f"{list(SCORE_STAGES)}, got {list(case.scores)}")
-    tau = case.query_scale
-    if tau is None:
-        return
-    if not isinstance(tau, tuple) or len(tau) != case.q_len:
-        raise ValueError(f"{where}: query_scale must be a tuple of Tq = {case.q_len} floats, "
-                         f"got {tau!r:.80}")
-    if not all(isinstance(x, float) and np.isfinite(x) and x > 0 for x in tau):
-        raise ValueError(f"{where}: query_scale must hold finite floats > 0, got {tau!r:.80}")
+def _check_key_splits(case: Case) -> None:
+    """key_splits: >= 2 ranges (start, stop) of ints, start < stop, contiguous from 0 to Tk;
+    sinks (which belong to exactly one range) and empty-row policies other than "zero" (the
+    merge of empty partials is the zero row) are refused."""
+    where = f"Case {case.name!r}: key_splits"
+    splits = case.key_splits
+    if not isinstance(splits, tuple) or len(splits) < 2 or not all(
+            isinstance(s, tuple) and len(s) == 2 and all(
+                isinstance(x, int) and not isinstance(x, bool) for x in s) for s in splits):
+        raise ValueError(f"{where} must be a tuple of at least two (start, stop) int pairs, "
+                         f"got {splits!r}")
+    flat = [edge for split in splits for edge in split]
+    inner = flat[1:-1]
+    if (flat[0] != 0 or flat[-1] != case.k_len or inner[0::2] != inner[1::2]
+            or any(start >= stop for start, stop in splits)):
+        raise ValueError(f"{where} must be non-empty contiguous key ranges covering [0, Tk = "
+                         f"{case.k_len}) in order, got {splits!r}")
+    if case.sinks:
+        raise ValueError(f"{where}: a sink belongs to exactly one key range; sinks with "
+                         "key_splits are not supported")
+    if case.empty_rows != "zero":
+        raise ValueError(f"{where}: needs empty_rows='zero' (an empty partial has out 0 and "
+                         f"lse -inf), got {case.empty_rows!r}")
+
+
+def key_range_mask(mask: m.Mask | None, start: int, stop: int) -> m.Mask:
+    """``mask`` restricted to the keys ``start <= k < stop`` (a split-KV partial's mask):
+    ``mask & key_padding(stop) & ~key_padding(start)``, both padded on the right."""
+    keys = m.key_padding(stop, side="right") & ~m.key_padding(start, side="right")
+    return keys if mask is None else mask & keys
+
+
+def partial_cases(case: Case) -> list[Case]:
+    """The partials of a split-KV case: for each ``(start, stop)`` of ``case.key_splits``
+    the case with the mask :func:`key_range_mask` ``(case.mask, start, stop)`` and no
+    key_splits. The name is kept, so every partial sees exactly the case's inputs; every key
+    outside the range is masked (an empty partial row has out 0 and lse -inf)."""
+    return [replace(case, mask=key_range_mask(case.mask, start, stop), key_splits=())
+            for start, stop in case.key_splits]
+
+
+def _check_case_fields(case: Case) -> None:
+    """Refuse a case no attention call could have, naming the field and the rule.
+
+    Shapes: B, Hq, Hkv, Dqk, Dv >= 1, Tq, Tk >= 0, Hq a multiple of Hkv (GQA), and
+    ``B * Hq * Tq * Tk <= MAX_CASE_SCORES``. Scalars: ``scale`` finite or None, ``softcap``
+    finite > 0 or None, ``dropout_rate`` in [0, 1) or None, ``input_scale`` finite > 0,
+    ``0 <= seed < 2**64``; ``dtype``, ``layout`` and ``empty_rows`` from their lists.
+    """
+    where = f"Case {case.name!r}" if isinstance(case.name, str) else "Case"
+    for name in ("name", "family"):
+        if not check_str(where, name, getattr(case, name)):
+            raise ValueError(f"{where}: {name} must be a non-empty str")
+    check_str(where, "notes", case.notes)
+    if case.mask is not None and not isinstance(case.mask, m.Mask):
+        raise TypeError(f"{where}: mask must be a refmask Mask or None, got "
+                        f"{type(case.mask).__name__}")
+    dims = {name: check_int(where, name, getattr(case, name), minimum=minimum)
+            for name, minimum in (("batch", 1), ("q_heads", 1), ("kv_heads", 1),
+                                  ("q_len", 0), ("k_len", 0), ("qk_dim", 1), ("v_dim", 1))}
+    if dims["q_heads"] % dims["kv_heads"]:
+        raise ValueError(f"{where}: q_heads ({dims['q_heads']}) must be a multiple of kv_heads "
+                         f"({dims['kv_heads']}) (query head h reads kv head h // (Hq / Hkv))")
+    scores = dims["batch"] * dims["q_heads"] * dims["q_len"] * dims["k_len"]
+    if scores > MAX_CASE_SCORES:
+        raise ValueError(f"{where}: B * Hq * Tq * Tk = {scores} exceeds MAX_CASE_SCORES = 2**28 "
+                         "(a case's keep mask and golden arrays are materialised densely)")
+    check_choice(where, "dtype", case.dtype, DTYPES)
+    check_choice(where, "layout", case.layout, ("BHTD", "BTHD"))
+    check_choice(where, "empty_rows", case.empty_rows, ("zero", "nan", "uniform", "unmasked"))
+    if case.scale is not None:
+        check_real(where, "scale", case.scale, optional=True)
+    if case.softcap is not None:
+        check_real(where, "softcap", case.softcap, positive=True, optional=True)
+    check_real(where, "input_scale", case.input_scale, positive=True)
+    if case.dropout_rate is not None:
+        rate = check_real(where, "dropout_rate", case.dropout_rate, optional=True)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"{where}: dropout_rate must be a real number in [0, 1) or None, "
+                             f"got {rate!r}")
+    for name in ("bias", "sinks"):
+        check_flag(where, name, getattr(case, name))
+    if case.alibi is not None and not isinstance(case.alibi, Alibi):
+        raise TypeError(f"{where}: alibi must be a refmask Alibi or None, got "
+                        f"{type(case.alibi).__name__}")
+    check_int(where, "seed", case.seed, minimum=0, maximum=2**64 - 1,
+              rule="an int with 0 <= seed < 2**64")
+    if isinstance(case.extra_flags, str) or not isinstance(case.extra_flags, tuple):
+        raise TypeError(f"{where}: extra_flags must be a tuple of flag names, got "
+                        f"{case.extra_flags!r:.80}")
 
 
 def _nodes(mask):
@@ -280,8 +363,8 @@ def derive_flags(case: Case) -> tuple:
         ("BTHD", case.layout == "BTHD"), ("Length1", 1 in (case.q_len, case.k_len)),
         ("Length0", 0 in (case.q_len, case.k_len)), ("LargeMagnitude", case.input_scale >= 8),
         ("LowPrecision", case.dtype in ("float16", "bfloat16")),
-        ("LongRow", case.k_len >= 2048), ("ScoresOutput", bool(case.scores)),
-        ("QueryTemperature", case.query_scale is not None),
+        ("LongRow", case.k_len >= 2048), ("SplitKV", bool(case.key_splits)),
+        ("ScoresOutput", bool(case.scores)), ("QueryTemperature", case.query_scale is not None),
     ) if on)
     unknown = flags - set(FLAGS)
     if unknown:
@@ -318,7 +401,9 @@ def case_from_json(data: Mapping, *, trust: Iterable[str] = ()) -> Case:
                         else layout_from_json(alibi["layout"]))),
             sinks=data["sinks"], dropout_rate=data["dropout_rate"],
             input_scale=data["input_scale"], empty_rows=data["empty_rows"], seed=data["seed"],
-            notes=data["notes"], scores=tuple(data.get("scores", ())),
+            notes=data["notes"],
+            key_splits=tuple(tuple(split) for split in data.get("key_splits", ())),
+            scores=tuple(data.get("scores", ())),
             query_scale=(None if data.get("query_scale") is None
                          else tuple(data["query_scale"])),
         )
@@ -379,7 +464,7 @@ def case_inputs(case: Case) -> dict:
 
     def normal(tensor: str, shape: tuple, factor: float = 1.0) -> np.ndarray:
         u = rng.uniform(case.seed, f"{case.name}/{tensor}", shape)
-        return ((2.0 * u - 1.0) * np.sqrt(3.0) * factor).astype(dtype)
+        return round_float64((2.0 * u - 1.0) * np.sqrt(3.0) * factor, dtype)
 
     out_len = case.q_len
     inputs = {
@@ -397,7 +482,7 @@ def case_inputs(case: Case) -> dict:
         draws = rng.uniform(case.seed, f"{case.name}/dropout_keep", full_scores)
         inputs["dropout_keep"] = draws >= case.dropout_rate
     if case.query_scale is not None:
-        inputs["query_scale"] = np.asarray(case.query_scale, np.float64).astype(dtype)
+        inputs["query_scale"] = round_float64(np.asarray(case.query_scale, np.float64), dtype)
     return inputs
 
 
@@ -449,7 +534,9 @@ def reference_outputs(case: Case, inputs: Mapping, *, float64: bool, grads: bool
     them like any backend, never used to make them.
 
     Keys: out, lse, the case's score stages (``scores_<stage>``), and with ``grads`` dq, dk,
-    dv (+ dbias, dsinks when the case has them)."""
+    dv (+ dbias, dsinks when the case has them); for a split-KV case also partial_out
+    (P, B, Hq, Tq, Dv) and partial_lse (P, B, Hq, Tq), the results of its
+    :func:`partial_cases`."""
     def cast(x):
         if x.dtype == np.bool_:
             return x
@@ -466,6 +553,11 @@ def reference_outputs(case: Case, inputs: Mapping, *, float64: bool, grads: bool
             g = attention_vjp(values["q"], values["k"], values["v"], values["d_out"], **kwargs,
                               path="exact")
             arrays.update(gradient_arrays(case, g))
+    if case.key_splits:
+        parts = [reference_outputs(part, inputs, float64=float64, grads=False)
+                 for part in partial_cases(case)]
+        arrays["partial_out"] = np.stack([part["out"] for part in parts])
+        arrays["partial_lse"] = np.stack([part["lse"] for part in parts])
     return arrays
 
 

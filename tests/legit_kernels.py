@@ -120,32 +120,39 @@ def scaled_output(factor: float):
     return fn
 
 
+def spec_output(q, k, v, call, *, scale: float | None = None) -> np.ndarray:
+    """The spec's output (section 3.2) computed plainly in float64, BHTD: scores times
+    ``scale`` (default ``call.scale``), softcap, bias, the keep mask as -inf, a max-shifted
+    softmax with the sink in the denominator, empty rows zero, dropout, then P @ V."""
+    q64, k64, v64 = (np.asarray(x, np.float64) for x in (q, k, v))
+    k64, v64 = _expanded(k64, q.shape[1]), _expanded(v64, q.shape[1])
+    s = (call.scale if scale is None else scale) * (q64 @ np.swapaxes(k64, -1, -2))
+    if call.softcap is not None:
+        s = call.softcap * np.tanh(s / call.softcap)
+    if call.bias is not None:
+        s = s + np.asarray(call.bias, np.float64)
+    s = np.where(call.keep, s, -np.inf)
+    top = s.max(axis=-1, keepdims=True, initial=-np.inf)
+    if call.sinks is not None:
+        top = np.maximum(top, np.asarray(call.sinks, np.float64).reshape(1, -1, 1, 1))
+    shift = np.where(np.isneginf(top), 0.0, top)
+    with np.errstate(invalid="ignore", over="ignore"):
+        w = np.exp(s - shift)
+        total = w.sum(axis=-1, keepdims=True)
+        if call.sinks is not None:
+            total = total + np.exp(np.asarray(call.sinks, np.float64).reshape(1, -1, 1, 1)
+                                   - shift)
+        p = np.where(total > 0, w / np.where(total > 0, total, 1.0), 0.0)
+    if call.dropout_keep is not None:
+        p = p * call.dropout_keep / (1.0 - call.dropout_rate)
+    return p @ v64
+
+
 def exactly_scaled(factor: float):
     """A bug: the float64 spec output times ``factor``, rounded to the case dtype (no
     rounding noise but the scaling's)."""
     def fn(q, k, v, call):
-        q64, k64, v64 = (np.asarray(x, np.float64) for x in (q, k, v))
-        k64, v64 = _expanded(k64, q.shape[1]), _expanded(v64, q.shape[1])
-        s = call.scale * (q64 @ np.swapaxes(k64, -1, -2))
-        if call.softcap is not None:
-            s = call.softcap * np.tanh(s / call.softcap)
-        if call.bias is not None:
-            s = s + np.asarray(call.bias, np.float64)
-        s = np.where(call.keep, s, -np.inf)
-        top = s.max(axis=-1, keepdims=True, initial=-np.inf)
-        if call.sinks is not None:
-            top = np.maximum(top, np.asarray(call.sinks, np.float64).reshape(1, -1, 1, 1))
-        shift = np.where(np.isneginf(top), 0.0, top)
-        with np.errstate(invalid="ignore", over="ignore"):
-            w = np.exp(s - shift)
-            total = w.sum(axis=-1, keepdims=True)
-            if call.sinks is not None:
-                total = total + np.exp(np.asarray(call.sinks, np.float64).reshape(1, -1, 1, 1)
-                                       - shift)
-            p = np.where(total > 0, w / np.where(total > 0, total, 1.0), 0.0)
-        if call.dropout_keep is not None:
-            p = p * call.dropout_keep / (1.0 - call.dropout_rate)
-        return (factor * (p @ v64)).astype(q.dtype)
+        return (factor * spec_output(q, k, v, call)).astype(q.dtype)
 
     fn.__qualname__ = f"exactly_scaled_{factor}"
     return fn

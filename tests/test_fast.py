@@ -303,6 +303,63 @@ def test_the_grid_is_classified_band_by_band(monkeypatch):
     compare(_kwargs(mask=mask), q, k, v, tiles={"q_tile": 8, "k_tile": 4})
 
 
+REFINE_MASKS = {
+    "window bottom_right": m.sliding_window(37, 3, align="bottom_right"),
+    "causal, left padding per batch": m.causal(align="top_left")
+    & m.key_padding([300, 170], side="left"),
+    "chunked | global tokens": m.chunked(50, align="top_left")
+    | m.global_tokens([0, 7], align="top_left"),
+    "not strided": ~m.strided(3, align="top_left"),
+    "prefix lm": m.prefix_lm([60, 200], align="bottom_right"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFINE_MASKS))
+def test_coarse_to_fine_planning_lists_the_tiles_of_the_flat_classification(name, monkeypatch):
+    """A large grid is planned coarse to fine (blocks of REFINE_FACTOR^2 tiles; EMPTY blocks
+    skipped, FULL blocks' tiles FULL unclassified). Forced on a small grid, it lists the same
+    tiles with the same codes as the flat classification of every tile, and those codes
+    are the true ones (sound ones for combinations), counted from the materialised mask
+    tile by tile."""
+    from refmask.fast import _tiles
+
+    mask = REFINE_MASKS[name]
+    batch, heads, q_len, k_len = 2, 2, 301, 333
+    grid = TileGrid(q_len, k_len, 7, 5)
+    source = MaskSource("mask", mask)
+    monkeypatch.setattr(_tiles, "REFINE_MIN_TILES", 1 << 60)
+    flat = _tiles.plan_tiles(source, batch, heads, grid)
+    monkeypatch.setattr(_tiles, "REFINE_MIN_TILES", 1)
+    monkeypatch.setattr(_tiles, "REFINE_FACTOR", 4)
+    monkeypatch.setattr(_tiles, "CLASSIFY_CHUNK_TILES", 64)  # several groups of block rows
+    assert _tiles._refinable(source, grid)
+    refined = _tiles.plan_tiles(source, batch, heads, grid)
+    for field in ("tile_map", "tile_row", "tile_col", "tile_code", "row_ptr", "col_ptr",
+                  "by_column"):
+        assert np.array_equal(getattr(refined, field), getattr(flat, field)), field
+    dense = mask.materialize(batch, heads, q_len, k_len)
+    padded = np.zeros((batch, heads, 43 * 7, 67 * 5), dtype=bool)
+    padded[:, :, :q_len, :k_len] = dense
+    kept = padded.reshape(batch, heads, 43, 7, 67, 5).sum(axis=(3, 5))
+    q0, q1 = grid.q_bounds()
+    k0, k1 = grid.k_bounds()
+    area = (q1 - q0)[:, None] * (k1 - k0)[None, :]
+    for index, (b, h) in enumerate(refined.maps):
+        mine = refined.tile_map == index
+        rows, cols = refined.tile_row[mine], refined.tile_col[mine]
+        truth = np.where(kept[b, h] == 0, 0, np.where(kept[b, h] == area, 2, 1))
+        listed = np.zeros_like(truth)
+        listed[rows, cols] = refined.tile_code[mine]
+        if mask.kind in ("and", "or", "not"):  # sound: never a wrong EMPTY or FULL
+            assert np.all((listed != 0) | (truth == 0)) and np.all((listed != 2) | (truth == 2))
+        else:                                  # primitives classify exactly
+            assert np.array_equal(listed, truth)
+    rng = np.random.default_rng(11)
+    q, k, v, d_out = (rng.standard_normal((batch, heads, n, 4))
+                      for n in (q_len, k_len, k_len, q_len))
+    compare(_kwargs(mask=mask), q, k, v, d_out, tiles={"q_tile": 7, "k_tile": 5})
+
+
 # --- (e) memory ------------------------------------------------------------------------------
 
 def test_memory_is_independent_of_tq_times_tk():

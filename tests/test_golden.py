@@ -20,11 +20,12 @@ from fractions import Fraction
 import mpmath
 import numpy as np
 import pytest
+from _corpus import manifest_of, write_manifest
 
 import refmask
 from refmask import masks as m
 from refmask.attention import attention, attention_vjp
-from refmask.case import score_arrays
+from refmask.case import partial_cases, score_arrays, to_bhtd
 from refmask.conformance import exact, golden
 from refmask.conformance.cases import Case, attention_kwargs, base_cases, case_inputs, catalog
 
@@ -150,6 +151,11 @@ def test_exact_matches_refmask_attention_on_the_catalog():
         reference = {"out": result.out, "lse": result.lse, "dq": grads.dq, "dk": grads.dk,
                      "dv": grads.dv, "dbias": grads.dbias, "dsinks": grads.dsinks,
                      **score_arrays(case, inputs)}  # the score stages the case asks for
+        parts = [attention(inputs["q"], inputs["k"], inputs["v"],
+                           **attention_kwargs(part, inputs)) for part in partial_cases(case)]
+        if parts:  # a split-KV case: each key range's partial (BHTD)
+            reference["partial_out"] = np.stack([to_bhtd(case, r.out) for r in parts])
+            reference["partial_lse"] = np.stack([r.lse for r in parts])
         for name, value in exact.exact_attention(case, inputs).items():
             assert_specials_equal(value, reference[name], f"{case.id} {name}")
             cancelling = {"LargeMagnitude", "MaskedKeysScoreHigh"} & set(case.flags)
@@ -374,20 +380,6 @@ def small_corpus(tmp_path_factory):
 @pytest.fixture
 def corpus(small_corpus, tmp_path):
     return shutil.copytree(small_corpus, tmp_path / "corpus")
-
-
-def manifest_of(directory):
-    return json.loads((directory / golden.MANIFEST).read_text())
-
-
-def write_manifest(directory, manifest):
-    """Write an edited manifest, resealed the way a writer seals it (docs/conformance: the
-    SHA-256 of the canonical JSON without the key), so only the edit itself is tested."""
-    if "manifest_sha256" in manifest:
-        body = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-        manifest = {**body, "manifest_sha256": hashlib.sha256(canonical.encode()).hexdigest()}
-    (directory / golden.MANIFEST).write_text(json.dumps(manifest))
 
 
 def first_file(directory):

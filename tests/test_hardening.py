@@ -226,6 +226,49 @@ def test_deeply_nested_json_is_refused_not_a_recursion_error():  # rule: json
         m.from_json(node)
 
 
+# --- case fields: a Case no attention call could have is refused where it is built -----------
+def _case(**fields):
+    from refmask.case import Case
+
+    return Case(name="c", family="f", mask=m.causal(align="bottom_right"), **fields)
+
+
+@pytest.mark.parametrize("fields, error, match", [
+    ({"dtype": "int8"}, ValueError, "dtype must be one of"),
+    ({"dtype": "float8_e4m3fn"}, ValueError, "dtype must be one of"),
+    ({"layout": "BSHD"}, ValueError, "layout must be one of"),
+    ({"q_heads": 3, "kv_heads": 2}, ValueError, r"q_heads \(3\) must be a multiple of kv_heads"),
+    ({"batch": 0}, ValueError, "batch must be an int >= 1"),
+    ({"q_len": -1}, ValueError, "q_len must be an int >= 0"),
+    ({"qk_dim": 0}, ValueError, "qk_dim must be an int >= 1"),
+    ({"k_len": 2.0}, TypeError, "k_len must be an int"),
+    ({"v_dim": True}, TypeError, "v_dim must be an int"),
+    ({"scale": float("inf")}, ValueError, "scale must be a finite real number"),
+    ({"softcap": 0.0}, ValueError, "softcap must be a finite real number > 0"),
+    ({"dropout_rate": 1.0}, ValueError, r"dropout_rate must be a real number in \[0, 1\)"),
+    ({"input_scale": float("nan")}, ValueError, "input_scale must be a finite real number > 0"),
+    ({"empty_rows": "zeros"}, ValueError, "empty_rows must be one of"),
+    ({"seed": -1}, ValueError, "seed must be an int with 0 <= seed < 2\\*\\*64"),
+    ({"seed": 2**64}, ValueError, "seed must be an int with 0 <= seed < 2\\*\\*64"),
+    ({"bias": 1}, TypeError, "bias must be a bool"),
+    ({"extra_flags": "Causal"}, TypeError, "extra_flags must be a tuple"),
+    ({"batch": 64, "q_heads": 64, "q_len": 1 << 12, "k_len": 1 << 12}, ValueError,
+     "exceeds MAX_CASE_SCORES"),
+])
+def test_a_case_with_an_impossible_field_is_refused(fields, error, match):  # rule: case-fields
+    with pytest.raises(error, match=match):
+        _case(**fields)
+
+
+def test_case_json_of_an_enormous_case_is_refused_before_any_allocation():  # rule: case-fields
+    from refmask.case import case_from_json
+
+    data = _case().to_json()
+    data["shape"].update(Tq=10**6, Tk=10**6)  # a dense keep mask would need 931 GiB per (b, h)
+    with pytest.raises(ValueError, match="MAX_CASE_SCORES"):
+        case_from_json(data)
+
+
 # --- class 6: the code under test cannot subvert the verdict -------------------------------------
 
 def test_user_code_gets_read_only_copies():  # rule: user-code
@@ -689,8 +732,8 @@ def test_overwrite_deletes_nothing_the_corpus_did_not_write(corpus, capsys):  # 
 
 # --- the spec lists every rule, and this file exercises each ------------------------------------
 
-RULES = ("trust", "mask-lengths", "int-bounds", "dtypes", "json", "user-code", "cli",
-         "corpus-files", "corpus-write")
+RULES = ("trust", "mask-lengths", "int-bounds", "dtypes", "json", "case-fields", "user-code",
+         "cli", "corpus-files", "corpus-write")
 
 
 def test_spec_section_4_lists_exactly_the_rules_exercised_here():

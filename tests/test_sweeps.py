@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from _corpus import manifest_of, write_manifest
 
 from refmask.conformance import golden
 from refmask.conformance.cases import case_inputs, catalog
@@ -29,20 +30,6 @@ def smoke_corpus(tmp_path_factory):
 @pytest.fixture
 def corpus(smoke_corpus, tmp_path):
     return shutil.copytree(smoke_corpus, tmp_path / "corpus")
-
-
-def manifest_of(directory):
-    return json.loads((directory / golden.MANIFEST).read_text())
-
-
-def write_manifest(directory, manifest):
-    """Write an edited manifest, resealed the way a writer seals it (docs/conformance: the
-    SHA-256 of the canonical JSON without the key), so only the edit itself is tested."""
-    if "manifest_sha256" in manifest:
-        body = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-        manifest = {**body, "manifest_sha256": hashlib.sha256(canonical.encode()).hexdigest()}
-    (directory / golden.MANIFEST).write_text(json.dumps(manifest))
 
 
 def entry_changed(index, fn):

@@ -7,6 +7,9 @@
 * ``unsupported(case) -> str | None`` says *why* the backend cannot express a case natively
   (or None). ``run`` may also raise :class:`Unsupported` when it finds out late.
 * ``unavailable() -> str | None`` says why the backend cannot run here (e.g. not installed).
+* ``merge(case, partials) -> Output`` (optional): the backend's own merge kernel for a
+  split-KV case (``case.key_splits``); ``partials`` are the Outputs ``run`` returned for
+  ``refmask.case.partial_cases(case)``. None: refmask's merge (spec 3.8) combines them.
 """
 
 from __future__ import annotations
@@ -96,5 +99,6 @@ class Adapter:
     unsupported: Callable = field(default=_supports_everything)
     unavailable: Callable = field(default=_always_available)
     description: str = ""
+    merge: Callable | None = None
     scores: frozenset = frozenset()
     temperature: bool = False

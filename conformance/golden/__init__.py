@@ -73,6 +73,7 @@ Member names:
     exact.out, exact.lse, exact.dq, exact.dk, exact.dv     always
     exact.dbias                                   iff case["bias"]
     exact.dsinks                                  iff case["sinks"]
+    exact.partial_out, exact.partial_lse          iff case["key_splits"] (split-KV cases)
     exact.scores_<stage>                          for each stage in case["scores"] (a list,
                                                   absent = none; stages raw, softcapped,
                                                   masked, probs)
@@ -85,7 +86,9 @@ with engine "exact" those of :func:`~refmask.conformance.exact.exact_attention`,
 50-digit value correctly rounded to float64; with engine "reference" those of the float64
 reference. Shapes (see :mod:`~refmask.conformance.exact` for the semantics): out/dq/dk/dv in
 the case's layout, lse (B, Hq, Tq), dbias (B, Hq, Tq, Tk), dsinks (Hq,), scores_<stage>
-(B, Hq, Tq, Tk); input.query_scale (Tq,). NaN and +-inf appear
+(B, Hq, Tq, Tk), input.query_scale (Tq,), partial_out (P, B, Hq, Tq, Dv) and partial_lse
+(P, B, Hq, Tq): out and lse of each of the P partials of a split-KV case
+(``refmask.case.partial_cases``), BHTD whatever the layout. NaN and +-inf appear
 exactly where the semantics put them.
 
 Integrity rules

@@ -33,7 +33,8 @@ MANIFEST = "manifest.json"
 
 INPUT_NAMES = ("q", "k", "v", "d_out", "bias", "sinks", "dropout_keep", "query_scale")
 SCORE_NAMES = ("scores_raw", "scores_softcapped", "scores_masked", "scores_probs")
-EXACT_NAMES = ("out", "lse", "dq", "dk", "dv", "dbias", "dsinks", *SCORE_NAMES)
+EXACT_NAMES = ("out", "lse", "dq", "dk", "dv", "dbias", "dsinks", "partial_out",
+               "partial_lse", *SCORE_NAMES)
 _FILE_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.npz")
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -156,6 +157,13 @@ def expected_members(case_json: Mapping) -> dict:
         expected["exact.dsinks"] = (f64, (hq,))
     if case_json["dropout_rate"] is not None:
         expected["input.dropout_keep"] = (np.dtype(bool), scores)
+    splits = case_json.get("key_splits")
+    if splits:
+        if not isinstance(splits, list) or len(splits) > 64:
+            raise ValueError(f"key_splits must be a list of at most 64 ranges, got "
+                             f"{splits!r:.40}")
+        expected["exact.partial_out"] = (f64, (len(splits), b, hq, tq, dv))
+        expected["exact.partial_lse"] = (f64, (len(splits), b, hq, tq))
     if case_json.get("query_scale") is not None:
         expected["input.query_scale"] = (floating, (tq,))
     stages = case_json.get("scores") or []
