@@ -44,7 +44,7 @@ def scores_unsupported(adapter: Adapter, case: Case) -> str | None:
     if not missing:
         return None
     can = f" (it returns {sorted(adapter.scores)})" if adapter.scores else ""
-    return (f"{adapter.name} cannot return the score stages {missing} the case asks for as "
+    return (f"{adapter.name}: returns no score stages {missing}, which the case asks for as "
             f"outputs{can}")
 
 
@@ -52,7 +52,7 @@ def temperature_unsupported(adapter: Adapter, case: Case) -> str | None:
     """Why the adapter cannot apply the case's per-query temperature, or None."""
     if case.query_scale is None or adapter.temperature:
         return None
-    return (f"{adapter.name} has no per-query temperature (query_scale, spec 3.2.3; Llama 4 "
+    return (f"{adapter.name}: no per-query temperature (query_scale, spec 3.2.3; Llama 4 "
             "multiplies q before the attention call, which is not the backend's computation)")
 
 
