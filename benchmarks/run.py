@@ -5,6 +5,12 @@
     python benchmarks/run.py --million  also T = 1,048,576, H = 1, D = 64, causal window 4096:
                                         forward (timed) and backward (timed once); ~3.5 GiB
                                         forward, ~7 GiB backward, several minutes
+    --only TEXT   only the cases (and sweep rows) whose name contains TEXT (repeatable), e.g.
+                  --only "causal window 256" (the 1M cases still need --million); the
+                  records are then written only with --json
+    --cpu-time    CPU time (time.process_time) of one thread instead of wall time on 2: the
+                  worker is pinned to one CPU (OMP/OpenBLAS/MKL/Numba/torch threads = 1),
+                  far less sensitive to other load on a shared machine than wall time
     --json PATH   where the records go (default benchmarks/results.json, written atomically)
     --plot PATH   GFLOP/s vs T for fast, exact and torch (default docs/performance.png; needs
                   matplotlib, skipped with a note without it)
@@ -148,23 +154,23 @@ def _refmask_mask(case: Case):
     return m.sliding_window(case.window - 1, 0, align="top_left")
 
 
-def _best(fn, repeats: int, warm_up=None) -> float:
+def _best(fn, repeats: int, warm_up=None, clock=time.perf_counter) -> float:
     (fn if warm_up is None else warm_up)()  # loads cached kernels, touches memory
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return min(times)
 
 
-def _torch_call(case: Case, arrays):
+def _torch_call(case: Case, arrays, threads: int = THREADS):
     """torch SDPA float64: ``is_causal`` for causal, the dense bool mask for windows; for a
     gradient case, the forward and ``torch.autograd.grad`` of (q, k, v) with d_out."""
     import torch
     import torch.nn.functional as functional
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     tq, tk, tv = (torch.from_numpy(x) for x in arrays[:3])
     options: dict = {}
     if case.mask == "causal":
@@ -185,12 +191,18 @@ def _torch_call(case: Case, arrays):
     return gradients
 
 
-def worker(name: str, impl: str, quick: bool, repeats: int) -> dict:
-    """Time one (case, implementation) in this process; returns the JSON record."""
+def worker(name: str, impl: str, quick: bool, repeats: int, cpu_time: bool = False) -> dict:
+    """Time one (case, implementation) in this process; returns the JSON record (with
+    ``cpu_time``: CPU seconds of this process pinned to one CPU, see ``--cpu-time``)."""
+    clock = time.perf_counter
+    if cpu_time:
+        clock = time.process_time
+        if hasattr(os, "sched_setaffinity"):  # refmask.fast then runs one thread
+            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     if name == "matmul":
         n = 2048 if quick else 4096
         a, b = np.random.default_rng(0).standard_normal((2, n, n))
-        seconds = _best(lambda: a @ b, repeats)
+        seconds = _best(lambda: a @ b, repeats, clock=clock)
         return {"seconds": seconds, "gflops": 2 * n ** 3 / seconds / 1e9, "n": n,
                 "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     if name == "classify":
@@ -205,7 +217,7 @@ def worker(name: str, impl: str, quick: bool, repeats: int) -> dict:
             return mask.classify(start[:, None], stop[:, None], start[None, :], stop[None, :],
                                  q_len=length, k_len=length, batch=0, head=0)
 
-        seconds = _best(run, repeats)
+        seconds = _best(run, repeats, clock=clock)
         codes = run()
         return {"seconds": seconds, "tiles": int(codes.size),
                 "counts": [int((codes == c).sum()) for c in (0, 1, 2)],
@@ -213,7 +225,7 @@ def worker(name: str, impl: str, quick: bool, repeats: int) -> dict:
     case = next(c for c in cases(quick, True) + sweep_cases(quick) if c.name == name)
     arrays = _inputs(case)
     if impl == "torch":
-        call = _torch_call(case, arrays)
+        call = _torch_call(case, arrays, 1 if cpu_time else THREADS)
         warm_up = None
     else:
         path = "fast" if impl == "fast" else "exact"
@@ -221,7 +233,7 @@ def worker(name: str, impl: str, quick: bool, repeats: int) -> dict:
         warm_up = None
         if case.warm_up == "small":
             warm_up = _refmask_call(case, _inputs(case, min(case.length, 4096)), path)
-    seconds = _best(call, repeats, warm_up)
+    seconds = _best(call, repeats, warm_up, clock)
     return {"seconds": seconds,
             "gflops": case.flops_per_pair() * case.kept_pairs() / seconds / 1e9,
             "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
@@ -240,12 +252,15 @@ def _refmask_call(case: Case, arrays, path: str):
 
 # --- parent side ---------------------------------------------------------------------------
 
-def measure(name: str, impl: str, quick: bool, repeats: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), OPENBLAS_NUM_THREADS=str(THREADS),
-               MKL_NUM_THREADS=str(THREADS), NUMBA_NUM_THREADS=str(THREADS))
+def measure(name: str, impl: str, quick: bool, repeats: int, cpu_time: bool = False) -> dict:
+    threads = str(1 if cpu_time else THREADS)
+    env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
+               MKL_NUM_THREADS=threads, NUMBA_NUM_THREADS=threads)
     command = [sys.executable, __file__, "--worker", name, impl, "--repeats", str(repeats)]
     if quick:
         command.append("--quick")
+    if cpu_time:
+        command.append("--cpu-time")
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -279,7 +294,8 @@ def _skip_reason(case: Case, impl: str) -> str | None:
     return None
 
 
-def measure_case(case: Case, impls: list, quick: bool, rounds: int = 2) -> dict:
+def measure_case(case: Case, impls: list, quick: bool, rounds: int = 2,
+                 cpu_time: bool = False) -> dict:
     """Best record per implementation, implementations measured alternately ``rounds`` times
     (the exact path and single-repeat cases once: seconds per call)."""
     best: dict = {}
@@ -291,7 +307,8 @@ def measure_case(case: Case, impls: list, quick: bool, rounds: int = 2) -> dict:
                 continue
             if impl in best and (impl == "exact" or case.repeats == 1):
                 continue
-            record = measure(case.name, impl, quick, 1 if impl == "exact" else case.repeats)
+            record = measure(case.name, impl, quick, 1 if impl == "exact" else case.repeats,
+                             cpu_time)
             if "error" in record or impl not in best or (
                     record["seconds"] < best[impl].get("seconds", float("inf"))):
                 best[impl] = record
@@ -359,30 +376,45 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke test)")
     parser.add_argument("--million", action="store_true",
                         help="also the 1M-token causal window 4096 case (H=1, D=64)")
-    parser.add_argument("--json", default=os.path.join(HERE, "results.json"),
-                        help="where to write the records (default: %(default)s)")
+    parser.add_argument("--only", action="append", metavar="TEXT",
+                        help="only cases whose name contains TEXT (repeatable); records are "
+                             "then written only with --json")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="CPU time of one pinned thread instead of wall time on 2 threads")
+    parser.add_argument("--json", default=None,
+                        help="where to write the records (default: benchmarks/results.json; "
+                             "none with --only)")
     parser.add_argument("--plot", default=os.path.join(HERE, "..", "docs", "performance.png"),
                         help="where to write the GFLOP/s-vs-T plot (default: %(default)s)")
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], args.quick, args.repeats)))
+        print(json.dumps(worker(args.worker[0], args.worker[1], args.quick, args.repeats,
+                                args.cpu_time)))
         return 0
+    if args.json is None and not args.only:
+        args.json = os.path.join(HERE, "results.json")
+
+    def chosen(listed):
+        return [c for c in listed if not args.only or any(t in c.name for t in args.only)]
+
+    cpu = args.cpu_time
+    threads = 1 if cpu else THREADS
 
     torch_ok = _torch_available()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print(f"# refmask attention benchmarks, {started}: {THREADS} threads, float64, "
-          f"load average at start {load:.2f}\n")
-    matmul = measure("matmul", "numpy", args.quick, 3)
+    print(f"# refmask attention benchmarks, {started}: {threads} thread(s), float64, "
+          f"{'CPU' if cpu else 'wall'} time, load average at start {load:.2f}\n")
+    matmul = measure("matmul", "numpy", args.quick, 3, cpu)
     ceiling = matmul.get("gflops", float("nan"))
     print("| case | Tq x Tk | implementation | useful GFLOP/s | time | peak RSS | note |")
     print("|---|---|---|---|---|---|---|")
     rows = []
-    for case in cases(args.quick, args.million):
+    for case in chosen(cases(args.quick, args.million)):
         impls = [i for i in case.impls if i != "torch" or torch_ok]
-        best = measure_case(case, impls, args.quick)
+        best = measure_case(case, impls, args.quick, cpu_time=cpu)
         for impl in impls:
             print(_row(case, impl, best[impl]), flush=True)
         rows.append({"case": case.name, "B": case.batch, "H": case.heads, "T": case.length,
@@ -390,21 +422,24 @@ def main(argv=None) -> int:
                      "gradients": case.backward, "kept_pairs": case.kept_pairs(),
                      "flops_per_pair": case.flops_per_pair(), **best})
     print()
-    again = measure("matmul", "numpy", args.quick, 3)  # the ceiling again, at the end
+    again = measure("matmul", "numpy", args.quick, 3, cpu)  # the ceiling again, at the end
     ceiling = max(ceiling, again.get("gflops", float("nan")))
     print(f"float64 matmul ceiling (NumPy {matmul.get('n')}^3, best of the start and the end of "
           f"the run): {ceiling:.1f} GFLOP/s\n")
-    classify = measure("classify", "numpy", args.quick, 3)
-    print(f"classify 131072 x 131072 causal window 4096, tile 128 (1024 x 1024 tiles): "
-          f"{classify.get('seconds', float('nan')):.3f} s, codes E/P/F = "
-          f"{classify.get('counts')}")
+    classify = {} if args.only else measure("classify", "numpy", args.quick, 3, cpu)
+    if classify:
+        print(f"classify 131072 x 131072 causal window 4096, tile 128 (1024 x 1024 tiles): "
+              f"{classify.get('seconds', float('nan')):.3f} s, codes E/P/F = "
+              f"{classify.get('counts')}")
 
-    print("\n| sweep | Tq x Tk | fast | exact | torch | exact / fast | fast / torch |")
-    print("|---|---|---|---|---|---|---|")
+    sweep_rows = chosen(sweep_cases(args.quick))
+    if sweep_rows:
+        print("\n| sweep | Tq x Tk | fast | exact | torch | exact / fast | fast / torch |")
+        print("|---|---|---|---|---|---|---|")
     sweep = []
-    for case in sweep_cases(args.quick):
+    for case in sweep_rows:
         impls = ["fast", "exact"] + (["torch"] if torch_ok else [])
-        best = measure_case(case, impls, args.quick)
+        best = measure_case(case, impls, args.quick, cpu_time=cpu)
         sweep.append({"case": case.name, "T": case.length, "kept_pairs": case.kept_pairs(),
                       "flops_per_pair": case.flops_per_pair(), **best})
         ms = {impl: best[impl].get("seconds", float("nan")) * 1e3 for impl in impls}
@@ -423,13 +458,18 @@ def main(argv=None) -> int:
             ratios[f"{row['case']}: fast / matmul ceiling"] = fast["gflops"] / ceiling
     for name, value in ratios.items():
         print(f"{name} = {value:.2f}")
-    document = {"started": started, "threads": THREADS, "load_average_at_start": load,
+    document = {"started": started, "threads": threads, "clock": "cpu" if cpu else "wall",
+                "load_average_at_start": load,
                 "machine": platform.processor() or platform.machine(),
                 "cpus": os.cpu_count(), "matmul_ceiling_gflops": ceiling,
                 "matmul": [matmul, again], "classify": classify, "cases": rows,
                 "sweep": sweep, "ratios": ratios}
+    if args.json is None:
+        print("\nrecords not written (--only without --json)")
+        return 0
     write_json(args.json, document)
-    print(f"\nrecords written to {args.json}; {plot(args.plot, sweep, ceiling)}")
+    drawn = plot(args.plot, sweep, ceiling) if sweep else "no sweep rows, no plot"
+    print(f"\nrecords written to {args.json}; {drawn}")
     return 0
 
 

@@ -101,21 +101,24 @@ def _merged_weights(weights: np.ndarray, share: np.ndarray) -> np.ndarray:
 
 
 def single(case: Case, values: dict, *, mask: object = UNSET, scale: float | None = None,
-                kv_map: str = "repeat", softcap: object = UNSET, softcap_at: str = "before_bias",
+                kv_map: object = "repeat", softcap: object = UNSET, softcap_at: str = "before_bias",
                 alibi: object = UNSET, masking: str = "neg_inf", constant: float | None = None,
                 empty_rows: str | None = None, sinks: str = "spec", dropout: str = "scaled",
                 lse_base: float = math.e, max_subtract: bool = True,
                 accumulate: str | None = None, accumulate_pv: bool = True,
-                dropout_factor: float | None = None, empty_lse: float | None = None) -> tuple:
+                dropout_factor: float | None = None, empty_lse: float | None = None,
+                bias: bool = True) -> tuple:
     """(out BHTD, lse, weights) of attention in float64 with the named departures from spec
     3.2; weights (B, Hq, Tq, Tk) are the factors multiplied into V.
 
     mask: another Mask (default the case's); scale: another scale; kv_map: "repeat"
-    (``h // (Hq/Hkv)``) or "modulo" (``h % Hkv``); softcap / softcap_at: "before_bias" (spec),
-    "after_bias", "after_mask", "tanh_unscaled" (``tanh(t/cap)``, no ``cap *``), "ignored";
+    (``h // (Hq/Hkv)``), "modulo" (``h % Hkv``) or a sequence: the kv head of each query
+    head; softcap / softcap_at: "before_bias" (spec), "after_bias", "after_mask",
+    "tanh_unscaled" (``tanh(t/cap)``, no ``cap *``), "ignored";
     alibi: another Alibi or None; masking: "neg_inf" (spec), "add" / "replace" (the masked
     scores get ``s + C`` / ``C`` with ``C = constant`` rounded to the case dtype, the addition
-    rounded to the accumulation dtype), "multiply" (scores times the 0/1 mask), "after_softmax"
+    rounded to the accumulation dtype; "add_in_dtype": the sum rounded to the case dtype),
+    "multiply" (scores times the 0/1 mask), "after_softmax"
     (weights zeroed after an unmasked softmax, not renormalised); empty_rows: a policy of spec
     3.3; sinks: "spec", "dropped", "out_of_lse" (the output uses the sink, the LSE omits it);
     dropout: "scaled" (spec), "unscaled", "ignored", "inverted" (the keep pattern read as a
@@ -123,13 +126,14 @@ def single(case: Case, values: dict, *, mask: object = UNSET, scale: float | Non
     case dtype (overflow as the kernel would); accumulate: a dtype in which the denominator and
     (with accumulate_pv, the default) ``P @ V`` are summed left to right; dropout_factor: the
     factor of the kept weights (default 1 / (1 - rate)); empty_lse: the LSE of empty rows
-    (default -inf).
+    (default -inf); bias=False: the explicit bias of the case left out.
     """
     q = to_bhtd(case, values["q"])
     k, v = to_bhtd(case, values["k"]), to_bhtd(case, values["v"])
     group = case.q_heads // case.kv_heads
-    heads = [h // group if kv_map == "repeat" else h % case.kv_heads
-             for h in range(case.q_heads)]
+    heads = (list(kv_map) if not isinstance(kv_map, str) else
+             [h // group if kv_map == "repeat" else h % case.kv_heads
+              for h in range(case.q_heads)])
     k, v = k[:, heads], v[:, heads]
     keep = _keep(case, case.mask if mask is UNSET else mask)
     cap = case.softcap if softcap is UNSET else softcap
@@ -140,7 +144,7 @@ def single(case: Case, values: dict, *, mask: object = UNSET, scale: float | Non
             s = cap * np.tanh(s / cap)
         elif cap is not None and softcap_at == "tanh_unscaled":
             s = np.tanh(s / cap)
-        if "bias" in values:
+        if "bias" in values and bias:
             s = s + values["bias"]
         if alibi is not None:
             s = s + alibi.bias(case.batch, case.q_heads, case.q_len, case.k_len)
@@ -149,9 +153,10 @@ def single(case: Case, values: dict, *, mask: object = UNSET, scale: float | Non
         unmasked = s
         if masking == "neg_inf":
             s = np.where(keep, s, -np.inf)
-        elif masking in ("add", "replace"):
+        elif masking in ("add", "add_in_dtype", "replace"):
             c = float(_in_dtype(constant, case.dtype))
-            shifted = _in_dtype(s + c, ACCUMULATION[case.dtype]) if masking == "add" else c
+            shifted = c if masking == "replace" else _in_dtype(
+                s + c, ACCUMULATION[case.dtype] if masking == "add" else case.dtype)
             s = np.where(keep, s, shifted)
         elif masking == "multiply":
             s = s * keep
@@ -179,7 +184,7 @@ def single(case: Case, values: dict, *, mask: object = UNSET, scale: float | Non
         if sinks == "out_of_lse" and sink_weight is not None:
             lse = np.where(empty, -np.inf, shift + np.log(np.where(empty, 1.0, total)))
         policy = case.empty_rows if empty_rows is None else empty_rows
-        if masking in ("add", "replace"):
+        if masking in ("add", "add_in_dtype", "replace"):
             p = np.where(empty, np.nan, p)  # a finite constant that overflowed to -inf
         elif masking == "neg_inf" and case.k_len:
             if policy == "nan":

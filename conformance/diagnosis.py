@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from refmask import masks as m
 from refmask.adapters.common import Output
 from refmask.adapters.common.translate import float64_inputs
 from refmask.case import Case, to_bhtd
@@ -240,8 +241,10 @@ def diagnose(case: Case, inputs: dict, output: Output, golden: dict, model: Forw
             if best[0] is not None:
                 break
     if best[0] is None:
-        best = (_fitted(case, values, lambda changes: judge.judge(
-            *_alt(case, values, changes), lse_free=False)), [])
+        def judged(changes):
+            return judge.judge(*_alt(case, values, changes), lse_free=False)
+        best = (_fitted_head_map(case, values, output, judge)
+                or _fitted_key_range(case, judged) or _fitted(case, values, judged), [])
     ranked = sorted(results.values(), key=lambda x: x[0])
     closest_matches = tuple(Match(e, r, e.kind) for r, e in ranked[:3] if np.isfinite(r))
     return Diagnosis(best=best[0], runners_up=tuple(best[1]), closest=closest_matches,
@@ -295,6 +298,68 @@ def _fitted(case: Case, values: dict, score: Callable[[dict], float]) -> Match |
                 f"{f:.4g}: {words} (no named bug has this value)", fit.fix,
                 lambda c: True, lambda c, fit=fit, f=f: fit.changes(c, f)), r, "fitted")
     return None
+
+
+def _fitted_head_map(case: Case, values: dict, output, judge: _Judge) -> Match | None:
+    """The kv head each query head reads, fitted head by head when no named alternative
+    matches (any GQA / MHA head mapping bug: tile order, a wrong group size, reversed or
+    shifted heads): query head h gets the kv head m whose all-heads-read-m alternative fits
+    head h best; the map names the failure when the whole output then matches."""
+    if case.kv_heads < 2 or case.q_len == 0 or case.k_len == 0:
+        return None
+    spec_map = [h // (case.q_heads // case.kv_heads) for h in range(case.q_heads)]
+    head = np.arange(case.q_heads)[None, :, None]
+    out = np.asarray(output.out, np.float64)
+    lse = None if output.lse is None else np.asarray(output.lse, np.float64)
+    alts = [_alt(case, values, {"kv_map": [m] * case.q_heads}) for m in range(case.kv_heads)]
+
+    def head_residual(h, alt):
+        """The residual of head h alone: every other head of the alternative is the output."""
+        own = head == h
+        return judge.judge(np.where(own[..., None], alt[0], out),
+                           alt[1] if lse is None else np.where(own, alt[1], lse),
+                           alt[2], lse_free=False)
+
+    fitted = [min(range(case.kv_heads), key=lambda m: head_residual(h, alts[m]))
+              for h in range(case.q_heads)]
+    if fitted == spec_map:
+        return None
+    r = judge.judge(*_alt(case, values, {"kv_map": fitted}), lse_free=False)
+    if r > 1.0:
+        return None
+    return Match(Explanation(
+        f"gqa=head_map{fitted}".replace(" ", ""), "fitted", "gqa",
+        f"query heads 0..{case.q_heads - 1} read kv heads {fitted} where the spec reads "
+        f"{spec_map} (h // (Hq/Hkv))",
+        "expand kv heads with repeat_interleave(Hq // Hkv, dim=1): query head h reads kv "
+        "head h // (Hq/Hkv)", lambda c: True, lambda c: {"kv_map": fitted}), r, "fitted")
+
+
+def _fitted_key_range(case: Case, judged: Callable[[dict], float]) -> Match | None:
+    """Keys j >= t (or j < t) left out of every row, fitted over t when no named alternative
+    matches: a kernel that drops its last partial key block (Tk not a multiple of the block)
+    or its first block. The smallest residual <= 1 names the failure."""
+    if case.k_len < 2 or case.q_len == 0 or (
+            case.batch * case.q_heads * case.q_len * case.k_len > FIT_SIZE):
+        return None
+    found = []
+    for t in range(1, case.k_len):
+        for side, words in (("right", f"keys >= {t}"), ("left", f"keys < {case.k_len - t}")):
+            keys = m.key_padding(t, side=side)
+            mask = keys if case.mask is None else case.mask & keys
+            try:
+                found.append((judged({"mask": mask}), words, mask))
+            except (ValueError, TypeError, KeyError, IndexError):
+                continue
+    if not found or min(x[0] for x in found) > 1.0:
+        return None
+    r, words, mask = min(found, key=lambda x: x[0])
+    return Match(Explanation(
+        f"keys=dropped({words.replace(' ', '')})", "fitted", "mask",
+        f"{words} are left out of every row (a key block the kernel never visits, e.g. the "
+        f"last partial block when Tk = {case.k_len} is not a multiple of the block size)",
+        "visit every key block and mask the partial one (j < Tk), do not drop it",
+        lambda c: True, lambda c, mask=mask: {"mask": mask}), r, "fitted")
 
 
 def _golden(at: Callable[[float], float], x: float) -> tuple[float, float]:
@@ -392,6 +457,7 @@ def _row_predicates(case: Case) -> list[tuple[str, np.ndarray]]:
         ("rows that keep every key", kept == case.k_len),
         ("rows with some masked key", (kept < case.k_len) & (kept > 0)),
         ("rows that keep exactly one key", kept == 1),
+        ("rows that keep two or more keys", kept >= 2),
     ]
     if case.k_len:
         preds += [("rows whose kept keys include key 0", keep[..., 0]),
@@ -419,16 +485,45 @@ def _row_predicates(case: Case) -> list[tuple[str, np.ndarray]]:
     return [(name, np.broadcast_to(p, shape)) for name, p in preds]
 
 
+#: What a localisation suggests when it is exactly this row set.
+_HINTS = {"rows that keep two or more keys": " (a row with one kept key is exact whatever its "
+          "score: look at the scores -- scale, bias, softcap -- not at the mask)",
+          "rows that keep every key": " (look at how the full rows are computed: scale, "
+          "bias, softcap, key blocks)"}
+
+
+def _observed_predicates(case: Case, bad_rows: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """Row sets read off the failing rows themselves: query rows from (or up to) the first
+    (last) failing one, the set of failing heads, the set of failing batch entries."""
+    shape = bad_rows.shape
+    b, h, i = (np.nonzero(bad_rows.any(axis=axes))[0] for axes in ((1, 2), (0, 2), (0, 1)))
+    rows = np.arange(case.q_len)[None, None, :]
+    preds = []
+    if i.min() > 0:
+        preds.append((f"query rows >= {i.min()}", np.broadcast_to(rows >= i.min(), shape)))
+    if i.max() < case.q_len - 1:
+        preds.append((f"query rows <= {i.max()}", np.broadcast_to(rows <= i.max(), shape)))
+    if 1 < len(h) < case.q_heads:
+        preds.append((f"heads {list(map(int, h))}", np.broadcast_to(
+            np.isin(np.arange(case.q_heads), h)[None, :, None], shape)))
+    if 1 < len(b) < case.batch:
+        preds.append((f"batch entries {list(map(int, b))}", np.broadcast_to(
+            np.isin(np.arange(case.batch), b)[:, None, None], shape)))
+    return preds
+
+
 def localise(case: Case, bad_rows: np.ndarray) -> str:
     """Describe the failing (b, h, i) rows in mask terms: the smallest named row set (or
-    intersection of two) that holds every failing row, and whether it is exactly that set."""
+    intersection of two) that holds every failing row, and whether it is exactly that set;
+    the named sets are those of :func:`_row_predicates` and those read off the failing rows
+    (:func:`_observed_predicates`)."""
     total = int(bad_rows.sum())
     if total == 0:
         return ""
     rows = bad_rows.size
     if total == rows:
         return f"every row is off ({rows} of {rows})"
-    preds = _row_predicates(case)
+    preds = _row_predicates(case) + _observed_predicates(case, bad_rows)
     found = []
     for name, p in preds:
         if not (bad_rows & ~p).any():
@@ -444,7 +539,8 @@ def localise(case: Case, bad_rows: np.ndarray) -> str:
     found.sort(key=lambda x: x[0])
     size, name, p = found[0]
     exact = "exactly" if size == total else f"{total} of the {size}"
-    return f"only {name} are off ({exact}; {total} of {rows} rows)"
+    hint = _HINTS.get(name, "") if size == total else ""
+    return f"only {name} are off ({exact}; {total} of {rows} rows){hint}"
 
 
 def bad_rows(checks: Sequence[TensorCheck], golden: dict, output: Output,

@@ -311,18 +311,23 @@ def _empty_row_explanations() -> list[Explanation]:
                     "returns +inf)", "return lse = -inf for rows with no kept key",
                     has_mask, lambda c: {"empty_rows": "zero"}, True),
     ]
-    for how, verb in (("add", "added to"), ("replace", "replacing")):
+    low = lambda c: has_mask(c) and c.dtype in ("float16", "bfloat16")  # noqa: E731
+    for how, verb, applies in (("add", "added to", has_mask), ("replace", "replacing", has_mask),
+                               ("add in the case dtype", "added (and the sum rounded to the "
+                                "case dtype, as an eager bfloat16 / float16 model does) to",
+                                low)):
         for label, _ in (("-1e4", 0), ("-1e9", 0), ("finfo.min", 0), ("-0.7*finfo.max", 0)):
             def changes(c, how=how, label=label):
                 value = dict(_finite_constants(c))[label]
-                return {"masking": how, "constant": value}
+                return {"masking": how.replace(" in the case dtype", "_in_dtype"),
+                        "constant": value}
 
             records.append(Explanation(
                 f"mask_constant={label} ({how})", "empty_rows_only", "empty_rows",
                 f"masked scores {verb} the finite constant {label} of the case dtype instead "
                 "of set to -inf", "mask with -inf (masked_fill) and define empty rows "
                 "explicitly; a finite constant leaks when masked scores exceed kept ones by "
-                "more than |C|", has_mask, changes, True))
+                "more than |C|", applies, changes, True))
     return records
 
 
@@ -435,6 +440,13 @@ def _score_explanations() -> list[Explanation]:
                     lambda c: {"alibi": Alibi([-x for x in c.alibi.slopes],
                                               convention=c.alibi.convention,
                                               align=c.alibi.align)}),
+        Explanation("alibi=ignored", "bug", "alibi",
+                    "the ALiBi bias is not applied (a kernel path that drops alibi_slopes)",
+                    "pass the ALiBi slopes (or the materialised bias) to the kernel",
+                    lambda c: c.alibi is not None, lambda c: {"alibi": None}),
+        Explanation("bias=ignored", "bug", "bias",
+                    "the additive score bias is not applied", "pass attn_bias to the kernel",
+                    lambda c: bool(c.bias), lambda c: {"bias": False}),
         Explanation("alibi=slopes_off_by_one", "bug", "alibi",
                     "ALiBi slopes 2^(-8h/H) instead of 2^(-8(h+1)/H): every slope 2^(8/H) "
                     "times too steep, head 0 gets slope 1",

@@ -27,6 +27,7 @@ split-KV cases (forward only). Every check of every stage is kept, the partials'
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -84,6 +85,7 @@ def run_split(adapter: Adapter, case: Case, *, judging: Judging, golden: Callabl
               explain: bool, judge: Callable) -> CaseResult:
     """The verdict of a split-KV case; ``judge(adapter, case, judging, golden, explain)``
     judges one ordinary case (the runner's, passed in so this module does not import it)."""
+    start_time = time.perf_counter()
     forward = judging.replace(grads=False)
     gold = golden(case, case_inputs(case), False)
     partials, checks, policies = [], [], []
@@ -97,11 +99,12 @@ def run_split(adapter: Adapter, case: Case, *, judging: Judging, golden: Callabl
                   judge(replace(adapter, run=_capturing(adapter.run, box)), part, forward,
                         _golden_of_partial(gold, p), explain))
         if result.verdict == "unsupported":
-            return replace(result, case=case, reason=f"{where}: {result.reason}")
+            return replace(result, case=case, reason=f"{result.reason} (split-KV {where})")
         if result.verdict != "fail" and box["output"].lse is None:
-            return replace(result, case=case, verdict="unsupported", checks=(),
-                           reason=f"{where}: {adapter.name} returns no LSE, so its partials "
-                                  "cannot be merged")
+            return CaseResult(case=case, backend=adapter.name, verdict="unsupported",
+                              seconds=result.seconds,
+                              reason=f"{adapter.name}: returns no LSE, so its split-KV "
+                                     f"partials cannot be merged ({where})")
         checks += _renamed(result.checks, p)
         if result.verdict == "fail":
             return replace(result, case=case, checks=tuple(checks),
@@ -110,12 +113,20 @@ def run_split(adapter: Adapter, case: Case, *, judging: Judging, golden: Callabl
             policies.append((where, result))
         partials.append(box["output"])
     if adapter.merge is not None:
-        merged, by = adapter.merge(case, partials), f"{adapter.name}'s merge"
+        by = f"{adapter.name}'s merge"
+        try:
+            merged = adapter.merge(case, partials)
+        except Exception as error:  # noqa: BLE001 - a crash is the merge kernel's verdict
+            return CaseResult(case=case, backend=adapter.name, verdict="fail",
+                              checks=tuple(checks), seconds=time.perf_counter() - start_time,
+                              reason=f"partials ok, {by} raised {type(error).__name__}: "
+                                     f"{error}")
     else:
         merged = reference_merge(case, partials, gold["partial_lse"],
                                  adapter.profile.lse_base or "e")
         by = "refmask.attention.merge"
     result = judge(replace(adapter, run=_returning(merged)), case, forward, golden, explain)
+    result = replace(result, seconds=time.perf_counter() - start_time)
     checks += result.checks
     partial_note = ("partials ok" if not policies else "partials ok under a convention ("
                     + "; ".join(f"{w}: {r.reason}" for w, r in policies) + ")")

@@ -9,18 +9,19 @@ For query row i of head (b, h), with the golden (float64) softmax weights ``p_ij
 dropout, the dropout factor ``d_ij`` (``keep / (1 - rate)``, else 1), the sink weight
 ``p_sink_i``, the kv head's values ``v_j``, the golden output ``o_i`` and lse:
 
-    a_ij   = |scale| * sum_k |q_ik k_jk| * sech^2(t_ij / cap) + |cap tanh(t_ij / cap)|
-             + |bias_ij| + |alibi_ij|        a bound on the magnitudes summed into s_ij
-                                             (without softcap the first two terms are
-                                             |scale| * sum_k |q_ik k_jk|)
-    delta_ij = a_ij * (eps(u) + sqrt(Dqk) * eps(acc))   the score error of a legitimate kernel
-    N_i    = log(sum_j p_ij exp(delta_ij) + p_sink_i)   bound on the log-normaliser's change
-    e_ij   = p_ij expm1(delta_ij + N_i)                 bound on the change of weight j
+    a_ij   = |scale| sum_k |q_ik k_jk|,   r_ij = |scale| sqrt(sum_k (q_ik k_jk)^2),
+    t_ij   = scale q_i . k_j,   c_ij = sech^2(t_ij / cap)   (1 without softcap)
+    delta_ij = c_ij (min(eps(u) a_ij, C eps(u) r_ij) + sqrt(Dqk) eps(acc) a_ij)
+             + (eps(u) + 2 eps(acc)) (c_ij |t_ij| + |cap tanh(t_ij / cap)| + |bias_ij|
+                                      + |alibi_ij|)       the score error of a legitimate kernel
+    N_i    = log(sum_j p_ij exp(delta_ij) + p_sink_i)     bound on the log-normaliser's growth
+    M_i    = -log(sum_j p_ij exp(-delta_ij) + p_sink_i)   ... and on its shrinking
     R_id   = eps(u) |o_id| + min(eps(u) sum_j |p_ij d_ij v_jd|,
                                  C sqrt(sum_j (eps(u) p_ij d_ij v_jd)^2))
              + sqrt(n_i) eps(acc) sum_j |p_ij d_ij v_jd|         rounding of P, o; summation
-    S_id   = min(sum_j e_ij |d_ij v_jd - o_id|, C sqrt(sum_j (e_ij (d_ij v_jd - o_id))^2))
-             + |o_id| p_sink_i expm1(N_i)                         score errors, exactly centred
+    S_id   = exp(M_i) min(sum_j p_ij expm1(delta_ij) |d_ij v_jd - o_id|,
+                          C sqrt(sum_j (p_ij expm1(delta_ij) (d_ij v_jd - o_id))^2))
+                                                                  score errors, exactly centred
     w_out  = R + S
     w_lse  = min(N_i, C sqrt(sum_j (p_ij expm1(delta_ij))^2)) + eps(u) |lse_i|
              + sqrt(n_i) eps(acc)
@@ -29,14 +30,24 @@ dropout, the dropout factor ``d_ij`` (``keep / (1 - rate)``, else 1), the sink w
 (float32 for float16/bfloat16, else ``u``), ``n_i`` the number of kept keys. A kernel that
 rounds q and k (e.g. pre-scaled by sqrt(scale)) or the scores to ``u`` perturbs each score by
 at most ``delta_ij``; by ``p'_j / p_j = exp(e_j) / sum_k p_k exp(e_k)`` with ``|e_j| <= delta_j``
-every weight moves by at most ``p_j expm1(delta_j + N_i)``, so the output moves by at most
-the first form of ``S``: tight where a row's winner is far ahead, saturating (as it must) only
-at near-ties of large scores. Rounding P to ``u`` before ``P @ V`` and rounding the output
-cost at most the first form of ``R``. The roundings of different keys are independent, so
-over many keys they add up like a random walk: the second forms, with C = C_SIGMA = 3
+the output moves *exactly* by
+
+    o'_i - o_i = sum_j p_j expm1(e_j) (d_j v_j - o_i) / Z,   Z = sum_j p_j exp(e_j) + p_sink
+
+(``o = sum_j p_j d_j v_j`` and ``Z - 1 = sum_j p_j expm1(e_j)``), and ``1 / Z <= exp(M_i)``:
+the first form of ``S``, with no first-order term for the shift of the normaliser, whose
+effect on a centred sum is nil -- tight where a row's winner is far ahead, saturating (as it
+must) only at near-ties of large scores. Rounding q and k (pre-scaled by sqrt(scale)) moves
+the Dqk products of a score independently of each other, so the score error is itself a
+walk over Dqk terms (``r_ij``: ~sqrt(Dqk) times below the worst case ``a_ij`` for the MLA
+head dims 192 and 576); rounding the score (torch math rounds the product, then the scaled
+product) and the few score-sized steps in acc that follow cost ``(eps + 2 eps(acc)) |score|``.
+Rounding P to ``u`` before ``P @ V`` and rounding the output cost at most the first form of
+``R``. The roundings of different keys are independent, so over many keys they add up like
+a random walk: the second forms, with C = C_SIGMA = 3
 (about five standard deviations of a sum of uniform errors), bound them far more tightly on
 long rows (a 2048-key row's output is ~45x smaller than the sum of its terms) and never
-exceed the worst case for rows of up to 9 keys. No term grows with |lse|: the output
+exceed the worst case for sums of up to 9 terms. No term grows with |lse|: the output
 tolerance is proportional to the values averaged.
 
     per element:  |X_i - X_g| <= F_ELEMENT * w      (and NaN/inf exactly where X_g has them)
@@ -200,6 +211,44 @@ def _row_blocks(rows: int, keys: int, dim: int, budget: int = 1 << 23):
         yield slice(start, min(rows, start + step))
 
 
+def _walk(total, root):
+    """``min(total, C_SIGMA * root)``: a sum of independent terms bounded by ``t_j``, with
+    ``total = sum t_j`` and ``root = sqrt(sum t_j^2)`` -- the worst case for up to 9 terms, a
+    random walk's ~5 standard deviations beyond."""
+    return np.minimum(total, C_SIGMA * root)
+
+
+def _score_error(q, k, scale, softcap, additive, eps, eps_acc):
+    """``delta_ij``, the bound on the error of score (i, j) of a legitimate kernel, (R, Tk):
+
+        delta = sech^2(t / cap) (walk(eps |scale| |q_i| . |k_j|, eps |scale| ||q_i * k_j||_2)
+                                 + sqrt(Dqk) eps(acc) |scale| |q_i| . |k_j|)
+                + (eps + 2 eps(acc)) (sech^2(t / cap) |t| + |cap tanh(t / cap)| + |bias_ij|
+                                      + |alibi_ij|)
+
+    with t = scale q_i . k_j (sech^2 = 1 and no tanh term without softcap). Rounding q and k
+    to u (pre-scaled by sqrt(scale)) moves product k by <= eps |scale q_k k_jk|,
+    independently for each k: the walk bounds their sum. Accumulating the Dqk products in acc
+    costs sqrt(Dqk) eps(acc) per unit of sum |products|. Rounding the score to u (torch
+    math: the product, then the scaled product; the softcapped, the biased score) costs eps
+    times what is rounded, and the few steps in acc that follow (scale, softcap's divide,
+    tanh and multiply, adding the bias, subtracting the row maximum) 2 eps(acc) (4 unit
+    roundoffs).
+    """
+    t = scale * (q @ k.T)
+    size = abs(scale) * (np.abs(q) @ np.abs(k).T)
+    spread = abs(scale) * np.sqrt(q ** 2 @ (k ** 2).T)
+    products = _walk(eps * size, eps * spread) + math.sqrt(q.shape[-1]) * eps_acc * size
+    score = np.abs(t)
+    if softcap is not None:
+        tanh_t = np.tanh(t / softcap)
+        products = products * (1.0 - tanh_t ** 2)
+        score = score * (1.0 - tanh_t ** 2) + softcap * np.abs(tanh_t)
+    if additive is not None:
+        score = score + additive
+    return products + (eps + 2.0 * eps_acc) * score
+
+
 def forward_model(*, q: np.ndarray, k: np.ndarray, v: np.ndarray, probs: np.ndarray,
                   sink_probs: np.ndarray | None, dropout_factor: np.ndarray | None,
                   scale: float, softcap: float | None, additive: np.ndarray | None,
@@ -208,11 +257,13 @@ def forward_model(*, q: np.ndarray, k: np.ndarray, v: np.ndarray, probs: np.ndar
 
     q (B, Hq, Tq, Dqk); k, v (B, Hq, Tk, D) with the kv heads already expanded to query
     heads; probs (B, Hq, Tq, Tk) the golden softmax weights *before* dropout (0 on masked
-    keys and empty rows); sink_probs (B, Hq, Tq) or None; dropout_factor (B, Hq, Tq, Tk) or
-    None; additive: |bias| + |alibi| (B, Hq, Tq, Tk) or None; out, lse: the golden values.
+    keys and empty rows); sink_probs (B, Hq, Tq) or None (accepted for the callers; the model
+    needs only ``p_sink_i = 1 - sum_j p_ij``, which the weights carry); dropout_factor
+    (B, Hq, Tq, Tk) or None; additive: |bias| + |alibi| (B, Hq, Tq, Tk) or None; out, lse:
+    the golden values.
     """
     eps, eps_acc = EPS[dtype], EPS[ACCUMULATION[dtype]]
-    batch, heads, q_len, qk_dim = q.shape
+    batch, heads, q_len, _ = q.shape
     k_len = v.shape[2]
     w_out = np.zeros(out.shape)
     w_lse = np.zeros(lse.shape)
@@ -220,22 +271,13 @@ def forward_model(*, q: np.ndarray, k: np.ndarray, v: np.ndarray, probs: np.ndar
         return ForwardModel(w_out, w_lse)
     out0 = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
     lse0 = np.where(np.isfinite(lse), lse, 0.0)
-    per_score = eps + math.sqrt(qk_dim) * eps_acc
     for b in range(batch):
         for h in range(heads):
             for rows in _row_blocks(q_len, k_len, 1):
-                qr = q[b, h, rows]
-                t = scale * (qr @ k[b, h].T)
-                a = abs(scale) * (np.abs(qr) @ np.abs(k[b, h]).T)
-                if softcap is not None:
-                    tanh_t = np.tanh(t / softcap)
-                    a = a * (1.0 - tanh_t ** 2) + softcap * np.abs(tanh_t)
-                if additive is not None:
-                    a = a + additive[b, h, rows]
+                qr, kh, vh = q[b, h, rows], k[b, h], v[b, h]
+                extra = None if additive is None else additive[b, h, rows]
+                delta = _score_error(qr, kh, scale, softcap, extra, eps, eps_acc)
                 p = np.nan_to_num(probs[b, h, rows])
-                delta = a * per_score
-                sink = (np.zeros(p.shape[0]) if sink_probs is None
-                        else np.nan_to_num(sink_probs[b, h, rows]))
                 norm = np.log1p((p * np.expm1(delta)).sum(axis=-1))      # N_i
                 norm_rms = np.sqrt(((p * np.expm1(delta)) ** 2).sum(axis=-1))
                 factor = (np.ones_like(p) if dropout_factor is None
@@ -243,20 +285,19 @@ def forward_model(*, q: np.ndarray, k: np.ndarray, v: np.ndarray, probs: np.ndar
                 pd = p * factor
                 kept = (p > 0).sum(axis=-1)
                 o = out0[b, h, rows]
-                magnitude = pd @ np.abs(v[b, h])
-                spread_p = np.sqrt(pd ** 2 @ v[b, h] ** 2)
-                rounding = eps * np.abs(o) + np.minimum(
-                    eps * magnitude, C_SIGMA * eps * spread_p) + (
+                magnitude = pd @ np.abs(vh)
+                rounding = eps * np.abs(o) + _walk(eps * magnitude,
+                                                   eps * np.sqrt(pd ** 2 @ vh ** 2)) + (
                     np.sqrt(kept)[:, None] * eps_acc * magnitude)
-                spread = p * np.expm1(delta + norm[:, None])             # (r, Tk)
                 worst, squares = _centred_sums(
-                    np.ascontiguousarray(spread), np.ascontiguousarray(factor),
-                    np.ascontiguousarray(v[b, h]), np.ascontiguousarray(o))
-                score = np.minimum(worst, C_SIGMA * np.sqrt(squares))
-                score += np.abs(o) * (sink * np.expm1(norm))[:, None]
+                    np.ascontiguousarray(p * np.expm1(delta)), np.ascontiguousarray(factor),
+                    np.ascontiguousarray(vh), np.ascontiguousarray(o))
+                low = (p * -np.expm1(-delta)).sum(axis=-1)              # 1 - Z_min
+                growth = 1.0 / np.maximum(1.0 - low, np.finfo(np.float64).tiny)   # 1 / Z_min
+                score = growth[:, None] * _walk(worst, np.sqrt(squares))
                 w_out[b, h, rows] = rounding + score
                 w_lse[b, h, rows] = np.where(
-                    kept > 0, np.minimum(norm, C_SIGMA * norm_rms)
+                    kept > 0, _walk(norm, norm_rms)
                     + eps * np.abs(lse0[b, h, rows]) + np.sqrt(kept) * eps_acc, 0.0)
     return ForwardModel(w_out, w_lse)
 

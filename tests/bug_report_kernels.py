@@ -190,6 +190,8 @@ def _additive_in_dtype(q, k, v, call, constant, *, subtract_after_multiply=False
     kx = lk._expanded(k, q.shape[1]).astype(A)
     vx = lk._expanded(v, q.shape[1]).astype(A)
     s = lk._rounded((q.astype(A) @ np.swapaxes(kx, -1, -2)) * A(call.scale), dtype)
+    if call.bias is not None:  # ALiBi included, added in the case dtype
+        s = lk._rounded(s + np.asarray(call.bias, A), dtype)
     keep = np.asarray(call.keep)
     with np.errstate(over="ignore", invalid="ignore"):
         c = np.asarray(constant, dtype).astype(A)  # the constant as the dtype holds it
@@ -280,3 +282,43 @@ def autocast_bfloat16_inside(q, k, v, call):
     low = [np.asarray(x, np.float32).astype(bf16) for x in (q, k, v)]
     out, lse = lk.online_softmax(*low, call)
     return np.asarray(out, np.float32).astype(q.dtype), np.asarray(lse, np.float32)
+
+
+# --- bugs no record names: the fitted head map and key range ---------------------------------
+
+def repeat_kv_wrong_group(q, k, v, call):
+    """A ``repeat_kv`` with n_rep = Hkv where Hq / Hkv is meant (query head h reads kv head
+    h // Hkv, clipped): the head map class of onnx/onnx#7274 with another wrong formula."""
+    hq, hkv = q.shape[1], k.shape[1]
+    idx = [min(h // hkv, hkv - 1) for h in range(hq)]
+    return lk.online_softmax(q, np.ascontiguousarray(k[:, idx]),
+                             np.ascontiguousarray(v[:, idx]), call)
+
+
+def last_partial_key_block_dropped(q, k, v, call):
+    """The Triton fused-attention tutorial's assumption (N_CTX a multiple of BLOCK_N) broken:
+    the last partial key block (block 4) is never visited."""
+    tk = call.keep.shape[-1]
+    keep = np.asarray(call.keep).copy()
+    keep[..., (tk // 4) * 4:] = False
+    return _attend(q, k, v, call, keep=keep)
+
+
+def rows_past_first_block_zero(q, k, v, call):
+    """A query-block loop that only writes its first block of 4 rows (the others stay 0)."""
+    out, lse = lk.online_softmax(q, k, v, call)
+    out = np.asarray(out).copy()
+    out[..., 4:, :] = 0
+    return out, lse
+
+
+def bert_minus_10000_added(q, k, v, call):
+    """google-research/bert (``adder = (1 - mask) * -10000.0``, the convention of
+    huggingface/transformers#205): -10000 added to masked scores in the case dtype; a masked
+    key scoring 10000 above the kept ones (a steep ALiBi slope over a long cache) leaks."""
+    return _additive_in_dtype(q, k, v, call, -1e4)
+
+
+def alibi_dropped_by_kernel(q, k, v, call):
+    """The ALiBi bias never reaches the kernel (alibi_slopes not passed on a fast path)."""
+    return _attend(q, k, v, call, bias=None)

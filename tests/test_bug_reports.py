@@ -96,6 +96,11 @@ REPORTS = [
     ("onnx/onnx#8054 Attention-24 is_causal anchored at the query index",
      b.index_anchored_causal_with_valid_lengths, "padding/keys_right_causal_bottom_right",
      ("float16",), "fail", "causal=top_left"),
+    ("huggingface/transformers#29067 Falcon's SDPA path drops the ALiBi bias",
+     b.alibi_dropped_by_kernel, "alibi/abs_causal_bottom_right", ("bfloat16",), "fail",
+     "alibi=ignored"),
+    ("huggingface/transformers#29067, the same path with an explicit bias",
+     b.alibi_dropped_by_kernel, "bias/causal", ("float16",), "fail", "bias=ignored"),
     ("autocast around SDPA: float32 inputs computed in bfloat16",
      b.autocast_bfloat16_inside, "causal/top_left/square", ("float32",), "fail",
      "computed_in=bfloat16"),
@@ -112,6 +117,16 @@ def test_bug_report_kernel_is_named(report, kernel, case_name, dtypes, verdict, 
         assert len(result.reason) < 700, result.reason
 
 
+def test_a_leaking_minus_10000_is_a_bug_listed_with_its_twin():
+    """BERT's -10000 added in float16 where a steep ALiBi slope puts masked keys 10000 above
+    the kept ones: the masked keys take all the weight, which is exactly an inverted mask on
+    this case; the constant is listed with it, and neither is a policy."""
+    result = run_case(from_function(b.bert_minus_10000_added),
+                      case_named("long_rows/window_kv_cache_masked_high", "float16"))
+    assert result.verdict == "fail" and result.convention_kind == "bug", result.reason
+    assert "mask_constant=-1e4 (add" in result.reason, result.reason
+
+
 def test_a_declared_finite_constant_is_a_policy():
     """The GPT-2 kernel declaring its convention (masked scores -> the finite -1e4) is a
     policy: only the empty rows differ from the spec."""
@@ -122,6 +137,25 @@ def test_a_declared_finite_constant_is_a_policy():
     result = run_case(from_function(declared),
                       case_named("explicit/articles_empty_first_row", "bfloat16"))
     assert (result.verdict, result.convention) == ("policy", "empty_rows=uniform"), result.reason
+
+
+# --- bugs no record names: fitted, or localised in mask terms --------------------------------
+
+@pytest.mark.parametrize("kernel, case_name, dtype, name", [
+    (b.repeat_kv_wrong_group, "gqa/6_to_3_window", "bfloat16", "gqa=head_map[0,0,0,1,1,1]"),
+    (b.last_partial_key_block_dropped, "full/wide", "bfloat16", "keys=dropped(keys>=8)"),
+], ids=["head_map", "key_block"])
+def test_a_bug_no_record_names_is_fitted(kernel, case_name, dtype, name):
+    result = run_case(from_function(kernel), case_named(case_name, dtype))
+    assert (result.verdict, result.convention) == ("fail", name), result.reason
+    assert "matches a fitted parameter" in result.reason
+
+
+def test_an_unexplained_failure_is_localised_to_the_rows_it_reads_off():
+    result = run_case(from_function(b.rows_past_first_block_zero),
+                      case_named("causal/top_left/square", "bfloat16"))
+    assert (result.verdict, result.convention) == ("fail", None), result.reason
+    assert "only query rows >= 4 are off (exactly; 8 of 24 rows)" in result.reason
 
 
 # --- frameworks without a refmask adapter, through the user-function path -------------------

@@ -364,6 +364,83 @@ def test_coarse_to_fine_planning_lists_the_tiles_of_the_flat_classification(name
     compare(_kwargs(mask=mask), q, k, v, d_out, tiles={"q_tile": 7, "k_tile": 5})
 
 
+BAND_MASKS = {
+    "causal top_left": m.causal(align="top_left"),
+    "causal bottom_right": m.causal(align="bottom_right"),
+    "causal per-batch offsets": m.causal(align=[-3, 5]),
+    "window bottom_right, per-batch lengths": m.sliding_window(
+        6, 2, align={"bottom_right": {"q_lengths": [21, 30], "k_lengths": [30, 17]}}),
+    "window left only": m.sliding_window(9, 0, align="top_left"),
+    "window right only": m.sliding_window(None, 4, align="bottom_right"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAND_MASKS))
+def test_band_masks_evaluate_their_rule_arithmetically(name):
+    """Causal and sliding-window masks give the kernels their rule as numbers
+    (``band_rule``: keep iff low <= (i + offset_b) - j <= high) instead of keep blocks:
+    the rule equals the materialised mask at every (b, i, j); the planner builds no keep
+    block and calls no ``mask.keep``; forward and gradients equal the exact path with tiles
+    that cut the band everywhere (Tq != Tk, neither a multiple of the tile)."""
+    from refmask.fast._forward import make_plan
+    from refmask.fast._tiles import band_rule
+
+    mask = BAND_MASKS[name]
+    batch, heads, q_len, k_len = 2, 2, 30, 33
+    band = band_rule(MaskSource("mask", mask), TileGrid(q_len, k_len, 1, 1))
+    assert band[0] == 1
+    offsets = band[3:] if band.shape[0] > 4 else np.repeat(band[3:], batch)
+    i = np.arange(q_len)[None, :, None]
+    j = np.arange(k_len)[None, None, :]
+    distance = i + offsets[:, None, None] - j
+    rule = (distance >= band[1]) & (distance <= band[2])
+    dense = mask.materialize(batch, heads, q_len, k_len)
+    assert np.array_equal(np.broadcast_to(rule[:, None], dense.shape), dense)
+
+    rng = np.random.default_rng(12)
+    q, k, v, d_out = (rng.standard_normal((batch, heads, n, 4))
+                      for n in (q_len, k_len, k_len, q_len))
+    inputs = checked("attention", q, k, v, _kwargs(mask=mask), grads=True)
+    assert make_plan(inputs, 4, 5).band[0] == 1
+    result, stats = run_forward("attention", inputs, q_tile=4, k_tile=5)
+    assert stats.partial_tiles > 0 and stats.keep_pairs == 0
+    compare(_kwargs(mask=mask), q, k, v, d_out, tiles={"q_tile": 4, "k_tile": 5})
+    compare(_kwargs(mask=mask, softcap=2.0, alibi=Alibi((0.5, 0.25), convention="abs",
+                                                        align="bottom_right")),
+            q, k, v, d_out, tiles={"q_tile": 4, "k_tile": 5})
+
+
+def test_tile_candidates_are_costed_by_one_classify_call_per_map_as_if_one_by_one():
+    """``sampled_costs`` classifies the sampled tiles of every candidate in one call per tile
+    map; each candidate's cost equals its cost computed alone, from the materialised mask's
+    per-tile counts (the cost model's formula written out here)."""
+    from refmask.fast import _tiles
+
+    mask = m.sliding_window(40, 3, align=[5, -7])  # exact classify, one map per batch
+    batch, heads, q_len, k_len = 2, 3, 77, 90
+    source = MaskSource("mask", mask)
+    map_of, maps = _tiles.tile_map_keys(source, batch, heads)
+    grids = [TileGrid(q_len, k_len, bq, bk) for bq, bk in ((8, 8), (16, 32), (77, 90))]
+    spans = [3, 1, 1]
+    together = _tiles.sampled_costs(source, map_of, maps, grids, spans)
+    dense = mask.materialize(batch, heads, q_len, k_len)
+    for grid, span, cost in zip(grids, spans, together, strict=True):
+        assert cost == _tiles.sampled_costs(source, map_of, maps, [grid], [span])[0]
+        n_q, n_k = grid.n_q_tiles, grid.n_k_tiles   # every row is sampled (nq <= 64)
+        padded = np.zeros((batch, heads, n_q * grid.q_tile, n_k * grid.k_tile), dtype=bool)
+        padded[:, :, :q_len, :k_len] = dense
+        kept = padded.reshape(batch, heads, n_q, grid.q_tile, n_k, grid.k_tile).sum((3, 5))
+        q0, q1 = grid.q_bounds()
+        k0, k1 = grid.k_bounds()
+        full = kept == ((q1 - q0)[:, None] * (k1 - k0)[None, :])
+        area = grid.q_tile * grid.k_tile
+        per_row = np.count_nonzero(kept, axis=-1)
+        expected = (np.sum(-(-per_row // span)) * _tiles.SPAN_COST_NS
+                    + per_row.sum() * (_tiles.TILE_COST_NS + area * _tiles.PAIR_COST_NS)
+                    + np.count_nonzero((kept > 0) & ~full) * area * _tiles.PARTIAL_PAIR_COST_NS)
+        assert cost == pytest.approx(expected, rel=1e-12)
+
+
 # --- (e) memory ------------------------------------------------------------------------------
 
 def test_memory_is_independent_of_tq_times_tk():
@@ -521,7 +598,7 @@ def test_tile_scores_writes_every_entry_of_a_padded_tile():
     no_alibi = (np.zeros((1, 1)), np.zeros(1, dtype=np.int64), 0)
     no_keep = np.zeros((1, 1, 1), dtype=bool)
     _kernels.tile_scores(scores, tanh_t, tile_max, 0, 0, 0, 16, 4, 21, cap, no_bias, False,
-                         *no_alibi, no_keep, -1)
+                         *no_alibi, no_keep, -1, np.zeros(3, dtype=np.int64))
     real = 21 - 16
     expected = np.tanh(raw[:real] / cap)  # libm and Numba's tanh may differ in the last ulp
     np.testing.assert_allclose(tanh_t[:real], expected, rtol=1e-15, atol=0)

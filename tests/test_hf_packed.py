@@ -54,3 +54,65 @@ def test_cross_attention_spans_have_no_hf_form():
                 batch=1, q_heads=1, kv_heads=1, q_len=5, k_len=7)
     with pytest.raises(Unsupported, match="cu_seqlens_q == cu_seqlens_k"):
         plan(case)
+
+
+# -- padded packed batches and bidirectional packing: packed_sequence_mask_function ----------
+
+SEGMENTS = [[0, 0, 0, 1, 1, 2, 2, 2], [0, 0, 1, 1, 1, 1, 2, 2]]
+TL = "top_left"
+
+
+def documents_case(*parts, lengths=(8, 6), segments=SEGMENTS):
+    mask = m.all_of(m.documents(np.array(segments)), *parts)
+    if lengths is not None:
+        mask = mask & m.key_padding(list(lengths), side="right")
+    return Case(name="hf/padded_packed", family="documents", mask=mask, batch=2, q_heads=1,
+                kv_heads=1, q_len=8, k_len=8)
+
+
+@pytest.mark.parametrize("parts,restarts", [
+    ((m.causal(align=TL),), True),
+    ((m.sliding_window(1, 0, align=TL),), True),
+    ((m.causal(align=TL), m.chunked(3, align=TL)), False),
+    ((), False),
+    ((m.sliding_window(1, 1, align=TL),), False),
+], ids=["causal", "window_2_keys", "chunks_3", "bidirectional", "bidirectional_window"])
+@pytest.mark.parametrize("lengths", [(8, 6), None], ids=["padded", "unpadded"])
+def test_padded_packed_batches_and_bidirectional_packing(parts, restarts, lengths):
+    """A padded packed batch (two rows of three documents, the second row's last 2 slots
+    padding) through HF's own packed_sequence_mask_function as and_mask_function beside the
+    2-D attention_mask; bidirectional documents, and chunks counted from packed position 0,
+    the same way. Unpadded causal documents keep HF's position_ids detection."""
+    case = documents_case(*parts, lengths=lengths)
+    inputs = plan(case)
+    if lengths is None and restarts:
+        assert inputs["position_ids"] is not None and inputs["packed_sequence_ids"] is None
+    else:
+        assert inputs["packed_sequence_ids"].tolist() == SEGMENTS
+    assert np.array_equal(hf_mask(case)[:, 0], case.keep()[:, 0])
+
+
+def test_hand_worked_padded_packed_row():
+    """Row 1 of SEGMENTS under causal & padding 6: documents [0, 2), [2, 6), then padding."""
+    keep = hf_mask(documents_case(m.causal(align=TL)))[1, 0].astype(int)
+    assert keep.tolist() == [[1, 0, 0, 0, 0, 0, 0, 0],
+                             [1, 1, 0, 0, 0, 0, 0, 0],
+                             [0, 0, 1, 0, 0, 0, 0, 0],
+                             [0, 0, 1, 1, 0, 0, 0, 0],
+                             [0, 0, 1, 1, 1, 0, 0, 0],
+                             [0, 0, 1, 1, 1, 1, 0, 0],
+                             [0, 0, 0, 0, 0, 0, 0, 0],
+                             [0, 0, 0, 0, 0, 0, 0, 0]]
+
+
+def test_packed_cross_attention_and_packing_with_a_cache_have_no_hf_form():
+    cross = Case(name="hf/cross_docs", family="documents",
+                 mask=m.documents([0, 0, 1], [0, 0, 0, 1, 1]), batch=1, q_heads=1, kv_heads=1,
+                 q_len=3, k_len=5)
+    with pytest.raises(Unsupported, match="no packed cross-attention"):
+        plan(cross)
+    cached = Case(name="hf/cached_docs", family="documents",
+                  mask=m.documents([0, 0, 1, 1]) & m.causal(align="bottom_right"), batch=1,
+                  q_heads=1, kv_heads=1, q_len=2, k_len=4)
+    with pytest.raises(Unsupported, match="without a cache"):
+        plan(cached)

@@ -201,6 +201,16 @@ def test_a_wrong_partial_is_named_before_the_merge():
     assert {c.name for c in result.checks} >= {"partial0.out", "partial1.lse", "partial2.out"}
 
 
+def test_a_crashing_merge_kernel_fails_naming_the_merge():
+    def crashes(outs, lses, call):
+        raise RuntimeError("no merge here")
+
+    result = run_case(from_function(_kernel(crashes), name="crash"),
+                      MERGE_CASES["split_kv/merge_window_3_splits"])
+    assert result.verdict == "fail"
+    assert result.reason == ("partials ok, crash's merge raised RuntimeError: no merge here")
+
+
 def test_a_backend_without_lse_cannot_be_merged():
     def out_only(q, k, v, call):
         return _partial_attention(q, k, v, call)[0]
@@ -246,3 +256,27 @@ def test_split_case_json_round_trips():
     assert data["key_splits"] == [[0, 4], [4, 8], [8, 12]]
     assert case_from_json(data) == case
     assert "key_splits" not in WHOLE.to_json()
+
+
+def test_wrong_merges_hand_worked():
+    """Two partials of one row, Dv = 1: out 1 with lse 0, out 0 with lse ln 3 (weights 1/4 and
+    3/4 under the right merge); then a row whose second partial is empty."""
+    from refmask.conformance.alternatives import wrong_merge
+
+    def parts(lse_b):
+        ones = np.ones((1, 1, 1, 1))
+        return [(ones, np.zeros((1, 1, 1)), ones), (0 * ones, np.full((1, 1, 1), lse_b), ones)]
+
+    out, lse, _ = wrong_merge(parts(np.log(3.0)), "base_2", "float64")
+    # 2^(0 - ln 3) and 2^0, normalised; lse = ln 3 + log2(2^-ln3 + 1)
+    a = 2.0 ** -np.log(3.0)
+    assert np.isclose(out.item(), a / (a + 1.0), rtol=1e-15, atol=0)
+    assert np.isclose(lse.item(), np.log(3.0) + np.log2(a + 1.0), rtol=1e-15, atol=0)
+    out, lse, _ = wrong_merge(parts(np.log(3.0)), "no_max_subtraction", "float64")
+    assert np.isclose(out.item(), 0.25, rtol=1e-15) and np.isclose(lse.item(), np.log(4.0))
+    out, lse, _ = wrong_merge(parts(800.0), "no_max_subtraction", "float64")
+    assert np.isnan(out.item()) and lse.item() == np.inf  # exp(800) overflows float64
+    out, lse, _ = wrong_merge(parts(-np.inf), "empty_partial_nan", "float64")
+    assert np.isnan(out.item()) and lse.item() == 0.0  # the empty partial poisons the row
+    out, lse, _ = wrong_merge(parts(np.log(3.0)), "empty_partial_nan", "float64")
+    assert np.isclose(out.item(), 0.25, rtol=1e-15)  # no empty partial: the right merge

@@ -34,16 +34,7 @@ def _nonzero_cases(dtype: str) -> set:
     return ids
 
 
-#: Open in issue 11: on catalog v2 a 1% output error in bfloat16 still passes 7 of 122
-#: non-zero cases (94.3%): the three MLA cases (Dqk 192/576, where rounding q and k through
-#: bfloat16 legitimately moves the scores by more), one dropout case and three 2048-key
-#: rows. Strict, so the marker fails the run as soon as the tolerance resolves them.
-_BFLOAT16_OPEN = pytest.mark.xfail(strict=True, reason=(
-    "issue 11: 1% in bfloat16 passes 7/122 catalog-v2 cases (MLA head dims, 2048-key rows)"))
-
-
-@pytest.mark.parametrize("dtype", [pytest.param(d, marks=_BFLOAT16_OPEN) if d == "bfloat16"
-                                   else d for d in DTYPES])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_uniform_relative_error_fails_almost_every_case(dtype):
     relative = RELATIVE_ERROR[dtype]
     nonzero = _nonzero_cases(dtype)

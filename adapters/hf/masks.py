@@ -32,7 +32,11 @@ reflects only whether HF's mask is the case's mask. Read from transformers 5.23.
   masks keys only); no positional conjunct -> ``create_bidirectional_mask``.
 * ``documents`` (contiguous segments, self-attention, no padding, no cache) with a causal
   builder -> ``position_ids`` restarting at 0 in each segment (HF's packed-sequence
-  detection, used only when ``attention_mask`` is None).
+  detection, used only when ``attention_mask`` and ``past_key_values`` are None);
+  ``documents`` with key padding (a padded packed batch, B >= 1) or with a bidirectional
+  builder -> ``and_mask_function=packed_sequence_mask_function(segment_ids)`` beside the
+  2-D ``attention_mask`` (positions stay packed). Packed cross-attention (query and key
+  segments differ) and packing with a cache have no masking_utils form (``_packing``).
 * ``varlen(causal, causal window or causal chunks, layout)`` over contiguous self-attention
   spans (``cu_seqlens_q == cu_seqlens_k``) -> the same ``position_ids`` packing (HF restarts
   windows and chunks per packed sequence, measured); cross-attention spans, padded, gappy or
@@ -138,7 +142,8 @@ def _packed_self_attention(mask):
 def plan(case: Case) -> dict:
     """HF's inputs for the case: builder name, config fields, cached token count, 2-D
     attention_mask (bool (B, Tk) or None), position_ids, block_sequence_ids."""
-    if case.mask is not None and case.mask.kind == "varlen":
+    per_sequence = case.mask is not None and case.mask.kind == "varlen"
+    if per_sequence:
         from dataclasses import replace
 
         case = replace(case, mask=_packed_self_attention(case.mask))
@@ -173,7 +178,7 @@ def plan(case: Case) -> dict:
         by_kind[part.kind] = part
     kinds = set(by_kind)
     result = {"cached": offset, "config": {}, "builder": None, "position_ids": None,
-              "block_sequence_ids": None}
+              "block_sequence_ids": None, "packed_sequence_ids": None}
     window = by_kind.get("sliding_window")
     if not kinds:
         result["builder"] = "bidirectional"
@@ -214,18 +219,47 @@ def plan(case: Case) -> dict:
     else:
         result["attention_mask"] = np.ones((case.batch, case.k_len), dtype=bool)
     if documents:
-        doc = documents[0]
-        if result["builder"] not in ("causal", "sliding_causal", "chunked"):
-            raise Unsupported("HF detects packed documents (position_ids) only in its causal "
-                              "builders; create_bidirectional_mask ignores position_ids")
-        if padding or offset or case.q_len != case.k_len or (
-                doc.k_segment_ids != doc.q_segment_ids):
-            raise Unsupported("HF uses position_ids packing only for self-attention without a "
-                              "padding mask and without a cache")
-        ids = np.broadcast_to(np.asarray(doc.q_segment_ids), (case.batch, case.q_len))
-        result["position_ids"] = _segments_to_positions(ids)
-        result["attention_mask"] = None
+        _packing(case, documents[0], result, padded=bool(padding), offset=offset,
+                 per_sequence=per_sequence)
     return result
+
+
+def _packing(case: Case, doc, result: dict, *, padded: bool, offset: int,
+             per_sequence: bool) -> None:
+    """Packed documents in HF's inputs (``result`` updated in place).
+
+    * causal builders, no padding: ``position_ids`` restarting at 0 per document, HF's
+      packed-sequence detection (``find_packed_sequence_indices``; used by
+      ``_preprocess_mask_arguments`` only when ``attention_mask`` and ``past_key_values`` are
+      None), which also remaps positions per document (chunks restart: ``per_sequence``, a
+      varlen case);
+    * a padded packed batch (documents and key padding) or a bidirectional builder:
+      ``and_mask_function = packed_sequence_mask_function(segment_ids)`` (masking_utils' own
+      mask function, ``ids[b, q_idx] == ids[b, kv_idx]``) next to the 2-D padding
+      ``attention_mask``; positions stay packed (absolute), as in ``documents & ...`` (also
+      for ``documents & chunked``, whose chunks count from packed position 0).
+
+    Refused: a cache (packing is detected only without ``past_key_values``; the and-mask
+    indexes one (B, T) table with q_idx and kv_idx, so Tq = Tk), and documents whose query
+    and key segment ids differ (cross-attention: ``packed_sequence_mask_function`` indexes one
+    table with both ``q_idx`` and ``kv_idx``, and ``create_bidirectional_mask`` passes no
+    position_ids for ``encoder_hidden_states``)."""
+    if doc.k_segment_ids != doc.q_segment_ids:
+        raise Unsupported("HF has no packed cross-attention: packed_sequence_mask_function "
+                          "indexes one segment table with q_idx and kv_idx, and "
+                          "create_bidirectional_mask takes no position_ids")
+    if offset or case.q_len != case.k_len:
+        raise Unsupported("HF packs sequences for self-attention without a cache only "
+                          "(_preprocess_mask_arguments: no packing with past_key_values; "
+                          "packed_sequence_mask_function needs q_length == kv_length)")
+    ids = np.broadcast_to(np.asarray(doc.q_segment_ids), (case.batch, case.q_len))
+    absolute_chunks = result["builder"] == "chunked" and not per_sequence
+    if padded or absolute_chunks or result["builder"] in ("bidirectional",
+                                                          "sliding_bidirectional"):
+        result["packed_sequence_ids"] = np.ascontiguousarray(ids, dtype=np.int64)
+        return
+    result["position_ids"] = _segments_to_positions(ids)
+    result["attention_mask"] = None
 
 
 def unsupported(case: Case) -> str | None:
@@ -258,6 +292,9 @@ def hf_mask(case: Case, inputs: dict | None = None) -> np.ndarray:
     blocks = None if blocks is None else torch.tensor(blocks)
     common = {"config": config, "inputs_embeds": embeds, "attention_mask": attention_mask,
               "past_key_values": cache}
+    packed = inputs.get("packed_sequence_ids")
+    if packed is not None:
+        common["and_mask_function"] = mu.packed_sequence_mask_function(torch.tensor(packed))
     builder = inputs["builder"]
     if builder == "bidirectional":
         mask = mu.create_bidirectional_mask(**common, allow_is_bidirectional_skip=False)
@@ -309,5 +346,6 @@ ADAPTER = Adapter(
     unavailable=unavailable,
     description="transformers masking_utils create_causal_mask / "
                 "create_sliding_window_causal_mask / create_chunked_causal_mask / "
-                "create_bidirectional_mask, packed sequences via position_ids",
+                "create_bidirectional_mask, packed sequences via position_ids or "
+                "packed_sequence_mask_function",
 )

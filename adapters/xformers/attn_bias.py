@@ -20,7 +20,7 @@ refmask mask                                             xformers class
 ``varlen(inner, padded_keys_layout(...))``               ``BlockDiagonal*PaddedKeysMask``
 ``varlen(inner, gappy_keys_layout(...))``                ``BlockDiagonal*GappyKeysMask``
 ``varlen(inner, paged_layout(..., cu_seqlens_q=...))``   ``PagedBlockDiagonal*PaddedKeysMask`` /
-                                                         ``*GappyKeysMask`` (``make_paged``)
+                                                         ``*GappyKeysMask`` (paged.py)
 =======================================================  ==========================================
 
 with ``inner`` one of ``full()``, ``causal`` (top-left only for plain spans, bottom-right =
@@ -40,6 +40,7 @@ import numpy as np
 
 from ..common import Adapter, Output, Profile, Unsupported
 from ..torch import common as tc
+from .paged import to_xformers_paged
 
 if TYPE_CHECKING:
     from refmask.case import Case
@@ -137,7 +138,7 @@ def translate(case: Case) -> Any:
                           f"{mask.mask!r}")
     kind = inner[0] if inner[0] == "full" else f"{inner[0]}:{align}"
     if layout.block_table is not None:
-        return _paged(ab, torch, cpu, layout, q_lens, k_lens, kind)
+        return _paged(mask, layout, kind)
     k_starts = list(layout.k_starts)
     contiguous = np.concatenate([[0], np.cumsum(k_lens)[:-1]]).tolist() if k_lens else []
     pad = layout.k_total // max(len(k_lens), 1)
@@ -177,28 +178,16 @@ def translate(case: Case) -> Any:
                       "layout")
 
 
-def _paged(ab, torch, cpu, layout, q_lens, k_lens, kind):
-    table = torch.tensor(layout.block_table, dtype=torch.int32)
-    used = int(table.max()) + 1
+def _paged(mask, layout, kind):
+    """The Paged* bias (adapters/xformers/paged.py) of a paged varlen mask."""
+    if kind not in ("full", "causal:bottom_right"):
+        raise Unsupported(f"{NAME}: xformers has no paged class for a {kind} block mask")
+    used = max((max(row) for row in layout.block_table if len(row)), default=-1) + 1
     if used * layout.page_size != layout.k_total:
         raise Unsupported(f"{NAME}: xformers materialises a paged bias over pages 0 .. "
                           f"max(block_tables) = {used - 1}, but the cache has "
                           f"{layout.k_total // layout.page_size} pages")
-    classes = {"full": (ab.PagedBlockDiagonalPaddedKeysMask, ab.PagedBlockDiagonalGappyKeysMask),
-               "causal:bottom_right": (ab.PagedBlockDiagonalCausalWithOffsetPaddedKeysMask,
-                                       ab.PagedBlockDiagonalCausalWithOffsetGappyKeysMask)}
-    if kind not in classes:
-        raise Unsupported(f"{NAME}: xformers has no paged class for a {kind} block mask")
-    padded, gappy = classes[kind]
-    if layout.k_starts is None or not any(layout.k_starts):
-        return padded.from_seqlens(q_lens, k_lens, table, layout.page_size, device=cpu)
-    # PagedBlockDiagonalGappyKeysMask.from_seqlens is not callable in xformers 0.0.35 (it
-    # asserts N seqstarts, then requires N + 1), so build it as xformers' own make_paged does.
-    row = table.shape[1] * layout.page_size
-    starts = [row * n + s for n, s in enumerate(layout.k_starts)] + [row * len(k_lens)]
-    return ab.BlockDiagonalGappyKeysMask.from_seqlens(q_lens, starts, k_lens,
-                                                      device=cpu).make_paged(
-        table, layout.page_size, row, gappy)
+    return to_xformers_paged(mask)
 
 
 def _unsupported(case) -> str | None:

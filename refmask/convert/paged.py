@@ -16,7 +16,9 @@ Two layouts describe which physical pages hold sequence n's keys (docs/spec.md 2
 
 Both directions are exact on what the layouts share; the padding of ``block_table`` rows is
 not part of FlashInfer's layout, so :func:`flashinfer_to_block_table` takes the padding page
-as a required argument instead of inventing one.
+as a required argument instead of inventing one. xformers' ``PagedBlockDiagonal*`` bias
+objects convert to and from refmask masks in ``refmask.adapters.xformers.paged`` (they are
+torch objects, and ``refmask/`` imports no framework).
 """
 
 from __future__ import annotations

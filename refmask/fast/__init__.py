@@ -5,9 +5,11 @@ so that memory is O((Tq + Tk) * D) plus one Bq x Bk tile per thread, never O(Tq 
 
     tiles:   (r, c) = [r Bq, (r + 1) Bq) x [c Bk, (c + 1) Bk), the shape chosen per call by a
              cost model over the candidates (112 x 128 ... 32 x 32 for D = 64)
-    codes:   mask.classify over the whole tile grid, once per distinct (b, h)
+    codes:   mask.classify over the whole tile grid, once per distinct (b, h) (coarse to
+             fine on grids over 2**16 tiles)
              EMPTY -> skipped;  FULL -> computed without the mask;  PARTIAL -> computed, with
-             the tile's keep block from mask.keep
+             the tile's keep block from mask.keep (causal and sliding-window masks:
+             their band rule low <= (i + offset_b) - j <= high, evaluated per entry)
     forward: per (b, h, query tile), online softmax over the row's non-empty tiles
              m' = max(m, max_j s_ij),  l' = l e^(m - m') + sum_j e^(s_ij - m'),
              acc' = acc e^(m - m') + sum_j e^(s_ij - m') v_gj;   o = acc / l, lse = m + log l

@@ -101,9 +101,9 @@ def backward(fast: FastInputs, d_out: np.ndarray, d_lse, *, q_tile=None, k_tile=
         def run(chunk, tile_keep=tile_keep, blocks=blocks):
             counts = np.zeros(2, dtype=np.int64)
             _kernels.backward_items(
-                chunk, plan.map_of, plan.col_ptr, tile_row, tile_keep, blocks, q_t, qT_t, k_t,
-                kT_t, v_t, do_t, doT_t, max_t, log_sum_t, delta_t, float(inp.scale), softcap,
-                bias, has_bias, fast.alibi_slopes, fast.alibi_offsets, fast.alibi_kind,
+                chunk, plan.map_of, plan.col_ptr, tile_row, tile_keep, blocks, plan.band, q_t,
+                qT_t, k_t, kT_t, v_t, do_t, doT_t, max_t, log_sum_t, delta_t, float(inp.scale),
+                softcap, bias, has_bias, fast.alibi_slopes, fast.alibi_offsets, fast.alibi_kind,
                 inp.q_len, inp.k_len, inp.group_size, thread_accumulator(), dk_t, dv_t, dbias,
                 has_bias, counts, poison)
             return counts

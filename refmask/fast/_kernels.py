@@ -110,8 +110,26 @@ def exp_shifted(scores, shift, log_scale, out, row_sums):
 
 
 @njit(**_OPTIONS)
+def band_offset(band, b):
+    """offset_b of a band rule ``[1, low, high, offset_0, ...]`` (offset_0 for every b when
+    there is one)."""
+    return band[3] if band.shape[0] == 4 else band[3 + b]
+
+
+@njit(**_OPTIONS)
+def kept_at(keep_blocks, keep_index, band, b, i, j, ii, jj):
+    """keep(b, h, i, j) inside a PARTIAL tile, i = i0 + ii, j = j0 + jj: with a band rule
+    (band[0] == 1) ``low <= (i + offset_b) - j <= high``, else its keep block
+    ``keep_blocks[keep_index, jj, ii]``."""
+    if band[0] != 0:
+        distance = i + band_offset(band, b) - j
+        return (distance >= band[1]) & (distance <= band[2])
+    return keep_blocks[keep_index, jj, ii]
+
+
+@njit(**_OPTIONS)
 def tile_scores(scores, tanh_t, tile_max, b, h, i0, j0, q_len, k_len, softcap, bias, has_bias,
-                alibi_slopes, alibi_offsets, alibi_kind, keep_blocks, keep_index):
+                alibi_slopes, alibi_offsets, alibi_kind, keep_blocks, keep_index, band):
     """Turn ``scores = t^T = K_c (scale Q_r)^T`` (Bk, Bq) into the masked scores ``s^T`` in
     place, and ``tile_max[ii] = max_jj s^T[jj, ii]`` (NaN if any is NaN).
 
@@ -169,7 +187,7 @@ def tile_scores(scores, tanh_t, tile_max, b, h, i0, j0, q_len, k_len, softcap, b
     if keep_index >= 0:
         for jj in range(n_cols):
             for ii in range(block_q):
-                if not keep_blocks[keep_index, jj, ii]:
+                if not kept_at(keep_blocks, keep_index, band, b, i0 + ii, j0 + jj, ii, jj):
                     scores[jj, ii] = -np.inf
     if not max_now:
         for jj in range(n_cols):
@@ -180,7 +198,53 @@ def tile_scores(scores, tanh_t, tile_max, b, h, i0, j0, q_len, k_len, softcap, b
 
 
 @njit(**_OPTIONS)
-def forward_items(items, tile_col, tile_keep, keep_blocks, q_rows, k_rows, v_rows, vT_t,
+def plain_span_scores(scores, span_max, span_keep, keep_blocks, band, b, i0, j0, block_k,
+                      valid_keys, counts):
+    """:func:`tile_scores` of a whole span without softcap, bias or ALiBi, in one pass:
+
+        s^T[jj, ii] = t^T[jj, ii]   kept;   -inf  where tile x of the span is PARTIAL and
+                                            not keep(b, i0 + ii, j0 + jj) (:func:`kept_at`;
+                                            a band rule evaluated in the loop), or for
+                                            padding rows jj >= valid_keys (keys past Tk)
+        span_max[ii] = max(span_max[ii], max_jj s^T[jj, ii])        (NaN if any is NaN)
+
+    scores (n Bk, Bq) holds the span's t^T; span_keep (n,) the keep-block index of each of
+    its tiles (-1: FULL). counts[0] += FULL tiles, counts[1] += PARTIAL tiles. Branch-free
+    element loops (selects), so they vectorise.
+    """
+    block_q = scores.shape[1]
+    for x in range(span_keep.shape[0]):
+        keep_index = span_keep[x]
+        if keep_index < 0:
+            counts[0] += 1
+            continue
+        counts[1] += 1
+        if band[0] != 0:
+            low, high = band[1], band[2]
+            for jj in range(block_k):
+                row = x * block_k + jj
+                first = i0 + band_offset(band, b) - (j0 + row)  # the distance at ii = 0
+                for ii in range(block_q):
+                    kept = (first + ii >= low) & (first + ii <= high)
+                    scores[row, ii] = scores[row, ii] if kept else -np.inf
+            continue
+        for jj in range(block_k):
+            row = x * block_k + jj
+            for ii in range(block_q):
+                kept = keep_blocks[keep_index, jj, ii]
+                scores[row, ii] = scores[row, ii] if kept else -np.inf
+    for jj in range(max(0, valid_keys), scores.shape[0]):
+        for ii in range(block_q):
+            scores[jj, ii] = -np.inf
+    for jj in range(scores.shape[0]):
+        for ii in range(block_q):
+            value = scores[jj, ii]
+            top = span_max[ii]
+            span_max[ii] = value if (value > top) | (value != value) else top
+
+
+@njit(**_OPTIONS)
+def forward_items(items, tile_col, tile_keep, keep_blocks, band, q_rows, k_rows, v_rows, vT_t,
                   scale, block_k, span_tiles, softcap, bias, has_bias, alibi_slopes, alibi_offsets,
                   alibi_kind, sinks, has_sinks, q_len, k_len, group_size, out_t, lse_t, max_t,
                   log_sum_t, counts, poison):
@@ -189,10 +253,11 @@ def forward_items(items, tile_col, tile_keep, keep_blocks, q_rows, k_rows, v_row
 
     Consecutive key tiles c0, c0 + 1, ... (at most ``span_tiles``) form one *span* of keys
     [c0 Bk, (c0 + n) Bk): one product S^T = K_span Q_r^T and one acc^T += V_span^T P^T per
-    span, the mask (keep blocks of PARTIAL tiles), bias, ALiBi and softcap per tile inside
-    it, so a band of narrow tiles (a sliding window) costs two large products per query
-    tile instead of two small ones per tile. Per query row i, over its spans in order
-    (m = -inf, l = 0, acc = 0 at the start):
+    span, the mask (keep blocks or the band rule of PARTIAL tiles, :func:`kept_at`), bias,
+    ALiBi and softcap per tile inside it (without softcap, bias and ALiBi: one pass over
+    the span, :func:`plain_span_scores`), so a band of narrow tiles (a sliding window)
+    costs two large products per query tile instead of two small ones per tile. Per query
+    row i, over its spans in order (m = -inf, l = 0, acc = 0 at the start):
 
         m'  = max(m, max_j s_ij)             NaN propagates
         a   = exp(m - m'),  p_ij = exp(s_ij - m')      (shift 0 while m' = -inf)
@@ -230,13 +295,14 @@ def forward_items(items, tile_col, tile_keep, keep_blocks, q_rows, k_rows, v_row
     shift = scratch(block_q, poison)
     rescale = scratch(block_q, poison)
     no_log_scale = np.zeros(block_q)
+    plain = softcap == 0.0 and not has_bias and alibi_kind == NO_ALIBI
     for item in range(items.shape[0]):
         b, h, r, start, stop = items[item, 0], items[item, 1], items[item, 2], items[item, 3], \
             items[item, 4]
         g = h // group_size
         i0 = r * block_q
-        for d in range(qk_dim):
-            for ii in range(block_q):
+        for ii in range(block_q):  # contiguous reads of q, writes to an L1-sized tile
+            for d in range(qk_dim):
                 q_tile_t[d, ii] = q_rows[b, h, i0 + ii, d] * scale
         row_max[:] = -np.inf
         row_sum[:] = 0.0
@@ -253,21 +319,25 @@ def forward_items(items, tile_col, tile_keep, keep_blocks, q_rows, k_rows, v_row
             span_probs = probs[:n_keys]
             np.dot(k_rows[b, g, j0:j0 + n_keys], q_tile_t, span_scores)
             span_max[:] = -np.inf
-            for x in range(t, u):
-                keep_index = tile_keep[x]
-                if keep_index >= 0:
-                    counts[1] += 1
-                else:
-                    counts[0] += 1
-                offset = (x - t) * block_k
-                tile_scores(span_scores[offset:offset + block_k],
-                            tanh_t[offset:offset + block_k], tile_max, b, h, i0, j0 + offset,
-                            q_len, k_len, softcap, bias, has_bias, alibi_slopes, alibi_offsets,
-                            alibi_kind, keep_blocks, keep_index)
-                for ii in range(block_q):
-                    x_max = tile_max[ii]
-                    if x_max > span_max[ii] or x_max != x_max:
-                        span_max[ii] = x_max
+            if plain:
+                plain_span_scores(span_scores, span_max, tile_keep[t:u], keep_blocks, band,
+                                  b, i0, j0, block_k, k_len - j0, counts)
+            else:
+                for x in range(t, u):
+                    keep_index = tile_keep[x]
+                    if keep_index >= 0:
+                        counts[1] += 1
+                    else:
+                        counts[0] += 1
+                    offset = (x - t) * block_k
+                    tile_scores(span_scores[offset:offset + block_k],
+                                tanh_t[offset:offset + block_k], tile_max, b, h, i0, j0 + offset,
+                                q_len, k_len, softcap, bias, has_bias, alibi_slopes, alibi_offsets,
+                                alibi_kind, keep_blocks, keep_index, band)
+                    for ii in range(block_q):
+                        x_max = tile_max[ii]
+                        if x_max > span_max[ii] or x_max != x_max:
+                            span_max[ii] = x_max
             for ii in range(block_q):
                 old = row_max[ii]
                 new = span_max[ii]
@@ -312,7 +382,7 @@ def forward_items(items, tile_col, tile_keep, keep_blocks, q_rows, k_rows, v_row
 
 
 @njit(**_OPTIONS)
-def backward_items(items, map_of, col_ptr, tile_row, tile_keep, keep_blocks, q_t, qT_t, k_t,
+def backward_items(items, map_of, col_ptr, tile_row, tile_keep, keep_blocks, band, q_t, qT_t, k_t,
                    kT_t, v_t, do_t, doT_t, max_t, log_sum_t, delta_t, scale, softcap, bias,
                    has_bias, alibi_slopes, alibi_offsets, alibi_kind, q_len, k_len, group_size,
                    dqT_acc, dk_t, dv_t, dbias, has_dbias, counts, poison):
@@ -374,7 +444,7 @@ def backward_items(items, map_of, col_ptr, tile_row, tile_keep, keep_blocks, q_t
                 np.dot(k_tile, qT_t[b, h, r], scores)
                 tile_scores(scores, tanh_t, tile_max, b, h, i0, j0, q_len, k_len, softcap,
                             bias, has_bias, alibi_slopes, alibi_offsets, alibi_kind,
-                            keep_blocks, keep_index)
+                            keep_blocks, keep_index, band)
                 for ii in range(block_q):
                     row_max = max_t[b, h, r, ii]
                     shift[ii] = row_max if row_max != -np.inf else np.inf
@@ -388,7 +458,8 @@ def backward_items(items, map_of, col_ptr, tile_row, tile_keep, keep_blocks, q_t
                     kept_row = jj < n_cols
                     for ii in range(block_q):
                         kept = kept_row
-                        if keep_index >= 0 and not keep_blocks[keep_index, jj, ii]:
+                        if keep_index >= 0 and not kept_at(keep_blocks, keep_index, band, b,
+                                                           i0 + ii, j0 + jj, ii, jj):
                             kept = False
                         ds = probs[jj, ii] * (d_probs[jj, ii] - delta_t[b, h, r, ii])
                         d_probs[jj, ii] = ds if kept else 0.0

@@ -276,7 +276,8 @@ class TilePlan:
     (tile_map, tile_row, tile_col, tile_code, shape (n,)); ``row_ptr[m, r]`` ..
     ``row_ptr[m, r + 1]`` are map m's tiles in row r. ``by_column`` is a permutation of the
     tiles into column-major order per map, with ``col_ptr[m, c]`` .. ``col_ptr[m, c + 1]``
-    indexing it. ``empty_tiles`` counts the skipped tiles of every (b, h).
+    indexing it. ``empty_tiles`` counts the skipped tiles of every (b, h). ``band``: the
+    arithmetic keep rule of PARTIAL tiles (:func:`band_rule`), ``[0, 0, 0]`` when none.
     """
 
     grid: TileGrid
@@ -291,6 +292,38 @@ class TilePlan:
     by_column: np.ndarray
     col_ptr: np.ndarray
     empty_tiles: int
+    band: np.ndarray
+
+
+#: No bound on a side of a band rule (beyond any |i + offset - j| of an int64 grid).
+_UNBOUNDED = 1 << 62
+
+
+def band_rule(source: MaskSource, grid: TileGrid) -> np.ndarray:
+    """The keep rule of a causal or sliding-window mask as int64 numbers the kernels
+    evaluate per (i, j) instead of reading keep blocks:
+
+        band = [1, low, high, offset_0, offset_1, ...]:
+        keep(b, i, j) iff low <= (i + offset_b) - j <= high       (offset_0 for every b
+                                                                   when there is one)
+
+    sliding_window(left, right): low = -right, high = left (None: unbounded);
+    causal: low = 0, high unbounded; offsets: the alignment's ``offset_table``. Any other
+    source (other masks, subclasses, combinations, arrays): ``[0, 0, 0]`` (keep blocks).
+    """
+    from ..masks.causal import Causal
+    from ..masks.sliding_window import SlidingWindow
+
+    mask = source.value
+    if source.kind != "mask" or type(mask) not in (Causal, SlidingWindow):
+        return np.zeros(3, dtype=np.int64)
+    if type(mask) is Causal:
+        low, high = 0, _UNBOUNDED
+    else:
+        low = -_UNBOUNDED if mask.right is None else -mask.right
+        high = _UNBOUNDED if mask.left is None else mask.left
+    offsets = np.asarray(mask.align.offset_table(grid.q_len, grid.k_len), dtype=np.int64)
+    return np.concatenate([[1, low, high], offsets.reshape(-1)]).astype(np.int64)
 
 
 def tile_map_keys(source: MaskSource, batch: int, heads: int):
@@ -335,7 +368,8 @@ def plan_tiles(source: MaskSource, batch: int, heads: int, grid: TileGrid) -> Ti
     empty_tiles = int(sum(int(uses[m]) * empty_per_map[m] for m in range(len(maps))))
     return TilePlan(grid=grid, source=source, map_of=map_of, maps=maps, tile_map=tile_map,
                     tile_row=tile_row, tile_col=tile_col, tile_code=tile_code, row_ptr=row_ptr,
-                    by_column=by_column, col_ptr=col_ptr, empty_tiles=empty_tiles)
+                    by_column=by_column, col_ptr=col_ptr, empty_tiles=empty_tiles,
+                    band=band_rule(source, grid))
 
 
 #: Tile shapes (Bq, Bk) the automatic choice considers, largest first.
@@ -365,42 +399,59 @@ SPAN_COST_NS, TILE_COST_NS, PAIR_COST_NS, PARTIAL_PAIR_COST_NS = 4000.0, 1000.0,
 COST_SAMPLE_ROWS = 64
 
 
-def sampled_cost(source: MaskSource, map_of: np.ndarray, maps: tuple, grid: TileGrid,
-                 span: int = 1) -> float:
-    """Modelled run time (ns) of a tile shape, from at most COST_SAMPLE_ROWS query-tile rows
-    per tile map (scaled to all nq rows), so a candidate costs O(rows * nk) codes:
+def _sample_rectangles(grid: TileGrid):
+    """``(rows, (q0, q1, k0, k1))``: at most COST_SAMPLE_ROWS evenly spaced query-tile rows
+    of the grid, and the bounds of all their tiles, flattened row-major (rows x nk)."""
+    n_q = grid.n_q_tiles
+    rows = np.unique(np.linspace(0, n_q - 1, min(n_q, COST_SAMPLE_ROWS)).astype(np.int64))
+    q0, q1 = grid.q_bounds()
+    k0, k1 = grid.k_bounds()
+    shape = (rows.shape[0], grid.n_k_tiles)
+    return rows, tuple(np.broadcast_to(x, shape).reshape(-1) for x in (
+        q0[rows][:, None], q1[rows][:, None], k0[None, :], k1[None, :]))
+
+
+def sampled_costs(source: MaskSource, map_of: np.ndarray, maps: tuple, grids: list,
+                  spans: list) -> list:
+    """Modelled run time (ns) of each tile shape ``grids[n]``, from at most
+    COST_SAMPLE_ROWS query-tile rows per tile map (scaled to all nq rows), so a candidate
+    costs O(rows * nk) codes:
 
         sum over (b, h) of  n_spans SPAN_COST + n_nonempty (TILE_COST + Bq Bk PAIR_COST)
                             + n_partial Bq Bk PARTIAL_COST
 
-    with n_spans = sum over rows of ceil(non-empty tiles of the row / span) (``span``: tiles
-    one product may cover; 1 for the backward, which computes tile by tile).
+    with n_spans = sum over rows of ceil(non-empty tiles of the row / spans[n]) (tiles one
+    product may cover; 1 for the backward, which computes tile by tile). The sampled tiles
+    of all candidates go to one ``mask.classify`` call per tile map (its fixed cost, ~0.2 ms,
+    was most of the planning time of a 256-key window at T = 4096).
     """
-    n_q = grid.n_q_tiles
-    if n_q == 0 or grid.n_k_tiles == 0:  # Tq = 0 or Tk = 0: no tile, nothing to cost
-        return 0.0
-    rows = np.unique(np.linspace(0, n_q - 1, min(n_q, COST_SAMPLE_ROWS)).astype(np.int64))
-    q0, q1 = grid.q_bounds()
-    k0, k1 = grid.k_bounds()
-    area = grid.q_tile * grid.k_tile
+    live = [n for n, grid in enumerate(grids) if grid.n_q_tiles and grid.n_k_tiles]
+    totals = [0.0] * len(grids)
+    if not live:  # Tq = 0 or Tk = 0: no tile, nothing to cost
+        return totals
+    samples = {n: _sample_rectangles(grids[n]) for n in live}
+    sizes = [samples[n][1][0].shape[0] for n in live]
     uses = np.bincount(map_of.reshape(-1), minlength=len(maps))
-    total = 0.0
     for count, (b, h) in zip(uses, maps, strict=True):
         if source.kind == "none":
-            codes = np.full((rows.shape[0], grid.n_k_tiles), FULL, dtype=np.int8)
+            flat = np.full(sum(sizes), FULL, dtype=np.int8)
         else:
-            codes = np.asarray(source.value.classify(
-                q0[rows][:, None], q1[rows][:, None], k0[None, :], k1[None, :],
-                q_len=grid.q_len, k_len=grid.k_len, batch=b, head=h))
-        per_row = np.count_nonzero(codes, axis=-1)
-        spans = int(np.sum(-(-per_row // span)))
-        nonempty = int(np.sum(per_row))
-        partial = np.count_nonzero(codes == PARTIAL)
-        total += count * (n_q / rows.shape[0]) * (
-            spans * SPAN_COST_NS + nonempty * (TILE_COST_NS + area * PAIR_COST_NS)
-            + partial * area * PARTIAL_PAIR_COST_NS)
-    return total
-
+            bounds = (np.concatenate([samples[n][1][part] for n in live]) for part in range(4))
+            flat = np.asarray(source.value.classify(
+                *bounds, q_len=grids[live[0]].q_len, k_len=grids[live[0]].k_len, batch=b,
+                head=h)).reshape(-1)
+        for n, codes in zip(live, np.split(flat, np.cumsum(sizes)[:-1]), strict=True):
+            grid, rows = grids[n], samples[n][0]
+            codes = codes.reshape(rows.shape[0], grid.n_k_tiles)
+            area = grid.q_tile * grid.k_tile
+            per_row = np.count_nonzero(codes, axis=-1)
+            n_spans = int(np.sum(-(-per_row // spans[n])))
+            nonempty = int(np.sum(per_row))
+            partial = np.count_nonzero(codes == PARTIAL)
+            totals[n] += count * (grid.n_q_tiles / rows.shape[0]) * (
+                n_spans * SPAN_COST_NS + nonempty * (TILE_COST_NS + area * PAIR_COST_NS)
+                + partial * area * PARTIAL_PAIR_COST_NS)
+    return totals
 
 
 def default_tiles(head_dim: int, candidates=TILE_CANDIDATES) -> tuple:
@@ -417,7 +468,7 @@ def choose_tiles(source: MaskSource, batch: int, heads: int, q_len: int, k_len: 
     kernel, which joins consecutive tiles into one product (:func:`span_tiles`), else tile
     by tile (the backward).
 
-    Each candidate is costed on a sample of its tile rows (:func:`sampled_cost`), never on
+    Each candidate is costed on a sample of its tile rows (:func:`sampled_costs`), never on
     O(Tq * Tk) work; no mask, bool arrays and data-defined masks (classified by evaluation)
     take the first (largest) candidate without costing.
     """
@@ -427,18 +478,18 @@ def choose_tiles(source: MaskSource, batch: int, heads: int, q_len: int, k_len: 
         and any(node.kind in DATA_DEFINED_KINDS for node in mask_nodes(source.value)))
     if data_defined or source.kind == "none":
         candidates = candidates[:1]
-    best = None
-    seen = set()
-    for q_tile, k_tile in candidates:
+    grids = []
+    for q_tile, k_tile in candidates:  # shrunk to Tq, Tk; each distinct shape once
         grid = TileGrid(q_len, k_len, max(1, min(q_tile, q_len)), max(1, min(k_tile, k_len)))
-        if (grid.q_tile, grid.k_tile) in seen:
-            continue
-        seen.add((grid.q_tile, grid.k_tile))
-        if len(seen) == 1 and len(candidates) == 1:
-            return grid
-        map_of, maps = tile_map_keys(source, batch, heads)
-        cost = sampled_cost(source, map_of, maps, grid,
-                            span_tiles(grid, head_dim) if spans else 1)
+        if all((g.q_tile, g.k_tile) != (grid.q_tile, grid.k_tile) for g in grids):
+            grids.append(grid)
+    if len(grids) == 1 and len(candidates) == 1:
+        return grids[0]
+    map_of, maps = tile_map_keys(source, batch, heads)
+    costs = sampled_costs(source, map_of, maps, grids,
+                          [span_tiles(grid, head_dim) if spans else 1 for grid in grids])
+    best = None
+    for cost, grid in zip(costs, grids, strict=True):
         if best is None or cost < 0.97 * best[0]:
             best = (cost, grid)
     return best[1]
@@ -452,6 +503,9 @@ def waves(plan: TilePlan, axis: str, budget_bytes: int):
     """
     grid = plan.grid
     count = grid.n_q_tiles if axis == "row" else grid.n_k_tiles
+    if plan.band[0]:  # a band rule needs no keep blocks: one wave
+        yield 0, count
+        return
     index = plan.tile_row if axis == "row" else plan.tile_col
     partial = plan.tile_code == PARTIAL
     per_line = np.bincount(index[partial], minlength=count) * (grid.q_tile * grid.k_tile)
@@ -469,15 +523,22 @@ def wave_keep_blocks(plan: TilePlan, axis: str, first: int, last: int, threads: 
     Returns ``(tile_keep, blocks, pairs)``: tile_keep (n_tiles,) int64 is the block index of
     each such tile and -1 for every other tile (FULL, or outside the wave); blocks is
     (n, Bk, Bq) bool; pairs is the number of (i, j) index pairs given to ``mask.keep``.
+    With a band rule (``plan.band``) no block is built: tile_keep is 0 for the PARTIAL
+    tiles, blocks a (1, 1, 1) placeholder, pairs 0.
     Chunks of tiles are evaluated on ``threads`` threads (NumPy releases the GIL).
     """
     grid = plan.grid
     line = plan.tile_row if axis == "row" else plan.tile_col
     chosen = np.nonzero((plan.tile_code == PARTIAL) & (line >= first) & (line < last))[0]
     tile_keep = np.full(plan.tile_row.shape[0], -1, dtype=np.int64)
+    if plan.band[0]:  # PARTIAL tiles evaluate the band rule in the kernels
+        tile_keep[chosen] = 0
+        return tile_keep, np.zeros((1, 1, 1), dtype=bool), 0
     tile_keep[chosen] = np.arange(chosen.shape[0], dtype=np.int64)
     blocks = np.empty((chosen.shape[0], grid.k_tile, grid.q_tile), dtype=bool)
-    chunk = max(1, _KEEP_CHUNK_PAIRS // (grid.q_tile * grid.k_tile))
+    # at most _KEEP_CHUNK_PAIRS pairs per call, and work for every thread
+    chunk = max(1, min(_KEEP_CHUNK_PAIRS // (grid.q_tile * grid.k_tile),
+                       -(-chosen.shape[0] // max(1, threads))))
     jobs = []
     for index, (b, h) in enumerate(plan.maps):
         # each map's tiles are contiguous in the plan, so its chosen tiles are a slice
