@@ -115,6 +115,18 @@ def check_golden_sanity(case: Case, golden: dict, reference64: dict) -> None:
                 "corrupted or refmask has a bug -- run `refmask golden verify`"
             )
 
+#: Rows longer than this are pictured as key ranges, not one character per key.
+WIDE_ROW = 96
+
+
+def _key_runs(row: np.ndarray) -> str:
+    """A keep row as its runs: ``0-744 . | 745-1000 # | 1001-2047 .``."""
+    edges = np.flatnonzero(np.diff(row.astype(np.int8))) + 1
+    starts, ends = np.r_[0, edges], np.r_[edges, row.size] - 1
+    return " | ".join(f"{a}-{z} {'#' if row[a] else '.'}" if a != z else
+                      f"{a} {'#' if row[a] else '.'}" for a, z in zip(starts, ends, strict=True))
+
+
 def _mask_rows_picture(case: Case, first_bad: tuple | None) -> str:
     """The mask rows around the first offending (b, h, i), as text."""
     if first_bad is None or len(first_bad) < 3 or case.q_len == 0 or case.k_len == 0:
@@ -122,6 +134,10 @@ def _mask_rows_picture(case: Case, first_bad: tuple | None) -> str:
     b, h, i = first_bad[:3]
     keep = case.keep()[b, h]
     lo, hi = max(0, i - 2), min(case.q_len, i + 3)
+    if case.k_len > WIDE_ROW:
+        return "\n".join([f"mask rows {lo}..{hi - 1} of batch {b}, head {h} (> = first bad "
+                          "row; key ranges kept '#' / masked '.'):"] + [
+            f"{'>' if r == i else ' '} {r:>3} {_key_runs(keep[r])}" for r in range(lo, hi)])
     lines = render.to_text(keep[lo:hi], ascii=True).splitlines()
     header, rows = lines[0], lines[1:]
     rows = [f"{'>' if lo + n == i else ' '} {lo + n:>3} {row.split(' ', 1)[1]}"

@@ -244,3 +244,28 @@ def test_fuzz_names_a_bug_report_kernel_on_the_shrunk_case_in_bfloat16(kernel, n
     assert found.case is not None and found.result.verdict == "fail"
     assert found.result.convention == name, found.result.reason
     assert sum(found.verdicts.values()) == found.tried
+
+
+def test_a_long_row_is_pictured_as_key_ranges():
+    """A 4096-key row is shown as its kept / masked key ranges, not 4096 characters."""
+    case = case_named("long_rows/flat_causal_kv_cache_4096", "float16")
+    result = run_case(from_function(b.f16_row_sum), case)
+    assert result.verdict == "fail", result.reason
+    b_, h, i = _first_bad_row(result)
+    row = case.keep()[b_, h, i]
+    runs, start = [], 0
+    for j in range(1, case.k_len + 1):  # the runs of equal keep values, written out here
+        if j == case.k_len or row[j] != row[start]:
+            mark = "#" if row[start] else "."
+            runs.append(f"{start}-{j - 1} {mark}" if j - 1 > start else f"{start} {mark}")
+            start = j
+    assert f"> {i:>3} " + " | ".join(runs) in result.picture, result.picture
+    assert max(len(line) for line in result.picture.splitlines()) < 120
+
+
+def _first_bad_row(result):
+    line = next(x for x in result.picture.splitlines() if x.startswith(">"))
+    header = result.picture.splitlines()[0]
+    b_ = int(header.split("of batch ")[1].split(",")[0])
+    h = int(header.split("head ")[1].split(" ")[0])
+    return b_, h, int(line.split()[1])
