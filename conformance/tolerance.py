@@ -523,8 +523,11 @@ def score_model(case: Case, terms: dict) -> dict:
 
         raw         a_t_ij (eps(u) + sqrt(Dqk) eps(acc)),  a_t = |scale| sum_k |q_ik k_jk|
         softcapped  a_c_ij (eps(u) + sqrt(Dqk) eps(acc)),  a_c = a_t sech^2(t/cap) + |c_ij|
-        masked      delta_ij = a_ij (eps(u) + sqrt(Dqk) eps(acc))   (a_ij of the out model)
-        probs       e_ij + (eps(u) + sqrt(n_i) eps(acc)) p_ij       (e_ij of the out model)
+        masked      delta_ij                                (of the out model)
+        probs       e_ij + (eps(u) + sqrt(n_i) eps(acc)) p_ij,   e_ij = p_ij expm1(delta_ij + N_i)
+
+(``p'_j / p_j = exp(e_j) / Z`` lies in [exp(-delta_j - N_i), exp(delta_j + M_i)] and
+N_i >= M_i, so e_ij bounds the change of weight j.)
 
     ``terms`` is what :func:`_case_terms` returns. -inf (masked) and NaN entries are judged by
     placement only."""
@@ -536,8 +539,11 @@ def score_model(case: Case, terms: dict) -> dict:
     if cap is not None:
         tanh_t = np.tanh(scale * np.einsum("bhid,bhjd->bhij", q, k) / cap)
         a_c = a_t * (1.0 - tanh_t ** 2) + cap * np.abs(tanh_t)
-    a_s = a_c if terms["additive"] is None else a_c + terms["additive"]
-    delta = a_s * per_score
+    additive = terms["additive"]
+    delta = np.zeros(a_t.shape)
+    for b, h in np.ndindex(*a_t.shape[:2]):
+        delta[b, h] = _score_error(q[b, h], k[b, h], scale, cap,
+                                   None if additive is None else additive[b, h], eps, eps_acc)
     p = np.nan_to_num(terms["probs"])
     norm = np.log1p((p * np.expm1(delta)).sum(axis=-1, keepdims=True))
     kept = (p > 0).sum(axis=-1, keepdims=True)
