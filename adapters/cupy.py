@@ -54,5 +54,6 @@ ADAPTERS = (
         run=run_cupy,
         unavailable=_unavailable,
         description="refmask's own float64 reference, run unchanged on CuPy GPU arrays",
+        temperature=True,
     ),
 )

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from refmask.attention import attention, attention_vjp
+from refmask.attention import SCORE_STAGES, attention, attention_vjp
 
 from .common import Adapter, Output, Profile
 from .common.translate import float64_inputs, to_output
@@ -24,14 +24,19 @@ if TYPE_CHECKING:
 
 
 def run_reference(case: Case, inputs: dict[str, np.ndarray], *, grads: bool) -> Output:
-    from refmask.case import attention_kwargs
+    from dataclasses import replace
+
+    from refmask.case import attention_kwargs, score_arrays
 
     values = float64_inputs(inputs)
     kwargs = attention_kwargs(case, values)
     q, k, v = values["q"], values["k"], values["v"]
     result = attention(q, k, v, **kwargs, path="exact")
     gradients = attention_vjp(q, k, v, values["d_out"], **kwargs, path="exact") if grads else None
-    return to_output(case, result, gradients)
+    output = to_output(case, result, gradients)
+    if case.scores:  # refmask.attention.scores on the same float64 upcast
+        output = replace(output, scores=score_arrays(case, values))
+    return output
 
 
 ADAPTERS = (
@@ -42,5 +47,6 @@ ADAPTERS = (
                         notes="refmask.attention in float64, exact path (the reference)"),
         run=run_reference,
         description="refmask's own float64 reference on NumPy arrays",
+        scores=frozenset(SCORE_STAGES), temperature=True,
     ),
 )

@@ -43,6 +43,8 @@ from refmask.case import (
     to_bhtd,
 )
 
+from .cases_outputs import scores_cases, temperature_cases, varlen_alibi_cases
+
 __all__ = [
     "DTYPES", "FLAGS", "GRAD_NAMES", "Case", "attention_kwargs", "base_cases", "case_from_json",
     "case_inputs", "catalog", "checkerboard_causal", "derive_flags", "dtype_unavailable",
@@ -203,6 +205,7 @@ def base_cases() -> list[Case]:
     ]
     cases += varlen_cases() + paged_cases() + tree_cases() + split_kv_cases() + mla_cases()
     cases += _coverage_cases() + _long_row_cases()
+    cases += scores_cases() + temperature_cases() + varlen_alibi_cases()
     names = [case.name for case in cases]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:

@@ -2,7 +2,7 @@
 
     refmask check BACKEND... [--impl module:function] [--dtype D,...] [--filter TEXT,...]
                   [--grads] [--allow-policy NAME] [--framework F] [--device D]
-                  [--backward module:function] [--corpus DIR]
+                  [--backward module:function] [--merge module:function] [--corpus DIR]
                   [--report out.html|.md|.json] [--expect FILE] [--write-expect FILE]
                   [--overwrite] [--quiet] [-v]        the conformance suite; exit 1 on a fail
                                                       (with --expect: on a changed verdict)
@@ -83,7 +83,7 @@ def _judging(args, *, corpus: bool = True):
     return Judging(dtypes=_joined(get("dtype")), filter=get("filter"),
                    grads=bool(get("grads")), allow_policy=_joined(get("allow_policy")) or (),
                    corpus=get("corpus") if corpus else None, framework=get("framework"),
-                   device=get("device"), backward=get("backward"),
+                   device=get("device"), backward=get("backward"), merge=get("merge"),
                    timeout=get("timeout") if get("timeout") is not None else
                    DEFAULT_CASE_TIMEOUT, trust=tuple(get("trust") or ()))
 
@@ -123,9 +123,9 @@ def _check(args) -> int:
         raise ValueError("check: name at least one BACKEND or --impl module:function")
     judging = _judging(args)
     if not args.impl and any(x is not None for x in (args.framework, args.device,
-                                                     args.backward)):
-        raise ValueError("check: --framework, --device and --backward apply to --impl "
-                         "functions; none is given")
+                                                     args.backward, args.merge)):
+        raise ValueError("check: --framework, --device, --backward and --merge apply to "
+                         "--impl functions; none is given")
     _check_output_paths(args)
     expected = expect.load(args.expect) if args.expect else None
     if not judging.cases():
@@ -326,6 +326,10 @@ def _add_judging(parser, *, filters: bool = True) -> None:
                         help="--impl: a hand-written backward(q, k, v, d_out, call, saved) "
                              "for --grads (default: refmask_backward, else the framework's "
                              "autograd)")
+    parser.add_argument("--merge", metavar="MODULE:FUNCTION",
+                        help="--impl: a merge kernel merge(outs, lses, call) -> (out, lse) "
+                             "for the split-KV cases (default: refmask_merge, else refmask's "
+                             "merge)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -339,9 +339,9 @@ def diagnose(case: Case, inputs: dict, output: Output, golden: dict, model: Forw
                      evaluated=evaluated)
 
 
-#: Fitted factors: a grid of 2^(k/4), |k| <= FIT_STEPS, refined by golden section; only for
-#: cases of at most FIT_SIZE score entries (each step recomputes the case).
-FIT_STEPS = 32
+#: Fitted factors: a grid of 2^(k/4), |k| <= FIT_STEPS (f in [1/64, 64]), refined by golden
+#: section; only for cases of at most FIT_SIZE score entries (each step recomputes the case).
+FIT_STEPS = 24
 FIT_SIZE = 1 << 20
 #: A fitted factor within 2^(+-FIT_MIN_LOG2) of 1 names nothing (a rounding of the value).
 FIT_MIN_LOG2 = 1.0 / 64
@@ -364,11 +364,15 @@ def _fitted(case: Case, values: dict, score: Callable[[dict], float]) -> Match |
         if not _safe_applies_fit(fit, case):
             continue
 
-        def at(log_f, fit=fit):
-            try:
-                return score(fit.changes(case, 2.0 ** log_f))
-            except (ValueError, TypeError, KeyError, IndexError):
-                return math.inf
+        memo: dict[float, float] = {}
+
+        def at(log_f, fit=fit, memo=memo):
+            if log_f not in memo:
+                try:
+                    memo[log_f] = score(fit.changes(case, 2.0 ** log_f))
+                except (ValueError, TypeError, KeyError, IndexError):
+                    memo[log_f] = math.inf
+            return memo[log_f]
         grid = [(at(k / 4), k / 4) for k in range(-FIT_STEPS, FIT_STEPS + 1)]
         # the residual is not unimodal in f (a max over elements): every local minimum of
         # the grid, f = 1 included, is refined, the FIT_BASINS lowest first
@@ -455,7 +459,7 @@ def _fitted_key_range(case: Case, judged: Callable[[dict], float]) -> Match | No
             case.batch * case.q_heads * case.q_len * case.k_len > FIT_SIZE):
         return None
     found = []
-    for t in range(1, case.k_len):
+    for t in _key_counts(case.k_len):
         for side, words in (("right", f"keys >= {t}"), ("left", f"keys < {case.k_len - t}")):
             keys = m.key_padding(t, side=side)
             mask = keys if case.mask is None else case.mask & keys
@@ -474,10 +478,22 @@ def _fitted_key_range(case: Case, judged: Callable[[dict], float]) -> Match | No
         lambda c: True, lambda c, mask=mask: {"mask": mask}), r, "fitted")
 
 
+def _key_counts(k_len: int) -> list[int]:
+    """The numbers of kept keys t tried by :func:`_fitted_key_range`: every t for rows of up
+    to 64 keys; else 1..16, Tk-16..Tk-1 and the block boundaries (Tk // B) B and Tk - B for
+    every power of two B < Tk."""
+    if k_len <= 64:
+        return list(range(1, k_len))
+    blocks = [1 << n for n in range(k_len.bit_length()) if 1 << n < k_len]
+    near = [*range(1, 17), *range(k_len - 16, k_len)]
+    return sorted({t for t in (*near, *((k_len // b) * b for b in blocks),
+                               *(k_len - b for b in blocks)) if 0 < t < k_len})
+
+
 def _golden(at: Callable[[float], float], x: float) -> tuple[float, float]:
     """(residual, log2 f): golden-section search of ``at`` within one grid step of ``x``."""
     lo, hi = x - 0.25, x + 0.25
-    for _ in range(16):
+    for _ in range(12):
         a, b = hi - 0.618 * (hi - lo), lo + 0.618 * (hi - lo)
         if at(a) <= at(b):
             hi = b

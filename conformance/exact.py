@@ -12,7 +12,9 @@ floating input (of any dtype: float64, float32, float16, bfloat16) is converted 
 float64 and then exactly to an mpmath number: the golden is the exact answer *for the rounded
 inputs of the case's dtype*. q, k, v and d_out must be finite; bias may hold -inf (a key with
 score -inf gets no weight and no gradient) and sinks may hold -inf (that head has no sink), but
-neither may hold +inf or NaN.
+neither may hold +inf or NaN. A case with a temperature (``query_scale``, spec 3.2.3) reads
+``q'_bhi = tau_i * q_bhi`` (exact, unrounded: rounding it to the compute dtype is a kernel's
+rounding like any other) in place of q and reports ``dq = tau * dq'``.
 
 Semantics, for batch b, query head h, kv head ``g = h // (Hq // Hkv)``, query i, key j
 ----------------------------------------------------------------------------------------
@@ -63,9 +65,11 @@ Output
 ------
 A dict of float64 NumPy arrays: ``out`` (q's layout, last dim Dv), ``lse`` (B, Hq, Tq),
 ``dq``/``dk``/``dv`` (shaped like q/k/v, in the case's layout), ``dbias`` (B, Hq, Tq, Tk; only
-with a bias) and ``dsinks`` (Hq,; only with sinks). Every entry is the 50-digit value rounded
-once to the nearest float64 (ties to even, subnormals included, beyond the largest float64 ->
-inf): pure integer arithmetic, so the result is bit-identical on every machine and Python.
+with a bias), ``dsinks`` (Hq,; only with sinks) and ``scores_<stage>`` (B, Hq, Tq, Tk; the
+stages the case asks for, :mod:`~refmask.conformance.exact_terms`). Every entry is the
+50-digit value rounded once to the nearest float64 (ties to even, subnormals included, beyond
+the largest float64 -> inf): pure integer arithmetic, so the result is bit-identical on every
+machine and Python.
 An exact zero is +0.0; a nonzero value below half the smallest subnormal rounds to a zero of
 its own sign (-0.0 when negative), as IEEE rounding does; NaN is the canonical quiet NaN.
 
@@ -85,6 +89,7 @@ import numpy as np
 from refmask.case import partial_cases, to_bhtd
 
 from .cases import Case, case_inputs
+from .exact_terms import _alibi_terms, _dims, _queries, _softmax, _to_mp, exact_score_stages
 
 #: Significant decimal digits of every intermediate value.
 DIGITS = 50
@@ -92,8 +97,9 @@ DIGITS = 50
 #: The generator string recorded in golden manifests.
 GENERATOR = "refmask.conformance.exact (mpmath, 50 digits)"
 
-#: Names of the arrays :func:`exact_attention` returns, in this order (the last two optional).
-OUTPUT_NAMES = ("out", "lse", "dq", "dk", "dv", "dbias", "dsinks")
+#: Names of the arrays :func:`exact_attention` returns, in this order (those after dv optional).
+OUTPUT_NAMES = ("out", "lse", "dq", "dk", "dv", "dbias", "dsinks", "scores_raw",
+                "scores_softcapped", "scores_masked", "scores_probs")
 
 EMPTY_ROW_POLICIES = ("zero", "nan", "uniform", "unmasked")
 LAYOUTS = ("BHTD", "BTHD")
@@ -135,11 +141,6 @@ def _rounded(values, shape: tuple) -> np.ndarray:
 
 
 # --- input checking ----------------------------------------------------------------------------
-
-def _dims(case: Case) -> tuple:
-    return (case.batch, case.q_heads, case.kv_heads, case.q_len, case.k_len, case.qk_dim,
-            case.v_dim)
-
 
 def _layout_shape(layout: str, batch: int, heads: int, length: int, dim: int) -> tuple:
     if layout == "BTHD":
@@ -191,6 +192,8 @@ def _checked_inputs(case: Case, inputs: Mapping) -> dict:
         expected["sinks"] = (q_heads,)
     if case.dropout_rate is not None:
         expected["dropout_keep"] = scores
+    if case.query_scale is not None:
+        expected["query_scale"] = (q_len,)
     unknown = set(inputs) - set(expected)
     if unknown:
         raise ValueError(f"{where}: inputs has tensors {sorted(unknown)} that case "
@@ -232,72 +235,6 @@ def _checked_inputs(case: Case, inputs: Mapping) -> dict:
 
 # --- the exact computation (inside workdps) ----------------------------------------------------
 
-def _to_mp(array: np.ndarray):
-    """float64 array -> nested lists of mpf (exact)."""
-    mpf = mpmath.mpf
-
-    def convert(item):
-        return [convert(x) for x in item] if isinstance(item, list) else mpf(item)
-
-    return convert(array.tolist())
-
-
-def _alibi_terms(case: Case):
-    """ALiBi biases as nested lists (B, Hq, Tq, Tk) of exact mpf, or None."""
-    alibi = case.alibi
-    if alibi is None:
-        return None
-    if alibi.layout is not None:
-        raise ValueError(f"exact_attention: case {case.id!r} uses ALiBi with per-sequence "
-                         "positions (layout=), which this engine does not restate yet")
-    batch, q_heads, _, q_len, k_len, _, _ = _dims(case)
-    if alibi.num_heads != q_heads:
-        raise ValueError(f"exact_attention: case {case.id!r} ALiBi has slopes for "
-                         f"{alibi.num_heads} heads but Hq = {q_heads}")
-    per_batch = isinstance(alibi.slopes[0], tuple)
-    slopes = alibi.slopes if per_batch else (alibi.slopes,)
-    offsets = [int(x) for x in alibi.align.offset_table(q_len, k_len)]
-    for name, table in (("slopes", slopes), ("offsets", offsets)):
-        if len(table) not in (1, batch):
-            raise ValueError(f"exact_attention: case {case.id!r} ALiBi {name} are given for "
-                             f"{len(table)} batches, B = {batch}")
-    mpf = mpmath.mpf
-    terms = []
-    for b in range(batch):
-        offset = offsets[b if len(offsets) > 1 else 0]
-        row_slopes = slopes[b if len(slopes) > 1 else 0]
-        head_terms = []
-        for h in range(q_heads):
-            slope = mpf(row_slopes[h])
-            rows = []
-            for i in range(q_len):
-                pq = i + offset
-                if alibi.convention == "abs":
-                    rows.append([slope * -abs(pq - j) for j in range(k_len)])
-                else:
-                    rows.append([slope * (j - pq) for j in range(k_len)])
-            head_terms.append(rows)
-        terms.append(head_terms)
-    return terms
-
-
-def _softmax(scores: dict, sink):
-    """``{j: s_j}`` (finite or -inf, at least one term with the sink) -> (p, p_sink, lse).
-
-    p: {j: p_j}; p_sink None without sink. Max-subtracted; exact at working precision."""
-    mp = mpmath.mp
-    terms = [s for s in scores.values() if s != mp.ninf]
-    if sink is not None:
-        terms.append(sink)
-    top = max(terms)
-    exps = {j: mp.exp(s - top) for j, s in scores.items()}
-    exp_sink = None if sink is None else mp.exp(sink - top)
-    total = mp.fsum(list(exps.values()) + ([] if exp_sink is None else [exp_sink]))
-    lse = top + mp.log(total)
-    p = {j: e / total for j, e in exps.items()}
-    return p, (None if exp_sink is None else exp_sink / total), lse
-
-
 def _score_grads(p: dict, p_sink, d_probs: dict) -> dict:
     """``dS_j = p_j (dP_j - D)``, ``D = sum_l p_l dP_l``, without cancellation (see module
     docstring): ``dP_j - D = (dP_j - dP_r) - sum_{l != r} p_l (dP_l - dP_r) + p_sink dP_r``."""
@@ -320,7 +257,8 @@ def _exact_values(case: Case, x: dict) -> dict:
     group = q_heads // kv_heads
     policy = case.empty_rows
 
-    q, k, v, d_out = (_to_mp(x[name]) for name in ("q", "k", "v", "d_out"))
+    q = _queries(x)
+    k, v, d_out = (_to_mp(x[name]) for name in ("k", "v", "d_out"))
     # value and key columns: (B, Hkv, D, Tk) for dot products over keys
     v_cols = [[[[v[b][g][j][d] for j in range(k_len)] for d in range(v_dim)]
                for g in range(kv_heads)] for b in range(batch)]
@@ -471,9 +409,9 @@ def exact_attention(case: Case, inputs: Mapping | None = None) -> dict:
     case: a :class:`~refmask.conformance.cases.Case`.
     inputs: its inputs; default ``case_inputs(case)`` (regenerated bit for bit).
 
-    Returns ``{"out", "lse", "dq", "dk", "dv"[, "dbias"][, "dsinks"]}`` (and for a split-KV
-    case "partial_out" (P, B, Hq, Tq, Dv) and "partial_lse" (P, B, Hq, Tq)) -> float64 arrays,
-    each entry the correctly rounded 50-digit value.
+    Returns ``{"out", "lse", "dq", "dk", "dv"[, "dbias"][, "dsinks"][, "scores_<stage>"...]}``
+    (and for a split-KV case "partial_out" (P, B, Hq, Tq, Dv) and "partial_lse" (P, B, Hq,
+    Tq)) -> float64 arrays, each entry the correctly rounded 50-digit value.
     """
     _check_case(case)
     if inputs is None:
@@ -482,14 +420,21 @@ def exact_attention(case: Case, inputs: Mapping | None = None) -> dict:
         raise TypeError(f"exact_attention: inputs must be a mapping of tensor name -> array, "
                         f"got {type(inputs).__name__}")
     checked = _checked_inputs(case, inputs)
+    tau = checked.get("query_scale")
     with mpmath.workdps(DIGITS):
         values = _exact_values(case, checked)
+        if tau is not None:  # dq = tau * dq'
+            values["dq"] = [[[[mpmath.mpf(tau[i]) * x for x in row]
+                              for i, row in enumerate(head)] for head in batch_dq]
+                            for batch_dq in values["dq"]]
+        values.update(exact_score_stages(case, checked))
     batch, q_heads, kv_heads, q_len, k_len, qk_dim, v_dim = _dims(case)
     bhtd = {
         "out": (batch, q_heads, q_len, v_dim), "lse": (batch, q_heads, q_len),
         "dq": (batch, q_heads, q_len, qk_dim), "dk": (batch, kv_heads, k_len, qk_dim),
         "dv": (batch, kv_heads, k_len, v_dim), "dbias": (batch, q_heads, q_len, k_len),
         "dsinks": (q_heads,),
+        **{name: (batch, q_heads, q_len, k_len) for name in OUTPUT_NAMES[7:]},
     }
     result = {}
     for name in OUTPUT_NAMES:

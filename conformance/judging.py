@@ -79,9 +79,11 @@ def _known_conventions(adapter):
 def policy_names() -> tuple:
     """Every named convention (kind "policy") the runner can recognise."""
     from .explanations import explanations
+    from .scores_judging import SCORE_CONVENTIONS
 
     return tuple(e.name for e in explanations()
-                 if e.kind in ("policy", "empty_rows_only") and " + " not in e.name)
+                 if e.kind in ("policy", "empty_rows_only") and " + " not in e.name) + tuple(
+        SCORE_CONVENTIONS)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,9 @@ class Judging:
     timeout: seconds the backend's call may take per case (None: no limit, run in the
       caller's thread); over it the case fails.
     trust: modules whose functions the predicate masks of :attr:`corpus` may import.
+    merge: a user function's merge kernel for split-KV cases, a callable
+      ``merge(outs, lses, call) -> (out, lse)`` or "module:function" (None: its
+      ``refmask_merge`` attribute, else refmask's merge; conformance/split_kv.py).
     """
 
     dtypes: tuple | None = None
@@ -115,6 +120,7 @@ class Judging:
     backward: object = None
     timeout: float | None = DEFAULT_CASE_TIMEOUT
     trust: tuple = ()
+    merge: object = None
 
     def __post_init__(self):
         if isinstance(self.trust, str):
@@ -178,15 +184,18 @@ class Judging:
         function is called in :attr:`framework` on :attr:`device` with :attr:`backward`."""
         from refmask.adapters import Adapter
         from refmask.adapters import load as load_adapter
+        from refmask.adapters.user import UserFunction
 
         if isinstance(target, Adapter):
-            if self._user_options():
-                raise ValueError(f"framework/device/backward apply to user functions; "
+            # a user function's adapter built by this judging (the CLI resolves every target
+            # before running) already carries the user options
+            if self._user_options() and not isinstance(target.run, UserFunction):
+                raise ValueError(f"framework/device/backward/merge apply to user functions; "
                                  f"{target.name} is an adapter")
             return _known_conventions(target)
         if isinstance(target, str) and ":" not in target:
             if self._user_options():
-                raise ValueError(f"framework/device/backward apply to user functions "
+                raise ValueError(f"framework/device/backward/merge apply to user functions "
                                  f"(--impl); {target!r} is a backend")
             return _known_conventions(load_adapter(target))
         return _known_conventions(self._user_adapter(target))
@@ -199,11 +208,13 @@ class Judging:
         if not callable(function):
             raise TypeError(f"check: target must be a backend name, 'module:function', an "
                             f"Adapter or a function, got {type(target).__name__}")
-        backward = self.backward
+        backward, merge = self.backward, self.merge
         if isinstance(backward, str):
             backward = import_target(backward, "--backward")
+        if isinstance(merge, str):
+            merge = import_target(merge, "--merge")
         adapter = from_function(function, name=name, framework=self.framework,
-                                device=self.device, backward=backward)
+                                device=self.device, backward=backward, merge=merge)
         if self.grads and not adapter.profile.backward:  # a usage error, said at once
             raise ValueError(
                 f"--grads: {adapter.name} runs in {adapter.run.framework}, which has no "
@@ -212,7 +223,8 @@ class Judging:
         return adapter
 
     def _user_options(self) -> bool:
-        return any(x is not None for x in (self.framework, self.device, self.backward))
+        return any(x is not None for x in (self.framework, self.device, self.backward,
+                                           self.merge))
 
     # --- how --------------------------------------------------------------------------------
 
@@ -236,7 +248,10 @@ class Judging:
                 "corpus": self.corpus, "framework": self.framework, "device": self.device,
                 "timeout": self.timeout, "trust": list(self.trust),
                 "backward": self.backward if isinstance(self.backward, str | None) else
-                getattr(self.backward, "__qualname__", repr(self.backward))}
+                getattr(self.backward, "__qualname__", repr(self.backward)),
+                **({} if self.merge is None else {"merge": self.merge if isinstance(
+                    self.merge, str) else getattr(self.merge, "__qualname__",
+                                                  repr(self.merge))})}
 
 
 # --- which cases and against what (used by Judging, re-exported by the runner) -------------

@@ -9,8 +9,8 @@ refmask is enough):
   mypkg.attn:my_attention``). The other options are those of ``refmask check`` (the same
   :class:`~.judging.Judging`): ``--refmask-dtype``, ``--refmask-filter``, ``--refmask-grads``,
   ``--refmask-allow-policy``, ``--refmask-framework``, ``--refmask-device``,
-  ``--refmask-backward``, ``--refmask-corpus``, ``--refmask-timeout``. A ``fail`` verdict
-  fails the test with a short report (diagnosis, worst element, mask rows, re-run
+  ``--refmask-backward``, ``--refmask-merge``, ``--refmask-corpus``, ``--refmask-timeout``.
+  A ``fail`` verdict fails the test with a short report (diagnosis, worst element, mask rows, re-run
   command), ``unsupported`` skips it, ``pass`` and ``policy`` (a declared or allowed
   convention) pass: the verdicts of ``refmask check``.
 * fixture: ``refmask_check(fn_or_backend, **judging_fields) -> Report`` judges under the
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .results import CaseResult, Report
 
 _OPTIONS = ("dtype", "filter", "grads", "allow_policy", "framework", "device", "backward",
-            "corpus", "timeout")
+            "merge", "corpus", "timeout")
 
 
 
@@ -59,6 +59,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="their device (default: refmask_device, else cpu)")
     group.addoption("--refmask-backward", default=None, metavar="MODULE:FUNCTION",
                     help="a hand-written backward for --refmask-grads")
+    group.addoption("--refmask-merge", default=None, metavar="MODULE:FUNCTION",
+                    help="a merge kernel for the split-KV cases (default: refmask_merge)")
     group.addoption("--refmask-corpus", default=None, metavar="DIR",
                     help="judge the cases of this golden corpus against its stored values")
     group.addoption("--refmask-timeout", default=None, type=float, metavar="SECONDS",
@@ -83,7 +85,8 @@ def judging_from_config(config: pytest.Config) -> Judging:
                    grads=bool(get("refmask_grads")),
                    allow_policy=_joined(get("refmask_allow_policy")) or (),
                    corpus=get("refmask_corpus"), framework=get("refmask_framework"),
-                   device=get("refmask_device"), backward=get("refmask_backward"))
+                   device=get("refmask_device"), backward=get("refmask_backward"),
+                   merge=get("refmask_merge"))
 
 
 @pytest.fixture

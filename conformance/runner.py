@@ -48,6 +48,17 @@ from .judging import (
 )
 from .localisation import bad_rows, localise
 from .results import VERDICTS, CaseResult, Report, Worst, worst_element
+from .scores_judging import (
+    LOWEST,
+    SCORE_CONVENTIONS,
+    lowest_in_effect,
+    masked_scores_convention,
+    missing_scores,
+    recheck_lowest,
+    scores_explained,
+    scores_unsupported,
+    temperature_unsupported,
+)
 from .split_kv import run_split
 from .tolerance import (
     ForwardModel,
@@ -144,6 +155,9 @@ def _compare(case: Case, output, golden: dict, naive: dict, model: ForwardModel,
     if output.lse is not None:
         checks.append(check_forward("lse", output.lse, golden["lse"], naive["lse"], model.lse,
                                     case.dtype, aggregate=False))
+    for name, weight in model.scores.items():  # spec 3.9: per element, -inf placement exact
+        checks.append(check_forward(name, output.scores[name], golden[name], naive[name],
+                                    weight, case.dtype, aggregate=False))
     if grads and output.grads:
         kappa = score_sensitivity(golden["lse"])
         for name in GRAD_NAMES:
@@ -182,14 +196,22 @@ def _alternative_gradients(case: Case, inputs: dict, changes: dict) -> dict | No
 
 
 def _gradients_explained(case: Case, inputs: dict, output, checks: list, naive: dict,
-                         match: Match) -> bool:
-    """Whether the gradients the output got wrong are those of the matched alternative."""
+                         match: Match, model: ForwardModel, lowest: bool) -> bool:
+    """Whether the gradients and score stages the output got wrong are those of the matched
+    alternative."""
     failed = [c for c in checks if not c.ok and c.name not in ("out", "lse")]
     if not failed:
         return True
     if match.precision is not None:
         return False
-    alt = _alternative_gradients(case, inputs, match.explanation.changes(case))
+    changes = match.explanation.changes(case)
+    scores = [c for c in failed if c.name in model.scores]
+    if scores and not scores_explained(case, inputs, output, scores, model, changes, lowest):
+        return False
+    failed = [c for c in failed if c.name not in model.scores]
+    if not failed:
+        return True
+    alt = _alternative_gradients(case, inputs, changes)
     return alt is not None and all(
         c.name in alt and check_tensor(c.name, output.grads[c.name], alt[c.name],
                                        naive[c.name], case.dtype, backward=True,
@@ -197,7 +219,8 @@ def _gradients_explained(case: Case, inputs: dict, output, checks: list, naive: 
 
 
 def _diagnose(case: Case, inputs: dict, output, checks: list, golden: dict,
-              model: ForwardModel, naive: dict, adapter: Adapter) -> Diagnosis | None:
+              model: ForwardModel, naive: dict, adapter: Adapter,
+              lowest: bool = False) -> Diagnosis | None:
     """The diagnosis of a failure (:func:`.diagnosis.diagnose`); None when the output was
     refused (not a real floating array, or the wrong shape). A match whose alternative cannot
     also predict a failing gradient is dropped, so a gradient failure is never explained away.
@@ -213,7 +236,8 @@ def _diagnose(case: Case, inputs: dict, output, checks: list, golden: dict,
     diagnosis = diagnose(case, inputs, output, golden, model, naive_agg,
                          declared=adapter.profile.declared(), model_for=model_for)
     if diagnosis.best is not None and not _gradients_explained(case, inputs, output, checks,
-                                                                naive, diagnosis.best):
+                                                                naive, diagnosis.best, model,
+                                                                lowest):
         diagnosis = replace(diagnosis, best=None, runners_up=())
     return diagnosis
 
@@ -311,6 +335,7 @@ def run_case(adapter: Adapter, case: Case, *, grads: bool | None = None,
 
     reason = (adapter.unavailable() or dtype_unavailable(case.dtype)
               or _dtype_undeclared(adapter, case) or judging.grads_unavailable(adapter)
+              or scores_unsupported(adapter, case) or temperature_unsupported(adapter, case)
               or adapter.unsupported(case))
     if reason:
         return result("unsupported", reason)
@@ -343,6 +368,9 @@ def _judge(adapter: Adapter, case: Case, judging: Judging, golden: Callable,
                       traceback=_user_traceback(output))
     if not isinstance(output, Output):
         return result("fail", f"the backend returned {type(output).__name__}, not an Output")
+    if missing_scores(case, output):
+        return result("fail", f"the backend returned no {', '.join(missing_scores(case, output))}"
+                      " (the case asks for these score stages, spec 3.9)")
     gold = golden(case, inputs, grads)
     if grads:
         missing = _missing_gradients(output, gold)
@@ -354,13 +382,26 @@ def _judge(adapter: Adapter, case: Case, judging: Judging, golden: Callable,
     check_golden_sanity(case, gold, reference64)
     model = case_forward_model(case, inputs, gold)
     checks = _compare(case, output, gold, naive, model, grads)
+    lowest = judging.accepts(LOWEST, adapter.profile.declared())  # spec 3.9, onnxruntime
+    if lowest:
+        checks = recheck_lowest(case, output, checks, gold, model)
+    also_lowest = lowest and lowest_in_effect(case, output, gold)
     if all(c.ok for c in checks):
+        if also_lowest:
+            return result("policy", f"{LOWEST}: {SCORE_CONVENTIONS[LOWEST]}", convention=LOWEST,
+                          convention_kind="policy", checks=tuple(checks))
         return result("pass", checks=tuple(checks))
+    if not lowest and masked_scores_convention(case, output, checks, gold, model):
+        return result("fail", f"matches the convention {LOWEST}, which {adapter.name} does "
+                      f"not declare: {SCORE_CONVENTIONS[LOWEST]} (declare it, or accept it with "
+                      f"--allow-policy {LOWEST})", convention=LOWEST,
+                      convention_kind="undeclared", checks=tuple(checks))
     first = next(c for c in checks if not c.ok)
     picture = _mask_rows_picture(case, first.first_bad)
-    returned = {"out": output.out, "lse": output.lse, **(output.grads or {})}
+    returned = {"out": output.out, "lse": output.lse, **(output.grads or {}),
+                **(output.scores or {})}
     worst = worst_element(first.name, returned.get(first.name), gold[first.name], case.dtype)
-    diagnosis = (_diagnose(case, inputs, output, checks, gold, model, naive, adapter)
+    diagnosis = (_diagnose(case, inputs, output, checks, gold, model, naive, adapter, lowest)
                  if explain else None)
     extra = dict(checks=tuple(checks), picture=picture, worst=worst,
                  diagnosis=None if diagnosis is None else diagnosis.to_json())
@@ -376,8 +417,9 @@ def _judge(adapter: Adapter, case: Case, judging: Judging, golden: Callable,
         description += f"; computed internally in {best.precision}"
     if best.kind == "policy":
         if judging.accepts(best.name, adapter.profile.declared()):
-            return result("policy", f"{best.name}: {description}{also}",
-                          convention=best.name, convention_kind="policy", **extra)
+            name = best.name + (f" + {LOWEST}" if also_lowest else "")
+            return result("policy", f"{name}: {description}{also}",
+                          convention=name, convention_kind="policy", **extra)
         return result("fail", f"matches the convention {best.name}, which {adapter.name} does "
                       f"not declare: {description} (declare it, or accept it with "
                       f"--allow-policy {best.name}){also}", convention=best.name,

@@ -61,13 +61,14 @@ catches a uniform relative error well inside the per-element bound.
 
 Gradients keep the model of refmask 0.x: ``tol = 8 * e_naive + 8 eps(u) kappa max(1, |X_g|)``
 with ``kappa = max(1, max |lse_g|)`` (a backward that recomputes ``p`` from a stored LSE
-perturbs it by about |lse| eps).
+perturbs it by about |lse| eps). In float16/bfloat16 its floor alone (8 eps max|X_g|) exceeds
+a uniform 0.3 % / 1 % gradient error: a magnitude-scaled gradient model is open (issue 11).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numba
@@ -181,6 +182,7 @@ class ForwardModel:
 
     out: np.ndarray
     lse: np.ndarray
+    scores: dict = field(default_factory=dict)
 
 
 @numba.njit(cache=True)
@@ -459,9 +461,11 @@ def check_tensor(name: str, actual: ArrayLike, golden: np.ndarray, naive: np.nda
                        reason, worst_ratio=worst if not nonfinite_bad.any() else np.inf)
 
 
-def case_forward_model(case: Case, inputs: dict, golden: dict) -> ForwardModel:
-    """The :class:`ForwardModel` of a conformance case: golden weights from refmask's exact
-    float64 path on the case's inputs, golden out/lse (BHTD) from ``golden``."""
+def _case_terms(case: Case, inputs: dict) -> dict:
+    """What the forward and score models read, from refmask's exact float64 path on the
+    case's inputs: q (after the temperature), k, v (kv heads expanded), scale, softcap, the
+    golden weights before dropout (probs), sink_probs, the dropout factor and |bias| + |alibi|
+    (additive), all BHTD float64."""
     from refmask.adapters.common.translate import float64_inputs
     from refmask.attention import attention
     from refmask.case import attention_kwargs
@@ -480,6 +484,8 @@ def case_forward_model(case: Case, inputs: dict, golden: dict) -> ForwardModel:
     with np.errstate(all="ignore"):
         result = attention(q, k, v, **{**kwargs, "mask": case.mask}, return_probs=True,
                            path="exact")
+        if "query_scale" in values:  # the rows the product reads (spec 3.2.3)
+            q = q * values["query_scale"][None, None, :, None]
         probs = np.asarray(result.probs, np.float64)
         sink_probs = None
         if "sinks" in values:
@@ -495,7 +501,52 @@ def case_forward_model(case: Case, inputs: dict, golden: dict) -> ForwardModel:
         if case.alibi is not None:
             alibi = np.abs(case.alibi.bias(case.batch, case.q_heads, case.q_len, case.k_len))
             additive = alibi if additive is None else additive + alibi
-        return forward_model(q=q, k=k, v=v, probs=probs, sink_probs=sink_probs,
-                             dropout_factor=factor, scale=scale, softcap=case.softcap,
-                             additive=additive, out=golden["out"], lse=golden["lse"],
-                             dtype=case.dtype)
+    return dict(q=q, k=k, v=v, probs=probs, sink_probs=sink_probs, dropout_factor=factor,
+                scale=scale, softcap=case.softcap, additive=additive)
+
+
+def case_forward_model(case: Case, inputs: dict, golden: dict) -> ForwardModel:
+    """The :class:`ForwardModel` of a conformance case: golden weights from refmask's exact
+    float64 path on the case's inputs, golden out/lse (BHTD) from ``golden``; with the score
+    stages the case asks for (:func:`score_model`)."""
+    terms = _case_terms(case, inputs)
+    with np.errstate(all="ignore"):
+        model = forward_model(**terms, out=golden["out"], lse=golden["lse"], dtype=case.dtype)
+        if case.scores:
+            model = ForwardModel(model.out, model.lse, score_model(case, terms))
+    return model
+
+
+def score_model(case: Case, terms: dict) -> dict:
+    """The modelled error ``w`` of each score stage the case asks for (spec 5.2, scores),
+    keyed ``scores_<stage>``, (B, Hq, Tq, Tk):
+
+        raw         a_t_ij (eps(u) + sqrt(Dqk) eps(acc)),  a_t = |scale| sum_k |q_ik k_jk|
+        softcapped  a_c_ij (eps(u) + sqrt(Dqk) eps(acc)),  a_c = a_t sech^2(t/cap) + |c_ij|
+        masked      delta_ij                                (of the out model)
+        probs       e_ij + (eps(u) + sqrt(n_i) eps(acc)) p_ij,   e_ij = p_ij expm1(delta_ij + N_i)
+
+(``p'_j / p_j = exp(e_j) / Z`` lies in [exp(-delta_j - N_i), exp(delta_j + M_i)] and
+N_i >= M_i, so e_ij bounds the change of weight j.)
+
+    ``terms`` is what :func:`_case_terms` returns. -inf (masked) and NaN entries are judged by
+    placement only."""
+    eps, eps_acc = EPS[case.dtype], EPS[ACCUMULATION[case.dtype]]
+    q, k, scale, cap = terms["q"], terms["k"], terms["scale"], terms["softcap"]
+    per_score = eps + math.sqrt(case.qk_dim) * eps_acc
+    a_t = abs(scale) * np.einsum("bhid,bhjd->bhij", np.abs(q), np.abs(k))
+    a_c = a_t
+    if cap is not None:
+        tanh_t = np.tanh(scale * np.einsum("bhid,bhjd->bhij", q, k) / cap)
+        a_c = a_t * (1.0 - tanh_t ** 2) + cap * np.abs(tanh_t)
+    additive = terms["additive"]
+    delta = np.zeros(a_t.shape)
+    for b, h in np.ndindex(*a_t.shape[:2]):
+        delta[b, h] = _score_error(q[b, h], k[b, h], scale, cap,
+                                   None if additive is None else additive[b, h], eps, eps_acc)
+    p = np.nan_to_num(terms["probs"])
+    norm = np.log1p((p * np.expm1(delta)).sum(axis=-1, keepdims=True))
+    kept = (p > 0).sum(axis=-1, keepdims=True)
+    weights = {"raw": a_t * per_score, "softcapped": a_c * per_score, "masked": delta,
+               "probs": p * np.expm1(delta + norm) + (eps + np.sqrt(kept) * eps_acc) * p}
+    return {f"scores_{stage}": weights[stage] for stage in case.scores}

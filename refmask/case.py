@@ -2,7 +2,8 @@
 needs from it.
 
 A :class:`Case` names the mask, the shapes (B, Hq, Hkv, Tq, Tk, Dqk, Dv), the dtype, every
-score feature (scale, softcap, bias, ALiBi, sinks, dropout) and the seed of its inputs. This
+score feature (scale, softcap, bias, ALiBi, sinks, dropout, query temperature), the outputs it
+asks for beyond out and lse (the score stages of spec 3.9) and the seed of its inputs. This
 module holds everything derived from one case, for the conformance suite and the adapters
 alike (adapters import this module, never the suite):
 
@@ -33,10 +34,12 @@ import numpy as np
 
 from . import masks as m
 from . import rng
+from ._case_outputs import check_outputs, score_output_name
 from ._rounding import round_float64
 from ._typing import Array
 from ._validate import check_choice, check_flag, check_int, check_real, check_str
-from .attention import Alibi, Grads, attention, attention_vjp
+from .attention import Alibi, Grads, attention, attention_scores, attention_vjp
+from .masks.varlen import layout_from_json
 
 #: The most scores (B * Hq * Tq * Tk) one case may have. Everything derived from a case
 #: (flags, golden values, tolerances, reports) materialises its keep mask and float64
@@ -93,6 +96,10 @@ FLAGS = {
     "TreeMask": "speculative-decoding token tree over a cached prefix",
     "SplitKV": "a partial result over one key range of a split-KV / cascade computation",
     "MLA": "MLA-like head dims (Dqk 192 or 576, Dv 128 or 512)",
+    "ScoresOutput": "the case asks for score / probability matrices as outputs (spec 3.9, "
+                    "ONNX qk_matmul_output modes 0-3)",
+    "QueryTemperature": "per-query temperature: query rows scaled before the product "
+                        "(Llama 4 attn_temperature_tuning, spec 3.2.3)",
 }
 
 
@@ -105,6 +112,12 @@ class Case:
     ``bias``/``sinks`` are switches: the values come from the case's random stream.
     ``input_scale`` multiplies q and k (large values stress the softmax).
     ``empty_rows`` is the policy under which the golden output is defined.
+    ``scores``: the stages of spec 3.9 ("raw", "softcapped", "masked", "probs", in that
+    order, each at most once) the case asks for as outputs besides out and lse, each
+    (B, Hq, Tq, Tk) and named :func:`score_output_name`; default () = none.
+    ``query_scale``: per-query temperature tau (spec 3.2.3), Tq finite floats > 0 (the
+    float64 values; the input ``query_scale`` is them rounded to the case dtype); default
+    None = no temperature.
     ``key_splits`` ``((0, s1), (s1, s2), ..., (sn, Tk))``: a split-KV case, whose partial
     results over each key range are judged and merged (:func:`partial_cases`); ``()`` for an
     ordinary case.
@@ -134,11 +147,14 @@ class Case:
     notes: str = ""
     extra_flags: tuple = field(default=())
     key_splits: tuple = ()
+    scores: tuple = ()
+    query_scale: tuple | None = None
 
     def __post_init__(self) -> None:
         _check_case_fields(self)
         if self.key_splits:
             _check_key_splits(self)
+        check_outputs(self)
 
     @property
     def id(self) -> str:
@@ -157,9 +173,19 @@ class Case:
                                                 self.k_len))
 
     def to_json(self) -> dict:
-        if self.alibi is not None and self.alibi.layout is not None:
-            raise ValueError(f"case {self.name}: ALiBi with per-sequence positions (layout=) has "
-                             "no JSON form in schema 1 and no exact golden engine yet")
+        """The JSON form; "scores" and "query_scale" appear only when set (so a case without
+        them has the JSON of refmask 0.1)."""
+        optional = {}
+        alibi = None
+        if self.alibi is not None:
+            alibi = {"slopes": list(self.alibi.slopes), "convention": self.alibi.convention,
+                     "align": self.alibi.align.to_json()}
+            if self.alibi.layout is not None:  # per-sequence positions (spec 3.2.1)
+                alibi["layout"] = self.alibi.layout.to_json()
+        if self.scores:
+            optional["scores"] = list(self.scores)
+        if self.query_scale is not None:
+            optional["query_scale"] = list(self.query_scale)
         return {
             "id": self.id, "name": self.name, "family": self.family,
             "mask": None if self.mask is None else self.mask.to_json(),
@@ -167,12 +193,10 @@ class Case:
                       "Tq": self.q_len, "Tk": self.k_len, "Dqk": self.qk_dim, "Dv": self.v_dim},
             "dtype": self.dtype, "layout": self.layout, "scale": self.scale,
             "softcap": self.softcap, "bias": self.bias,
-            "alibi": None if self.alibi is None else {
-                "slopes": list(self.alibi.slopes), "convention": self.alibi.convention,
-                "align": self.alibi.align.to_json()},
+            "alibi": alibi,
             "sinks": self.sinks, "dropout_rate": self.dropout_rate,
             "input_scale": self.input_scale, "empty_rows": self.empty_rows, "seed": self.seed,
-            "flags": list(self.flags), "notes": self.notes,
+            "flags": list(self.flags), "notes": self.notes, **optional,
             **({"key_splits": [list(split) for split in self.key_splits]}
                if self.key_splits else {}),
         }
@@ -340,6 +364,7 @@ def derive_flags(case: Case) -> tuple:
         ("Length0", 0 in (case.q_len, case.k_len)), ("LargeMagnitude", case.input_scale >= 8),
         ("LowPrecision", case.dtype in ("float16", "bfloat16")),
         ("LongRow", case.k_len >= 2048), ("SplitKV", bool(case.key_splits)),
+        ("ScoresOutput", bool(case.scores)), ("QueryTemperature", case.query_scale is not None),
     ) if on)
     unknown = flags - set(FLAGS)
     if unknown:
@@ -370,20 +395,24 @@ def case_from_json(data: Mapping, *, trust: Iterable[str] = ()) -> Case:
             k_len=shape["Tk"], qk_dim=shape["Dqk"], v_dim=shape["Dv"], dtype=data["dtype"],
             layout=data["layout"], scale=data["scale"], softcap=data["softcap"],
             bias=data["bias"],
-            alibi=None if alibi is None else Alibi(alibi["slopes"],
-                                                   convention=alibi["convention"],
-                                                   align=alibi["align"]),
+            alibi=None if alibi is None else Alibi(
+                alibi["slopes"], convention=alibi["convention"], align=alibi["align"],
+                layout=(None if alibi.get("layout") is None
+                        else layout_from_json(alibi["layout"]))),
             sinks=data["sinks"], dropout_rate=data["dropout_rate"],
             input_scale=data["input_scale"], empty_rows=data["empty_rows"], seed=data["seed"],
             notes=data["notes"],
             key_splits=tuple(tuple(split) for split in data.get("key_splits", ())),
+            scores=tuple(data.get("scores", ())),
+            query_scale=(None if data.get("query_scale") is None
+                         else tuple(data["query_scale"])),
         )
         extra = set(data["flags"]) - set(derive_flags(case))
         case = replace(case, extra_flags=tuple(sorted(extra)))
         rebuilt = json.loads(json.dumps(case.to_json()))
     except KeyError as missing:
         raise ValueError(f"{where}: case JSON lacks the key {missing}") from None
-    except (TypeError, AttributeError, OverflowError, RecursionError) as error:
+    except (TypeError, AttributeError, OverflowError, RecursionError, ValueError) as error:
         raise ValueError(f"{where}: malformed case JSON ({error})") from None
     if rebuilt != json.loads(json.dumps(dict(data))):
         differing = sorted(key for key in set(rebuilt) | set(data)
@@ -427,7 +456,8 @@ def case_inputs(case: Case) -> dict:
     (times ``factor``), and only exactly rounded IEEE operations, so every machine produces the
     same bits (a Gaussian would need libm's log and cos, which may differ in the last ulp).
     The float64 values are rounded once to the case dtype; ``factor`` is ``input_scale`` for
-    q and k and 1 otherwise. ``dropout_keep`` is ``u >= rate``. The streams do not depend on
+    q and k and 1 otherwise. ``dropout_keep`` is ``u >= rate``; ``query_scale`` (Tq,) is the
+    case's float64 temperatures rounded once to the case dtype. The streams do not depend on
     the dtype, so the float16 case sees the float64 case's inputs, rounded.
     """
     dtype = numpy_dtype(case.dtype)
@@ -451,17 +481,34 @@ def case_inputs(case: Case) -> dict:
     if case.dropout_rate is not None:
         draws = rng.uniform(case.seed, f"{case.name}/dropout_keep", full_scores)
         inputs["dropout_keep"] = draws >= case.dropout_rate
+    if case.query_scale is not None:
+        inputs["query_scale"] = round_float64(np.asarray(case.query_scale, np.float64), dtype)
     return inputs
 
 
 def attention_kwargs(case: Case, inputs: Mapping) -> dict:
-    """Keyword arguments of ``refmask.attention.attention`` for the case (besides q, k, v)."""
-    return {
+    """Keyword arguments of ``refmask.attention.attention`` for the case (besides q, k, v);
+    ``query_scale`` only when the case has a temperature."""
+    kwargs = {
         "mask": case.mask, "scale": case.scale, "softcap": case.softcap,
         "bias": inputs.get("bias"), "alibi": case.alibi, "sinks": inputs.get("sinks"),
         "dropout_keep": inputs.get("dropout_keep"), "dropout_rate": case.dropout_rate,
         "empty_rows": case.empty_rows, "layout": case.layout,
     }
+    if "query_scale" in inputs:
+        kwargs["query_scale"] = inputs["query_scale"]
+    return kwargs
+
+
+def score_arrays(case: Case, inputs: Mapping) -> dict:
+    """refmask's score stages of the case (``case.scores``) computed from ``inputs`` in their
+    dtype, as float64 (B, Hq, Tq, Tk) arrays keyed by :func:`score_output_name`."""
+    kwargs = {name: value for name, value in attention_kwargs(case, inputs).items()
+              if name not in ("dropout_keep", "dropout_rate")}
+    with np.errstate(all="ignore"):
+        return {score_output_name(stage): np.asarray(
+            attention_scores(inputs["q"], inputs["k"], stage=stage, **kwargs), np.float64)
+            for stage in case.scores}
 
 
 # --- layout and the reference ------------------------------------------------------------
@@ -486,9 +533,10 @@ def reference_outputs(case: Case, inputs: Mapping, *, float64: bool, grads: bool
     these values are golden values or yardsticks, and ``refmask.fast`` is judged against
     them like any backend, never used to make them.
 
-    Keys: out, lse, and with ``grads`` dq, dk, dv (+ dbias, dsinks when the case has them);
-    for a split-KV case also partial_out (P, B, Hq, Tq, Dv) and partial_lse (P, B, Hq, Tq),
-    the results of its :func:`partial_cases`."""
+    Keys: out, lse, the case's score stages (``scores_<stage>``), and with ``grads`` dq, dk,
+    dv (+ dbias, dsinks when the case has them); for a split-KV case also partial_out
+    (P, B, Hq, Tq, Dv) and partial_lse (P, B, Hq, Tq), the results of its
+    :func:`partial_cases`."""
     def cast(x):
         if x.dtype == np.bool_:
             return x
@@ -500,6 +548,7 @@ def reference_outputs(case: Case, inputs: Mapping, *, float64: bool, grads: bool
         result = attention(values["q"], values["k"], values["v"], **kwargs, path="exact")
         arrays = {"out": to_bhtd(case, np.asarray(result.out, np.float64)),
                   "lse": np.asarray(result.lse, np.float64)}
+        arrays.update(score_arrays(case, values))
         if grads:
             g = attention_vjp(values["q"], values["k"], values["v"], values["d_out"], **kwargs,
                               path="exact")

@@ -33,6 +33,7 @@ UNIFORM = {
     "empty_rows/every_other_query_padded",
     # FlashAttention varlen: a sequence with more queries than keys has empty rows
     "varlen/fa_causal_per_sequence", "varlen/fa_window_per_sequence",
+    "varlen/alibi_abs_per_sequence",
 }
 #: top-left window on a tall bottom-right case: the realigned rows are empty, and JAX fills
 #: them with the mean of V -- two conventions at once, which the runner names together.

@@ -25,7 +25,7 @@ from _corpus import manifest_of, write_manifest
 import refmask
 from refmask import masks as m
 from refmask.attention import attention, attention_vjp
-from refmask.case import partial_cases, to_bhtd
+from refmask.case import partial_cases, score_arrays, to_bhtd
 from refmask.conformance import exact, golden
 from refmask.conformance.cases import Case, attention_kwargs, base_cases, case_inputs, catalog
 
@@ -149,7 +149,8 @@ def test_exact_matches_refmask_attention_on_the_catalog():
         result = attention(inputs["q"], inputs["k"], inputs["v"], **kwargs)
         grads = attention_vjp(inputs["q"], inputs["k"], inputs["v"], inputs["d_out"], **kwargs)
         reference = {"out": result.out, "lse": result.lse, "dq": grads.dq, "dk": grads.dk,
-                     "dv": grads.dv, "dbias": grads.dbias, "dsinks": grads.dsinks}
+                     "dv": grads.dv, "dbias": grads.dbias, "dsinks": grads.dsinks,
+                     **score_arrays(case, inputs)}  # the score stages the case asks for
         parts = [attention(inputs["q"], inputs["k"], inputs["v"],
                            **attention_kwargs(part, inputs)) for part in partial_cases(case)]
         if parts:  # a split-KV case: each key range's partial (BHTD)

@@ -72,10 +72,17 @@ def run(fn, **filters):
 
 
 def test_independent_implementation_passes_every_case_in_every_dtype():
+    """Every case but those asking for score stages or a temperature, which a function
+    returning (out, lse) cannot serve: those are unsupported, with the reason."""
     report = run(honest_fn)
-    bad = [(r.case.id, r.verdict, r.reason) for r in report.results if r.verdict != "pass"]
+    beyond = [r for r in report.results if r.case.scores or r.case.query_scale is not None]
+    assert beyond and all(r.verdict == "unsupported" and ("score stages" in r.reason or
+                                                          "temperature" in r.reason)
+                          for r in beyond)
+    bad = [(r.case.id, r.verdict, r.reason) for r in report.results
+           if r.verdict != "pass" and r not in beyond]
     assert not bad, bad[:5]
-    assert report.counts()["pass"] == len(catalog())
+    assert report.counts()["pass"] == len(catalog()) - len(beyond)
 
 
 def planted(**switches):

@@ -27,6 +27,8 @@ from refmask.case import (
 from refmask.conformance.cases import split_kv_merge_cases
 from refmask.conformance.runner import run_case
 
+pytest_plugins = ["pytester"]
+
 WHOLE = Case(name="split_kv/whole", family="split_kv",
              mask=m.causal(align="bottom_right") & m.sliding_window(5, 0, align="bottom_right"),
              batch=2, q_heads=4, kv_heads=2, q_len=3, k_len=10, dtype="float32")
@@ -280,3 +282,55 @@ def test_wrong_merges_hand_worked():
     assert np.isnan(out.item()) and lse.item() == 0.0  # the empty partial poisons the row
     out, lse, _ = wrong_merge(parts(np.log(3.0)), "empty_partial_nan", "float64")
     assert np.isclose(out.item(), 0.25, rtol=1e-15)  # no empty partial: the right merge
+
+
+MERGE_MODULE = '''
+import numpy as np
+
+
+def attention(q, k, v, call):
+    """float64 attention returning (out, lse); empty rows out 0, lse -inf."""
+    group = q.shape[1] // k.shape[1]
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+    s = np.where(call.keep, call.scale * q @ k.swapaxes(-1, -2), -np.inf)
+    top = s.max(axis=-1, keepdims=True)
+    e = np.exp(s - np.where(np.isneginf(top), 0.0, top))
+    total = e.sum(axis=-1, keepdims=True)
+    out = (e / np.where(total > 0, total, 1.0)) @ v
+    lse = np.where(total > 0, top + np.log(np.where(total > 0, total, 1.0)), -np.inf)
+    return out.astype(call.dtype), lse[..., 0]
+
+
+def merge_base_2(outs, lses, call):
+    lses, outs = np.stack(lses), np.stack(outs)
+    w = np.exp2(lses - lses.max(axis=0))
+    return (w[..., None] * outs).sum(axis=0) / w.sum(axis=0)[..., None], lses.max(
+        axis=0) + np.log2(w.sum(axis=0))
+'''
+
+
+def test_merge_kernel_by_option_cli_and_api(pytester, monkeypatch, capsys):
+    """--merge module:function (CLI), Judging(merge=...) (API) and --refmask-merge (pytest)
+    give the merge kernel to a function that has no refmask_merge."""
+    from refmask.conformance.cli import main
+    from refmask.conformance.runner import check
+
+    pytester.makepyfile(merge_mod=MERGE_MODULE)
+    monkeypatch.syspath_prepend(str(pytester.path))
+    args = ["--dtype", "float32", "--filter", "split_kv/merge_window"]
+    assert main(["check", "--impl", "merge_mod:attention", *args]) == 0
+    assert main(["check", "--impl", "merge_mod:attention", "--merge", "merge_mod:merge_base_2",
+                 *args]) == 1
+    assert "merge=lse_base_2" in capsys.readouterr().out
+    report = check("merge_mod:attention", merge="merge_mod:merge_base_2", dtypes="float32",
+                   filter="split_kv/merge_window")
+    assert [r.convention for r in report.results] == ["merge=lse_base_2"]
+    assert report.judging["merge"] == "merge_mod:merge_base_2"
+    result = pytester.runpytest("--refmask-impl",
+                                "merge_mod:attention", "--refmask-merge",
+                                "merge_mod:merge_base_2", "--refmask-dtype", "float32",
+                                "--refmask-filter", "split_kv/merge_window")
+    result.assert_outcomes(failed=1)
+    assert main(["check", "numpy", "--merge", "merge_mod:merge_base_2"]) == 2
+    assert "--merge apply to --impl functions" in capsys.readouterr().err

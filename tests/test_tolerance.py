@@ -34,13 +34,30 @@ def _nonzero_cases(dtype: str) -> set:
     return ids
 
 
+#: What the test kernels do not implement (they return out and, the legitimate ones, the LSE):
+#: the score stages of ScoresOutput cases, a per-query temperature, and -- for the wrong
+#: outputs, which return no LSE -- the merge of split-KV partials. Those cases are
+#: ``unsupported`` for them, for no other reason.
+NOT_IMPLEMENTED = ("returns no score stages", "no per-query temperature",
+                   "returns no LSE, so its split-KV partials cannot be merged")
+
+
+def _implemented(results) -> list:
+    """The results of the cases the test kernel implements; every other one is unsupported
+    for one of the NOT_IMPLEMENTED reasons."""
+    for r in results:
+        if r.verdict == "unsupported":
+            assert any(why in r.reason for why in NOT_IMPLEMENTED), (r.case.id, r.reason)
+    return [r for r in results if r.verdict != "unsupported"]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_uniform_relative_error_fails_almost_every_case(dtype):
     relative = RELATIVE_ERROR[dtype]
     nonzero = _nonzero_cases(dtype)
     for factor in (1 + relative, 1 - relative):
         report = check(lk.exactly_scaled(factor), dtypes=[dtype], explain=False)
-        judged = [r for r in report.results if r.case.id in nonzero]
+        judged = [r for r in _implemented(report.results) if r.case.id in nonzero]
         failed = sum(r.verdict == "fail" for r in judged)
         assert failed >= 0.95 * len(judged), (factor, failed, len(judged))
 
@@ -50,7 +67,8 @@ def test_uniform_relative_error_fails_almost_every_case(dtype):
 def test_zero_and_half_output_fail_every_nonzero_case(dtype, factor):
     nonzero = _nonzero_cases(dtype)
     report = check(lk.exactly_scaled(factor), dtypes=[dtype], explain=False)
-    passed = [r.case.id for r in report.results if r.case.id in nonzero and r.verdict != "fail"]
+    passed = [r.case.id for r in _implemented(report.results)
+              if r.case.id in nonzero and r.verdict != "fail"]
     assert not passed
 
 
@@ -71,7 +89,7 @@ def test_zero_and_half_output_fail_the_hardest_long_rows_in_bfloat16(factor):
 @pytest.mark.parametrize("name", sorted(lk.LEGIT))
 def test_legitimate_kernels_pass_every_case_with_a_margin(name):
     report = check(lk.LEGIT[name])
-    bad = [(r.case.id, r.reason) for r in report.results if r.verdict != "pass"]
+    bad = [(r.case.id, r.reason) for r in _implemented(report.results) if r.verdict != "pass"]
     assert not bad, bad[:3]
     worst = max(c.worst_ratio for r in report.results for c in r.checks)
     aggregate = max(c.aggregate / c.aggregate_limit for r in report.results for c in r.checks

@@ -67,12 +67,15 @@ class Profile:
 class Output:
     """What a backend returned, as float64-convertible NumPy arrays in BHTD layout.
 
-    out: (B, Hq, Tq, Dv); lse: (B, Hq, Tq) or None; grads: {"dq", "dk", "dv", ...} or None.
+    out: (B, Hq, Tq, Dv); lse: (B, Hq, Tq) or None; grads: {"dq", "dk", "dv", ...} or None;
+    scores: the score stages a case asks for (``case.scores``), {"scores_<stage>": (B, Hq, Tq,
+    Tk)} (spec 3.9), or None.
     """
 
     out: Any
     lse: Any = None
     grads: dict | None = None
+    scores: dict | None = None
 
 
 def _always_available() -> str | None:
@@ -85,6 +88,11 @@ def _supports_everything(case) -> str | None:
 
 @dataclass(frozen=True)
 class Adapter:
+    """``scores``: the score stages (spec 3.9: "raw", "softcapped", "masked", "probs") ``run``
+    can return in ``Output.scores``; a case asking for another stage is ``unsupported``.
+    ``temperature``: whether ``run`` applies a case's per-query temperature (``query_scale``,
+    spec 3.2.3); a case with one is ``unsupported`` otherwise (default False)."""
+
     name: str
     profile: Profile
     run: Callable
@@ -92,3 +100,5 @@ class Adapter:
     unavailable: Callable = field(default=_always_available)
     description: str = ""
     merge: Callable | None = None
+    scores: frozenset = frozenset()
+    temperature: bool = False

@@ -29,6 +29,10 @@ onnx/reference/ops/op_attention.py; behaviour measured on onnxruntime 1.31.1):
 * empty rows: onnxruntime returns 0 (measured, bool and -inf float masks alike), the spec's
   ``zero``; its float64 path (the ONNX function-body fallback, a plain softmax) gives NaN, so
   the adapters also declare ``empty_rows=nan``. No LSE output, no gradients.
+* score stages (spec 3.9): one more run per stage a case asks for, with
+  ``qk_matmul_output_mode`` 0-3 and the fourth output ``qk_matmul_output``; onnxruntime fills
+  the dropped pairs of mode 2 with the dtype's lowest finite value (measured), declared as
+  ``masked_scores=lowest``. No per-query temperature (``unsupported``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ from .common import ELEMENT_TYPES, dtype_unsupported, session, unavailable_for
 
 if TYPE_CHECKING:
     from refmask.case import Case
+
+#: Score stage (spec 3.9) -> the operator's ``qk_matmul_output_mode`` (opset 23/24 text).
+QK_MATMUL_OUTPUT_MODES = {"raw": 0, "softcapped": 1, "masked": 2, "probs": 3}
 
 
 def translate(case: Case, opset: int) -> dict:
@@ -163,7 +170,14 @@ def make_run(opset: int) -> Callable[..., Output]:
         if bthd:
             out = np.swapaxes(out.reshape(case.batch, case.q_len, case.q_heads, case.v_dim),
                               1, 2)
-        return Output(out=out)
+        scores = {}
+        for stage in case.scores:  # one run per qk_matmul_output_mode (spec 3.9)
+            with_scores = (*outputs, *[""] * (3 - len(outputs)), "qk_matmul_output")
+            mode = {"qk_matmul_output_mode": QK_MATMUL_OUTPUT_MODES[stage]}
+            run = session(opset, names, {**attributes, **mode}, element, with_scores)
+            scores[f"scores_{stage}"] = np.asarray(run.run(["qk_matmul_output"], feeds)[0],
+                                                   dtype=np.float64)
+        return Output(out=out, scores=scores or None)
 
     return run
 
@@ -174,11 +188,13 @@ def make_adapter(opset: int) -> Adapter:
     return Adapter(
         name=f"onnxruntime.attention{opset}",
         profile=Profile(empty_rows="zero", causal_alignment="top_left", lse_base=None,
-                        backward=False, conventions=frozenset({"empty_rows=nan"}),
+                        backward=False,
+                        conventions=frozenset({"empty_rows=nan", "masked_scores=lowest"}),
                         notes=notes),
         run=make_run(opset),
         unsupported=make_unsupported(opset),
         unavailable=lambda: unavailable_for(opset),
+        scores=frozenset(QK_MATMUL_OUTPUT_MODES),
         description=f"one-node ONNX model with the Attention operator (opset {opset}): "
                     "is_causal, attn_mask, past_key/past_value"
                     + (", nonpad_kv_seqlen" if opset >= 24 else "") + ", softcap, scale",

@@ -82,7 +82,7 @@ def session(opset: int, inputs: list, attributes: dict, element: str,
 
     inputs: the node's inputs in order as ``(name, TensorProto type name)``, with ``("", None)``
     for an omitted optional input; element: the TensorProto type name of the outputs;
-    outputs: the node's output names.
+    outputs: the node's output names in order, "" for an omitted optional output.
     """
     onnx, ort = _import()
     from onnx import TensorProto, helper
@@ -94,7 +94,7 @@ def session(opset: int, inputs: list, attributes: dict, element: str,
     graph = helper.make_graph(
         [node], "refmask_attention", graph_inputs,
         [helper.make_tensor_value_info(name, getattr(TensorProto, element), None)
-         for name in outputs])
+         for name in outputs if name])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = IR_VERSION
     options = ort.SessionOptions()

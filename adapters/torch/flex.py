@@ -159,16 +159,22 @@ def _lookup_mask_mod(keep):
     return mask_mod
 
 
-def _score_mod(softcap, bias, slopes, offsets, signed):
-    """softcap, then bias, then ALiBi (each only when given)."""
+def _score_mod(softcap, bias, slopes, offsets, signed, tau=None, distances=None):
+    """The temperature tau[q_idx] (spec 3.2.3: a factor of the row's scores), then softcap,
+    bias and ALiBi (each only when given); ``distances`` (B, Tq, Tk), in the score dtype, is
+    the ALiBi distance of per-sequence positions (spec 3.2.1), read instead of ``offsets``."""
     import torch
 
     def score_mod(score, b, h, q_idx, kv_idx):
+        if tau is not None:
+            score = score * tau[q_idx]
         if softcap is not None:
             score = softcap * torch.tanh(score / softcap)
         if bias is not None:
             score = score + bias[b, h, q_idx, kv_idx]
-        if slopes is not None:
+        if distances is not None:
+            score = score + slopes[b, h] * distances[b, q_idx, kv_idx]
+        elif slopes is not None:
             pq = q_idx + offsets[b]
             distance = kv_idx - pq if signed else -torch.abs(pq - kv_idx)
             score = score + slopes[b, h] * distance.to(score.dtype)
@@ -188,6 +194,23 @@ def _alibi_tables(case, device: str = "cpu"):
     offsets = np.broadcast_to(alibi.align.offset_table(case.q_len, case.k_len), (case.batch,))
     return (torch.tensor(slopes.copy(), dtype=tc.torch_dtype(case.dtype), device=device),
             torch.tensor(offsets.copy(), dtype=torch.int64, device=device))
+
+
+def _sequence_distances(case, device: str = "cpu"):
+    """ALiBi distances (B, Tq, Tk) in the case dtype for per-sequence positions
+    (``-|pq - pk|`` or ``pk - pq`` on sequence-local positions, 0 across sequences), or None
+    when the ALiBi positions are global."""
+    import numpy as np
+    import torch
+
+    alibi = case.alibi
+    if alibi.layout is None:
+        return None
+    qk = alibi.query_minus_key(case.batch, case.q_len, case.k_len)
+    distance = -np.abs(qk) if alibi.convention == "abs" else -qk
+    distance = np.broadcast_to(distance, (case.batch, case.q_len, case.k_len)).copy()
+    return torch.tensor(distance, dtype=torch.float64, device=device).to(
+        tc.torch_dtype(case.dtype))
 
 
 def _call(case, q, k, v, bias, *, device: str = "cpu", attend=None, scale=None):
@@ -212,12 +235,20 @@ def _call(case, q, k, v, bias, *, device: str = "cpu", attend=None, scale=None):
                 case.q_heads if small.shape[1] > 1 else None, case.q_len, case.k_len,
                 device=device)
     score_mod = None
-    if case.softcap is not None or bias is not None or case.alibi is not None:
-        slopes = offsets = None
+    tau = None
+    if case.query_scale is not None:  # tau_i q_i . k_j = tau_i (q_i . k_j), rounded elsewhere
+        import torch
+
+        tau = torch.tensor(case.query_scale, dtype=torch.float64, device=device)
+        tau = tau.to(tc.torch_dtype(case.dtype))
+    if (case.softcap is not None or bias is not None or case.alibi is not None
+            or tau is not None):
+        slopes = offsets = distances = None
         if case.alibi is not None:
             slopes, offsets = _alibi_tables(case, device)
+            distances = _sequence_distances(case, device)
         signed = case.alibi is not None and case.alibi.convention == "signed"
-        score_mod = _score_mod(case.softcap, bias, slopes, offsets, signed)
+        score_mod = _score_mod(case.softcap, bias, slopes, offsets, signed, tau, distances)
     out, aux = attend(q, k, v, score_mod=score_mod, block_mask=block_mask,
                       scale=case.scale if scale is None else scale,
                       enable_gqa=case.kv_heads != case.q_heads, return_aux=AuxRequest(lse=True))
@@ -244,5 +275,6 @@ ADAPTERS = (
         unsupported=_unsupported,
         unavailable=tc.unavailable,
         description="FlexAttention: mask_mod/BlockMask, score_mod, enable_gqa, LSE",
+        temperature=True,
     ),
 )

@@ -53,6 +53,7 @@ need_weights=True (plain softmax) and NaN on the fast path, for the same layer a
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -183,7 +184,11 @@ def _masks(case, bias, *, hint: bool) -> dict:
     return kwargs
 
 
-def _call(case, q, k, v, bias, *, need_weights: bool, fastpath: bool = False):
+def _call(case, q, k, v, bias, *, need_weights: bool, fastpath: bool = False,
+          weights: dict | None = None):
+    """The layer's output (B, Hq, Tq, Dv); with ``need_weights`` its per-head attention
+    weights (``average_attn_weights=False``: (B, Hq, Tq, Tk), the softmax after the masks,
+    before dropout since the layer's dropout is 0) go into ``weights["probs"]``."""
     import torch
 
     batch, heads, q_len, k_len = case.batch, case.q_heads, case.q_len, case.k_len
@@ -193,7 +198,10 @@ def _call(case, q, k, v, bias, *, need_weights: bool, fastpath: bool = False):
     key = _heads_last(case, k, heads, k_len)
     value = _heads_last(case, v, heads, k_len)
     if not fastpath:
-        out, _ = _layer(case, width, fastpath=False)(query, key, value, **kwargs)
+        out, probs = _layer(case, width, fastpath=False)(query, key, value, **kwargs,
+                                                          average_attn_weights=False)
+        if weights is not None and probs is not None:
+            weights["probs"] = probs.detach()
     else:
         x = torch.cat([query, key, value, torch.zeros_like(query)], dim=-1)
         out, _ = _layer(case, 4 * width, fastpath=True)(x, x, x, **kwargs)
@@ -203,11 +211,16 @@ def _call(case, q, k, v, bias, *, need_weights: bool, fastpath: bool = False):
 
 def _runner(need_weights: bool, fastpath: bool = False):
     def run(case, inputs, *, grads: bool):
+        weights = {}
+
         def forward(q, k, v, bias):
             return _call(case, q, k, v, bias, need_weights=need_weights,
-                         fastpath=fastpath), None
+                         fastpath=fastpath, weights=weights), None
 
-        return tc.run_autograd(case, inputs, grads and not fastpath, forward)
+        output = tc.run_autograd(case, inputs, grads and not fastpath, forward)
+        if "probs" in case.scores:  # spec 3.9: the per-head weights are the "probs" stage
+            output = replace(output, scores={"scores_probs": tc.to_numpy(weights["probs"])})
+        return output
 
     return run
 
@@ -236,6 +249,7 @@ ADAPTERS = (
         unsupported=lambda case: _unsupported(case, "torch.mha.need_weights"),
         unavailable=tc.unavailable,
         description="nn.MultiheadAttention, need_weights=True (explicit softmax weights)",
+        scores=frozenset({"probs"}),
     ),
     Adapter(
         name=FASTPATH,

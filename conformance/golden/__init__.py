@@ -69,10 +69,14 @@ Member names:
     input.bias                                    iff case["bias"]
     input.sinks                                   iff case["sinks"]
     input.dropout_keep                            iff case["dropout_rate"] is not null
+    input.query_scale                             iff case has "query_scale" (not null)
     exact.out, exact.lse, exact.dq, exact.dk, exact.dv     always
     exact.dbias                                   iff case["bias"]
     exact.dsinks                                  iff case["sinks"]
     exact.partial_out, exact.partial_lse          iff case["key_splits"] (split-KV cases)
+    exact.scores_<stage>                          for each stage in case["scores"] (a list,
+                                                  absent = none; stages raw, softcapped,
+                                                  masked, probs)
 
 ``input.*`` are the inputs exactly as :func:`~refmask.case.case_inputs` generates
 them, shaped by the case's layout: float64/float32/float16 in the case's dtype; bfloat16 as the
@@ -81,9 +85,10 @@ uint16 bit patterns (``a.view(ml_dtypes.bfloat16)`` restores them); ``dropout_ke
 with engine "exact" those of :func:`~refmask.conformance.exact.exact_attention`, each the
 50-digit value correctly rounded to float64; with engine "reference" those of the float64
 reference. Shapes (see :mod:`~refmask.conformance.exact` for the semantics): out/dq/dk/dv in
-the case's layout, lse (B, Hq, Tq), dbias (B, Hq, Tq, Tk), dsinks (Hq,), partial_out
-(P, B, Hq, Tq, Dv) and partial_lse (P, B, Hq, Tq): out and lse of each of the P partials of a
-split-KV case (``refmask.case.partial_cases``), BHTD whatever the layout. NaN and +-inf appear
+the case's layout, lse (B, Hq, Tq), dbias (B, Hq, Tq, Tk), dsinks (Hq,), scores_<stage>
+(B, Hq, Tq, Tk), input.query_scale (Tq,), partial_out (P, B, Hq, Tq, Dv) and partial_lse
+(P, B, Hq, Tq): out and lse of each of the P partials of a split-KV case
+(``refmask.case.partial_cases``), BHTD whatever the layout. NaN and +-inf appear
 exactly where the semantics put them.
 
 Integrity rules

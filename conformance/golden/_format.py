@@ -31,9 +31,10 @@ SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 MANIFEST = "manifest.json"
 
-INPUT_NAMES = ("q", "k", "v", "d_out", "bias", "sinks", "dropout_keep")
+INPUT_NAMES = ("q", "k", "v", "d_out", "bias", "sinks", "dropout_keep", "query_scale")
+SCORE_NAMES = ("scores_raw", "scores_softcapped", "scores_masked", "scores_probs")
 EXACT_NAMES = ("out", "lse", "dq", "dk", "dv", "dbias", "dsinks", "partial_out",
-               "partial_lse")
+               "partial_lse", *SCORE_NAMES)
 _FILE_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.npz")
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -163,6 +164,14 @@ def expected_members(case_json: Mapping) -> dict:
                              f"{splits!r:.40}")
         expected["exact.partial_out"] = (f64, (len(splits), b, hq, tq, dv))
         expected["exact.partial_lse"] = (f64, (len(splits), b, hq, tq))
+    if case_json.get("query_scale") is not None:
+        expected["input.query_scale"] = (floating, (tq,))
+    stages = case_json.get("scores") or []
+    if not isinstance(stages, list) or not all(
+            isinstance(stage, str) and f"scores_{stage}" in SCORE_NAMES for stage in stages):
+        raise ValueError(f"scores must be a list of score stages, got {stages!r:.60}")
+    for stage in stages:
+        expected[f"exact.scores_{stage}"] = (f64, scores)
     return expected
 
 

@@ -37,6 +37,8 @@ class FastInputs:
     source: what decides keep (no mask, a Mask, or the bool array).
     alibi_slopes: (1 or B, Hq) float64; alibi_offsets: (1 or B,) int64 query offsets;
     alibi_kind: NO_ALIBI, ALIBI_ABS ("abs") or ALIBI_SIGNED ("signed").
+    alibi_per_sequence: the ALiBi positions restart per packed sequence (``Alibi(layout=)``),
+      which the kernels' ``i + offset - j`` does not cover.
     """
 
     inp: Inputs
@@ -44,6 +46,7 @@ class FastInputs:
     alibi_slopes: np.ndarray
     alibi_offsets: np.ndarray
     alibi_kind: int
+    alibi_per_sequence: bool = False
 
 
 def is_mask_object(mask) -> bool:
@@ -109,7 +112,8 @@ def prepare_fast(where: str, q, k, v, *, mask, scale, softcap, bias, alibi, sink
     slopes, offsets, kind = _check_alibi(where, alibi, inp.batch, inp.q_heads, inp.q_len,
                                          inp.k_len)
     return FastInputs(inp=inp, source=source, alibi_slopes=slopes, alibi_offsets=offsets,
-                      alibi_kind=kind)
+                      alibi_kind=kind,
+                      alibi_per_sequence=getattr(alibi, "layout", None) is not None)
 
 
 def unsupported_feature(fast: FastInputs, *, grads: bool, return_probs: bool = False
@@ -117,8 +121,9 @@ def unsupported_feature(fast: FastInputs, *, grads: bool, return_probs: bool = F
     """The first feature of the call that the fast path does not implement (None if none).
 
     Forward: dropout, ``empty_rows="unmasked"``, ``return_probs``, masks without
-    ``classify``/``keep``. Backward also: ``empty_rows`` "nan", and a bias broadcast along
-    some axis (its gradient is a reduction across tiles and heads).
+    ``classify``/``keep``, ALiBi on per-sequence positions. Backward also: ``empty_rows``
+    "nan", and a bias broadcast along some axis (its gradient is a reduction across tiles and
+    heads).
     """
     reason = blas_unavailable()
     if reason:
@@ -128,6 +133,9 @@ def unsupported_feature(fast: FastInputs, *, grads: bool, return_probs: bool = F
         return "return_probs=True (the (B, Hq, Tq, Tk) weights are what it never builds)"
     if inp.dropout_keep is not None:
         return "dropout (dropout_keep is a dense (B, Hq, Tq, Tk) pattern; use the exact path)"
+    if fast.alibi_per_sequence:
+        return ("ALiBi with per-sequence positions (Alibi(layout=...): the distance is a "
+                "sequence table, not i + offset - j)")
     if inp.empty_rows == "unmasked":
         return ('empty_rows="unmasked" (an empty row needs the unmasked scores of every key, '
                 "i.e. the tiles the mask lets it skip)")
