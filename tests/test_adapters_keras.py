@@ -39,11 +39,14 @@ SINGLE_KV_HEAD = {"mqa/4_to_1", "mla/decode_576_512", "long_rows/mqa_explicit_sc
 #: backend/tensorflow/nn.py ``_dot_product_attention_xla``, and MultiHeadAttention's
 #: ``_combine_equation``), which on the CPU accumulates float16 in float16
 #: (test_tf_einsum_accumulates_float16_in_float16): fail, as spec 5.2 requires.
+ACCUMULATION = {"pv=accumulated_in_case_dtype", "accumulation=case_dtype",
+                "softmax=denominator_in_case_dtype"}
 FLOAT16_EINSUM = {"long_rows/window_kv_cache", "long_rows/valid_lengths_bottom_right",
                   "long_rows/flat_causal_kv_cache_4096"}
 
 #: FlashAttention varlen: a sequence with more queries than keys has empty rows
-VARLEN_EMPTY = {"varlen/fa_causal_per_sequence", "varlen/fa_window_per_sequence"}
+VARLEN_EMPTY = {"varlen/fa_causal_per_sequence", "varlen/fa_window_per_sequence",
+                "varlen/alibi_abs_per_sequence"}
 #: split-KV partials of a bottom-right causal window: top-left, and emptied rows
 SPLIT_TOP_LEFT = {"split_kv/keys_0_4"}
 SPLIT_BOTH = {"split_kv/keys_4_7", "split_kv/keys_7_10"}
@@ -70,8 +73,10 @@ def _assert_expected(report, top_left, uniform, fails=frozenset(), combined=froz
         elif name in fails:
             assert result.verdict == "fail", result
         elif name in FLOAT16_EINSUM and result.case.dtype == "float16":
+            # named an accumulation in float16 (which of the three fits best depends on the
+            # summation order: they are matched by the size of the error, spec 5.4)
             assert result.verdict == "fail", result
-            assert "weighted RMS error" in result.reason, result.reason
+            assert result.convention in ACCUMULATION, (result.case.id, result.reason)
         else:
             assert result.verdict == "pass", (result.case.id, result.reason)
     assert report.counts()["pass"] >= 10
