@@ -31,7 +31,7 @@ FEATURES = {
 def test_random_cases_reach_every_catalog_feature():
     seen = set()
 
-    @settings(max_examples=400, deadline=None, database=None,
+    @settings(max_examples=400, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(cases(dtypes=["float64"]))
     def collect(case):
