@@ -170,9 +170,12 @@ class Report:
 
 def failure_kind(result: CaseResult) -> str:
     """A short name for a fail no explanation matched: a crash, NaN/inf placement or error."""
-    if result.reason.startswith("the backend raised"):
-        return result.reason.split(":")[0]
+    raised = result.reason.find("the backend raised")
+    if raised >= 0:  # also inside a split-KV partial ("partial 0 (keys [0, 4)) wrong: ...")
+        return result.reason[raised:].split(":")[0]
     bad = [c for c in result.checks if not c.ok]
+    if not bad:
+        return result.reason.split(":")[0]
     if any(c.nonfinite_mismatch for c in bad):
         return "NaN/inf placement in " + ", ".join(c.name for c in bad if c.nonfinite_mismatch)
     return "error above tolerance in " + ", ".join(c.name for c in bad)

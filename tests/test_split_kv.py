@@ -334,3 +334,19 @@ def test_merge_kernel_by_option_cli_and_api(pytester, monkeypatch, capsys):
     result.assert_outcomes(failed=1)
     assert main(["check", "numpy", "--merge", "merge_mod:merge_base_2"]) == 2
     assert "--merge apply to --impl functions" in capsys.readouterr().err
+
+
+def test_a_partial_that_crashed_is_grouped_by_its_exception():
+    """A split-KV case whose partial raised is summarised as the crash, not as an error in
+    no tensor (the reason carries the partial's prefix)."""
+    from refmask.conformance.cases import catalog
+    from refmask.conformance.results import CaseResult, failure_kind
+
+    case = catalog(["float32"])[0]
+    result = CaseResult(case=case, backend="b", verdict="fail",
+                        reason="partial 0 (keys [0, 4)) wrong: the backend raised "
+                               "InvalidArgumentError: Expected dimension 4 at axis 2")
+    assert failure_kind(result) == "the backend raised InvalidArgumentError"
+    no_checks = CaseResult(case=case, backend="b", verdict="fail",
+                           reason="partials ok, b's merge raised ValueError: shapes")
+    assert failure_kind(no_checks) == "partials ok, b's merge raised ValueError"
