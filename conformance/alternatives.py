@@ -45,7 +45,8 @@ def _sequential_sum(x, axis: int, dtype: str, block: int = 1):
     return total.astype(np.float64)
 
 
-def alternative(case: Case, values: dict, *, merge: str | None = None, **changes) -> tuple:
+def alternative(case: Case, values: dict, *, merge: str | None = None,
+                **changes: object) -> tuple:
     """(out BHTD, lse, weights) of attention in float64 with the named departures of
     :func:`single` (``changes``); for a split-KV case with ``merge`` ("base_2",
     "empty_partial_nan", "no_max_subtraction"), the partials of ``refmask.case.partial_cases``

@@ -204,7 +204,8 @@ def _systematic_share(x: np.ndarray, golden: np.ndarray) -> float:
     return float(d @ g) ** 2 / (dd * gg)
 
 
-def noise_residual(actual, golden: np.ndarray, alt: np.ndarray, weight: np.ndarray) -> float:
+def noise_residual(actual: object, golden: np.ndarray, alt: np.ndarray,
+                   weight: np.ndarray) -> float:
     """``max(band / NOISE_BAND, envelope)`` of :meth:`_Judge.judge_noise`; inf when the output
     is exact where the alternative is not; the ordinary residual against the golden value
     where the alternative stays within the tolerance (the LSE under a P @ V accumulation)."""

@@ -348,7 +348,7 @@ def _standard_slopes(case: Case) -> bool:
         case.alibi.slopes, alibi_slopes(case.q_heads), rtol=1e-12, atol=0.0)
 
 
-def with_slopes(case: Case, slopes) -> dict:
+def with_slopes(case: Case, slopes: object) -> dict:
     return {"alibi": Alibi(slopes, convention=case.alibi.convention, align=case.alibi.align,
                            layout=case.alibi.layout)}
 

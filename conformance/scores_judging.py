@@ -22,6 +22,7 @@ from dataclasses import replace
 import numpy as np
 
 from refmask.adapters import Adapter
+from refmask.adapters.common import Output
 from refmask.case import Case, numpy_dtype, score_arrays, score_output_name
 
 from .tolerance import ForwardModel, check_forward
@@ -56,7 +57,7 @@ def temperature_unsupported(adapter: Adapter, case: Case) -> str | None:
             "multiplies q before the attention call, which is not the backend's computation)")
 
 
-def missing_scores(case: Case, output) -> list:
+def missing_scores(case: Case, output: Output) -> list:
     """Score outputs the case asks for that the backend did not return."""
     returned = output.scores or {}
     return [name for name in map(score_output_name, case.scores) if name not in returned]
@@ -100,7 +101,7 @@ def lowest_golden(case: Case, masked: np.ndarray) -> np.ndarray:
     return np.where(masked == -np.inf, _lowest(case.dtype), masked)
 
 
-def lowest_in_effect(case: Case, output, golden: dict) -> bool:
+def lowest_in_effect(case: Case, output: Output, golden: dict) -> bool:
     """Whether the backend's masked stage follows ``masked_scores=lowest`` visibly: the
     golden stage has -inf entries and the returned one has none but holds the lowest value."""
     name = score_output_name("masked")
@@ -111,7 +112,7 @@ def lowest_in_effect(case: Case, output, golden: dict) -> bool:
                 and (returned == _lowest(case.dtype)).any())
 
 
-def recheck_lowest(case: Case, output, checks: list, golden: dict,
+def recheck_lowest(case: Case, output: Output, checks: list, golden: dict,
                    model: ForwardModel) -> list:
     """``checks`` with a failing masked-stage check replaced by its check against
     :func:`lowest_golden` when that one passes (for a backend that declares
@@ -127,7 +128,7 @@ def recheck_lowest(case: Case, output, checks: list, golden: dict,
     return result
 
 
-def masked_scores_convention(case: Case, output, checks: list, golden: dict,
+def masked_scores_convention(case: Case, output: Output, checks: list, golden: dict,
                              model: ForwardModel) -> str | None:
     """``"masked_scores=lowest"`` when the only failing check is the masked stage and it
     passes once the golden -inf entries are replaced by the dtype's lowest finite value;
@@ -139,8 +140,8 @@ def masked_scores_convention(case: Case, output, checks: list, golden: dict,
     return LOWEST if all(c.ok for c in rechecked) else None
 
 
-def scores_explained(case: Case, inputs: dict, output, failed: list, model: ForwardModel,
-                     changes: dict, lowest: bool) -> bool:
+def scores_explained(case: Case, inputs: dict, output: Output, failed: list,
+                     model: ForwardModel, changes: dict, lowest: bool) -> bool:
     """Whether the failing score checks are the stages recomputed under an alternative's
     ``changes`` (with ``masked_scores=lowest`` applied to the masked stage when ``lowest``)."""
     alt = alternative_scores(case, inputs, changes)

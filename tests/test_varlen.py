@@ -385,15 +385,23 @@ def test_masks_evaluate_in_another_namespace():
         assert np.array_equal(got.numpy(), mask.materialize(batch, 1, q_len, k_len))
 
 
-def test_per_sequence_alibi_cases_are_refused_where_not_supported_yet():
-    from refmask.case import Case
+def test_per_sequence_alibi_cases_have_a_json_form_and_an_exact_golden():
+    """Per-sequence ALiBi positions (issue 14) round-trip through the case JSON, and the exact
+    engine gives the float64 reference's values (independently checked against a hand-worked
+    distance table in tests/test_outputs_cases.py)."""
+    from refmask.case import Case, case_from_json, case_inputs
     from refmask.conformance.exact import exact_attention
 
     layout = m.varlen_layout([0, 2, 5], [0, 4, 7])
     case = Case(name="varlen/alibi", family="varlen", mask=m.varlen(m.causal(align=BR), layout),
                 batch=1, q_heads=2, kv_heads=2, q_len=5, k_len=7,
                 alibi=Alibi(2, convention="abs", align=BR, layout=layout))
-    with pytest.raises(ValueError, match="per-sequence positions"):
-        case.to_json()
-    with pytest.raises(ValueError, match="per-sequence positions"):
-        exact_attention(case)
+    assert case_from_json(case.to_json()).to_json() == case.to_json()
+    exact = exact_attention(case)
+    inputs = case_inputs(case)
+    reference = attention(inputs["q"], inputs["k"], inputs["v"], mask=case.mask,
+                          alibi=case.alibi, path="exact")
+    np.testing.assert_allclose(np.asarray(exact["out"]), np.asarray(reference.out),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(exact["lse"]), np.asarray(reference.lse),
+                               rtol=1e-12, atol=1e-12)
