@@ -71,6 +71,9 @@ def wrong_merge(parts: list, how: str, dtype: str) -> tuple:
       accumulation dtype), ``lse = log(sum_p w_p)``: overflows to inf / NaN once an LSE
       passes log(finfo(dtype).max).
     """
+    if how not in ("base_2", "empty_partial_nan", "no_max_subtraction"):
+        raise ValueError(f"wrong_merge: how must be 'base_2', 'empty_partial_nan' or "
+                         f"'no_max_subtraction', got {how!r}")
     lses = np.stack([lse for _, lse, _ in parts])
     outs = np.stack([out for out, _, _ in parts])
     weights = np.stack([w for _, _, w in parts])
@@ -93,9 +96,6 @@ def wrong_merge(parts: list, how: str, dtype: str) -> tuple:
         if how == "empty_partial_nan":
             out = np.where(np.isneginf(lses).any(axis=0)[..., None], np.nan, out)
             lse = np.where(empty, np.nan, lse)
-        elif how != "base_2":
-            raise ValueError(f"wrong_merge: how must be 'base_2', 'empty_partial_nan' or "
-                             f"'no_max_subtraction', got {how!r}")
     return out, lse, _merged_weights(weights, share)
 
 
@@ -105,14 +105,14 @@ def _merged_weights(weights: np.ndarray, share: np.ndarray) -> np.ndarray:
 
 
 def single(case: Case, values: dict, *, mask: object = UNSET, scale: float | None = None,
-                kv_map: object = "repeat", softcap: object = UNSET, softcap_at: str = "before_bias",
-                alibi: object = UNSET, masking: str = "neg_inf", constant: float | None = None,
-                empty_rows: str | None = None, sinks: str = "spec", dropout: str = "scaled",
-                lse_base: float = math.e, max_subtract: bool = True,
-                accumulate: str | None = None, accumulate_pv: bool = True,
-                accumulate_denominator: bool = True, accumulate_block: int = 1,
-                dropout_factor: float | None = None,
-                empty_lse: float | None = None, bias: bool = True) -> tuple:
+           kv_map: object = "repeat", softcap: object = UNSET, softcap_at: str = "before_bias",
+           alibi: object = UNSET, masking: str = "neg_inf", constant: float | None = None,
+           empty_rows: str | None = None, sinks: str = "spec", dropout: str = "scaled",
+           lse_base: float = math.e, max_subtract: bool = True,
+           accumulate: str | None = None, accumulate_pv: bool = True,
+           accumulate_denominator: bool = True, accumulate_block: int = 1,
+           dropout_factor: float | None = None, empty_lse: float | None = None,
+           bias: bool = True) -> tuple:
     """(out BHTD, lse, weights) of attention in float64 with the named departures from spec
     3.2; weights (B, Hq, Tq, Tk) are the factors multiplied into V.
 

@@ -152,7 +152,6 @@ class _Judge:
             r = max(r, residual(self.output.lse, alt_lse, w_lse, ignore))
         return r
 
-
     def judge_noise(self, alt_out, alt_lse) -> float:
         """The residual against a rounding process (``Explanation.noise``; <= 1: it matches).
 
@@ -171,20 +170,15 @@ class _Judge:
 
 #: Two summation orders of one rounding process (sequential, blocked, a tree of tiles) give
 #: RMS errors within about this factor of each other (a blocked sum of n terms in blocks of
-#: b has ~sqrt(b) fewer roundings per term than a sequential one; b <= 16 for the kernels
-#: in tests/test_explanations.py).
+#: b has ~sqrt(b) fewer roundings per term than a sequential one; the kernels of
+#: tests/test_accumulation_names.py sum sequentially and in blocks of 16).
 NOISE_BAND = 4.0
 #: How far past the alternative's own largest deviation (in its row) an entry may be.
 NOISE_ENVELOPE = 4.0
-#: The summation orders tried for a rounding process: blocks of 1 (sequential), 4, 16 and 64
-#: terms summed exactly, then accumulated in the low precision (tiled kernels); the best
-#: order is the match.
+#: The summation orders tried for a rounding process: blocks of 1 (sequential, the record's
+#: own alternative), 4, 16 and 64 terms summed exactly, then accumulated in the low precision
+#: (tiled kernels); the best order is the match.
 NOISE_BLOCKS = (1, 4, 16, 64)
-
-
-def _noise_alt(case: Case, values: dict, explanation: Explanation, block: int) -> tuple:
-    with np.errstate(all="ignore"):
-        return alternative(case, values, **explanation.changes(case), accumulate_block=block)
 
 
 #: An error that one global factor explains (actual - golden ~ c golden) beyond this share of
@@ -212,11 +206,11 @@ def noise_residual(actual: object, golden: np.ndarray, alt: np.ndarray,
     actual = np.asarray(actual, np.float64)
     if actual.shape != golden.shape:
         return math.inf
+    if residual(alt, golden, weight) <= 1.0:  # the process keeps this tensor within tolerance
+        return residual(actual, golden, weight)
     with np.errstate(invalid="ignore"):
         e_actual = weighted_rms(actual - golden, weight, golden)
         e_alt = weighted_rms(alt - golden, weight, golden)
-    if residual(alt, golden, weight) <= 1.0:  # the process keeps this tensor within tolerance
-        return residual(actual, golden, weight)
     if not (np.isfinite(e_actual) and np.isfinite(e_alt)) or e_actual == 0:
         return math.inf
     if _systematic_share(actual, golden) > NOISE_SYSTEMATIC > 2 * _systematic_share(alt, golden):
@@ -285,9 +279,11 @@ def diagnose(case: Case, inputs: dict, output: Output, golden: dict, model: Forw
         alt = compute(explanation)
         if alt is None:
             return math.inf
-        if explanation.noise:
-            return min(judge.judge_noise(*_noise_alt(case, values, explanation, block)[:2])
-                       for block in NOISE_BLOCKS)
+        if explanation.noise:  # ``alt`` is the sequential order (block 1)
+            orders = [alt, *(_alt(case, values, {**explanation.changes(case),
+                                                 "accumulate_block": block})
+                             for block in NOISE_BLOCKS if block > 1)]
+            return min(judge.judge_noise(out, lse) for out, lse, _ in orders)
         return judge.judge(alt[0], alt[1], alt[2], explanation.lse_free_on_empty_rows)
 
     scored = [(score(e, judge), e) for e in singles]

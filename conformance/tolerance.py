@@ -251,15 +251,14 @@ def _score_error(q, k, scale, softcap, additive, eps, eps_acc):
 
 
 def forward_model(*, q: np.ndarray, k: np.ndarray, v: np.ndarray, probs: np.ndarray,
-                  sink_probs: np.ndarray | None, dropout_factor: np.ndarray | None,
+                  dropout_factor: np.ndarray | None,
                   scale: float, softcap: float | None, additive: np.ndarray | None,
                   out: np.ndarray, lse: np.ndarray, dtype: str) -> ForwardModel:
     """``w_out`` and ``w_lse`` from the golden weights and the case's float64 inputs.
 
     q (B, Hq, Tq, Dqk); k, v (B, Hq, Tk, D) with the kv heads already expanded to query
     heads; probs (B, Hq, Tq, Tk) the golden softmax weights *before* dropout (0 on masked
-    keys and empty rows); sink_probs (B, Hq, Tq) or None (accepted for the callers; the model
-    needs only ``p_sink_i = 1 - sum_j p_ij``, which the weights carry); dropout_factor
+    keys and empty rows; a sink's weight is ``p_sink_i = 1 - sum_j p_ij``); dropout_factor
     (B, Hq, Tq, Tk) or None; additive: |bias| + |alibi| (B, Hq, Tq, Tk) or None; out, lse:
     the golden values.
     """
@@ -464,7 +463,7 @@ def check_tensor(name: str, actual: ArrayLike, golden: np.ndarray, naive: np.nda
 def _case_terms(case: Case, inputs: dict) -> dict:
     """What the forward and score models read, from refmask's exact float64 path on the
     case's inputs: q (after the temperature), k, v (kv heads expanded), scale, softcap, the
-    golden weights before dropout (probs), sink_probs, the dropout factor and |bias| + |alibi|
+    golden weights before dropout (probs), the dropout factor and |bias| + |alibi|
     (additive), all BHTD float64."""
     from refmask.adapters.common.translate import float64_inputs
     from refmask.attention import attention
@@ -487,10 +486,6 @@ def _case_terms(case: Case, inputs: dict) -> dict:
         if "query_scale" in values:  # the rows the product reads (spec 3.2.3)
             q = q * values["query_scale"][None, None, :, None]
         probs = np.asarray(result.probs, np.float64)
-        sink_probs = None
-        if "sinks" in values:
-            empty = ~np.isfinite(result.lse)
-            sink_probs = np.where(empty, 0.0, np.clip(1.0 - np.nansum(probs, axis=-1), 0, 1))
         factor = None
         if "dropout_keep" in values:
             factor = values["dropout_keep"] / (1.0 - case.dropout_rate)
@@ -501,7 +496,7 @@ def _case_terms(case: Case, inputs: dict) -> dict:
         if case.alibi is not None:
             alibi = np.abs(case.alibi.bias(case.batch, case.q_heads, case.q_len, case.k_len))
             additive = alibi if additive is None else additive + alibi
-    return dict(q=q, k=k, v=v, probs=probs, sink_probs=sink_probs, dropout_factor=factor,
+    return dict(q=q, k=k, v=v, probs=probs, dropout_factor=factor,
                 scale=scale, softcap=case.softcap, additive=additive)
 
 

@@ -38,7 +38,15 @@ from ._case_outputs import check_outputs, score_output_name
 from ._rounding import round_float64
 from ._typing import Array
 from ._validate import check_choice, check_flag, check_int, check_real, check_str
-from .attention import Alibi, Grads, attention, attention_scores, attention_vjp
+from .attention import (
+    EMPTY_ROW_POLICIES,
+    LAYOUTS,
+    Alibi,
+    Grads,
+    attention,
+    attention_scores,
+    attention_vjp,
+)
 from .masks.varlen import layout_from_json
 
 #: The most scores (B * Hq * Tq * Tk) one case may have. Everything derived from a case
@@ -173,8 +181,8 @@ class Case:
                                                 self.k_len))
 
     def to_json(self) -> dict:
-        """The JSON form; "scores" and "query_scale" appear only when set (so a case without
-        them has the JSON of refmask 0.1)."""
+        """The JSON form; "scores", "query_scale" and "key_splits" appear only when set (so a
+        case without them has the JSON of refmask 0.1)."""
         optional = {}
         alibi = None
         if self.alibi is not None:
@@ -186,6 +194,8 @@ class Case:
             optional["scores"] = list(self.scores)
         if self.query_scale is not None:
             optional["query_scale"] = list(self.query_scale)
+        if self.key_splits:
+            optional["key_splits"] = [list(split) for split in self.key_splits]
         return {
             "id": self.id, "name": self.name, "family": self.family,
             "mask": None if self.mask is None else self.mask.to_json(),
@@ -197,8 +207,6 @@ class Case:
             "sinks": self.sinks, "dropout_rate": self.dropout_rate,
             "input_scale": self.input_scale, "empty_rows": self.empty_rows, "seed": self.seed,
             "flags": list(self.flags), "notes": self.notes, **optional,
-            **({"key_splits": [list(split) for split in self.key_splits]}
-               if self.key_splits else {}),
         }
 
 
@@ -270,8 +278,8 @@ def _check_case_fields(case: Case) -> None:
         raise ValueError(f"{where}: B * Hq * Tq * Tk = {scores} exceeds MAX_CASE_SCORES = 2**28 "
                          "(a case's keep mask and golden arrays are materialised densely)")
     check_choice(where, "dtype", case.dtype, DTYPES)
-    check_choice(where, "layout", case.layout, ("BHTD", "BTHD"))
-    check_choice(where, "empty_rows", case.empty_rows, ("zero", "nan", "uniform", "unmasked"))
+    check_choice(where, "layout", case.layout, LAYOUTS)
+    check_choice(where, "empty_rows", case.empty_rows, EMPTY_ROW_POLICIES)
     if case.scale is not None:
         check_real(where, "scale", case.scale, optional=True)
     if case.softcap is not None:
