@@ -23,9 +23,8 @@ from ._run import (
     from_tiles,
     padded_rows,
     poison_requested,
-    run_chunks,
+    run_workers,
     scratch,
-    split_work,
     tile_sizes,
     to_tiles,
     transposed_tiles,
@@ -103,19 +102,19 @@ def forward(fast: FastInputs, *, q_tile=None, k_tile=None, threads=None,
             np.repeat(pairs, rows.shape[0], axis=0),
             np.tile(rows, pairs.shape[0])[:, None],
             starts.reshape(-1, 1), stops.reshape(-1, 1)], axis=1).astype(np.int64)
-        cost = (items[:, 4] - items[:, 3]) + 1
+        counter = np.zeros(1, dtype=np.int64)  # the next unclaimed item (claim_item)
 
-        def run(chunk, tile_keep=tile_keep, blocks=blocks):
+        def run(items=items, counter=counter, tile_keep=tile_keep, blocks=blocks):
             counts = np.zeros(2, dtype=np.int64)
             _kernels.forward_items(
-                chunk, plan.tile_col, tile_keep, blocks, plan.band, q_rows, k_rows, v_rows, vT_t,
+                items, counter, plan.tile_col, tile_keep, blocks, plan.band, q_rows, k_rows, v_rows, vT_t,
                 float(inp.scale), block_k, span, softcap, bias, has_bias, fast.alibi_slopes,
                 fast.alibi_offsets, fast.alibi_kind, sinks, has_sinks, inp.q_len, inp.k_len,
                 inp.group_size, out_t, lse_t, max_t, log_sum_t,
                 counts, poison)
             return counts
 
-        counts = run_chunks(run, split_work(items, cost, threads), threads)
+        counts = run_workers(run, min(threads, items.shape[0])) if items.shape[0] else []
         done = np.sum(counts, axis=0) if counts else np.zeros(2, dtype=np.int64)
         stats = stats + TileStats(full_tiles=int(done[0]), partial_tiles=int(done[1]),
                                   keep_pairs=keep_pairs, waves=1)

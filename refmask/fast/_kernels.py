@@ -64,6 +64,26 @@ def _int64_bits_as_float64(typingctx, bits):
     return types.float64(types.int64), codegen
 
 
+@intrinsic
+def _fetch_add(typingctx, counter, increment):
+    """``old = counter[0]; counter[0] += increment; return old`` as one atomic operation
+    (sequentially consistent), for a 1-D int64 array shared by the threads of a call."""
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.atomic_rmw("add", array.data, args[1], "seq_cst")
+
+    return types.int64(types.Array(types.int64, 1, "C"), types.int64), codegen
+
+
+@njit(**_OPTIONS)
+def claim_item(counter):
+    """The index of the next unclaimed work item, ``counter[0]`` (then advanced by one,
+    atomically): the threads of a call share one queue of items through ``counter`` (1,)
+    int64, each taking the next item when it finishes one (an index >= the item count: none
+    left)."""
+    return _fetch_add(counter, 1)
+
+
 @njit(**_OPTIONS)
 def scratch(shape, poison):
     """An uninitialised float64 scratch array of ``shape``, filled with NaN when ``poison``.
@@ -244,12 +264,15 @@ def plain_span_scores(scores, span_max, span_keep, keep_blocks, band, b, i0, j0,
 
 
 @njit(**_OPTIONS)
-def forward_items(items, tile_col, tile_keep, keep_blocks, band, q_rows, k_rows, v_rows, vT_t,
+def forward_items(items, counter, tile_col, tile_keep, keep_blocks, band, q_rows, k_rows, v_rows, vT_t,
                   scale, block_k, span_tiles, softcap, bias, has_bias, alibi_slopes, alibi_offsets,
                   alibi_kind, sinks, has_sinks, q_len, k_len, group_size, out_t, lse_t, max_t,
                   log_sum_t, counts, poison):
     """Blocked online softmax for work items ``(b, h, r, start, stop)``: query tile r of
     batch b, head h, over the non-empty key tiles ``tile_col[start:stop]`` (ascending).
+    Each call (one per thread) takes items from the queue shared through ``counter``
+    (:func:`claim_item`) until none is left, so the threads finish within one item of each
+    other whatever the load on the machine.
 
     Consecutive key tiles c0, c0 + 1, ... (at most ``span_tiles``) form one *span* of keys
     [c0 Bk, (c0 + n) Bk): one product S^T = K_span Q_r^T and one acc^T += V_span^T P^T per
@@ -296,7 +319,10 @@ def forward_items(items, tile_col, tile_keep, keep_blocks, band, q_rows, k_rows,
     rescale = scratch(block_q, poison)
     no_log_scale = np.zeros(block_q)
     plain = softcap == 0.0 and not has_bias and alibi_kind == NO_ALIBI
-    for item in range(items.shape[0]):
+    while True:
+        item = claim_item(counter)
+        if item >= items.shape[0]:
+            break
         b, h, r, start, stop = items[item, 0], items[item, 1], items[item, 2], items[item, 3], \
             items[item, 4]
         g = h // group_size

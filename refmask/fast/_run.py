@@ -1,8 +1,11 @@
 """Shared machinery of the fast forward and backward: tile layouts, work splitting, threads.
 
-Work items are split into contiguous chunks of about equal cost (cost = tiles computed + 1),
-a few chunks per thread; a thread pool runs the chunks (the kernels release the GIL), so a
-thread slowed by other load on the machine takes fewer chunks.
+Forward: every thread (the calling one and ``threads - 1`` pool threads) runs the kernel
+once over all work items, taking the next item from a queue shared through an atomic counter
+(``_kernels.claim_item``) when it finishes one. Backward: work items are split into
+contiguous chunks of about equal cost (cost = tiles computed + 1), a few chunks per thread,
+which a thread pool runs. Either way the kernels release the GIL, and a thread slowed by
+other load on the machine takes less of the work.
 """
 
 from __future__ import annotations
@@ -145,6 +148,20 @@ def run_chunks(run_chunk, chunks: list, threads: int) -> list:
             return [run_chunk(chunk) for chunk in chunks]
         with ThreadPoolExecutor(max_workers=min(threads, len(chunks))) as pool:
             return list(pool.map(run_chunk, chunks))
+
+
+def run_workers(run_worker, workers: int) -> list:
+    """``[run_worker() for each of workers]``, concurrently: ``workers - 1`` pool threads and
+    the calling thread (no thread started for one worker), with SciPy's BLAS single-threaded
+    meanwhile (see ``_blas``). The workers share their work through a queue of their own
+    (the kernels' ``claim_item``), so no split is decided here."""
+    with single_threaded_blas():
+        if workers <= 1:
+            return [run_worker()]
+        with ThreadPoolExecutor(max_workers=workers - 1) as pool:
+            helpers = [pool.submit(run_worker) for _ in range(workers - 1)]
+            mine = run_worker()
+            return [mine] + [helper.result() for helper in helpers]
 
 
 def bias_array(bias) -> tuple[np.ndarray, bool]:
