@@ -396,6 +396,17 @@ def test_band_masks_evaluate_their_rule_arithmetically(name):
     rule = (distance >= band[1]) & (distance <= band[2])
     dense = mask.materialize(batch, heads, q_len, k_len)
     assert np.array_equal(np.broadcast_to(rule[:, None], dense.shape), dense)
+    # the planner's codes come from the rule's numbers (rectangle_codes), not mask.classify:
+    # they are the true codes, counted from the materialised mask tile by tile
+    grid = TileGrid(q_len, k_len, 4, 5)
+    padded = np.zeros((batch, 8 * 4, 7 * 5), dtype=bool)
+    padded[:, :q_len, :k_len] = dense[:, 0]
+    kept = padded.reshape(batch, 8, 4, 7, 5).sum(axis=(2, 4))
+    (q0, q1), (k0, k1) = grid.q_bounds(), grid.k_bounds()
+    area = (q1 - q0)[:, None] * (k1 - k0)[None, :]
+    for b in range(batch):
+        truth = np.where(kept[b] == 0, 0, np.where(kept[b] == area, 2, 1))
+        assert np.array_equal(classify_tiles(MaskSource("mask", mask), b, 1, grid), truth)
 
     rng = np.random.default_rng(12)
     q, k, v, d_out = (rng.standard_normal((batch, heads, n, 4))

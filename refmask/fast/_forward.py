@@ -107,10 +107,10 @@ def forward(fast: FastInputs, *, q_tile=None, k_tile=None, threads=None,
         def run(items=items, counter=counter, tile_keep=tile_keep, blocks=blocks):
             counts = np.zeros(2, dtype=np.int64)
             _kernels.forward_items(
-                items, counter, plan.tile_col, tile_keep, blocks, plan.band, q_rows, k_rows, v_rows, vT_t,
-                float(inp.scale), block_k, span, softcap, bias, has_bias, fast.alibi_slopes,
-                fast.alibi_offsets, fast.alibi_kind, sinks, has_sinks, inp.q_len, inp.k_len,
-                inp.group_size, out_t, lse_t, max_t, log_sum_t,
+                items, counter, plan.tile_col, tile_keep, blocks, plan.band, q_rows, k_rows,
+                v_rows, vT_t, float(inp.scale), block_k, span, softcap, bias, has_bias,
+                fast.alibi_slopes, fast.alibi_offsets, fast.alibi_kind, sinks, has_sinks,
+                inp.q_len, inp.k_len, inp.group_size, out_t, lse_t, max_t, log_sum_t,
                 counts, poison)
             return counts
 

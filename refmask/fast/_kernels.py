@@ -264,10 +264,10 @@ def plain_span_scores(scores, span_max, span_keep, keep_blocks, band, b, i0, j0,
 
 
 @njit(**_OPTIONS)
-def forward_items(items, counter, tile_col, tile_keep, keep_blocks, band, q_rows, k_rows, v_rows, vT_t,
-                  scale, block_k, span_tiles, softcap, bias, has_bias, alibi_slopes, alibi_offsets,
-                  alibi_kind, sinks, has_sinks, q_len, k_len, group_size, out_t, lse_t, max_t,
-                  log_sum_t, counts, poison):
+def forward_items(items, counter, tile_col, tile_keep, keep_blocks, band, q_rows, k_rows, v_rows,
+                  vT_t, scale, block_k, span_tiles, softcap, bias, has_bias, alibi_slopes,
+                  alibi_offsets, alibi_kind, sinks, has_sinks, q_len, k_len, group_size, out_t,
+                  lse_t, max_t, log_sum_t, counts, poison):
     """Blocked online softmax for work items ``(b, h, r, start, stop)``: query tile r of
     batch b, head h, over the non-empty key tiles ``tile_col[start:stop]`` (ascending).
     Each call (one per thread) takes items from the queue shared through ``counter``

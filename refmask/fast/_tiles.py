@@ -128,9 +128,9 @@ def classify_tiles(source: MaskSource, b: int, h: int, grid: TileGrid,
     q0, q1 = (bound[first:last] for bound in grid.q_bounds())
     k0, k1 = grid.k_bounds()
     if source.kind == "mask":
-        codes = source.value.classify(q0[:, None], q1[:, None], k0[None, :], k1[None, :],
-                                      q_len=grid.q_len, k_len=grid.k_len, batch=b, head=h)
-        return np.ascontiguousarray(np.broadcast_to(np.asarray(codes, dtype=np.int8), shape))
+        codes = rectangle_codes(source, b, h, q0[:, None], q1[:, None], k0[None, :],
+                                k1[None, :], grid.q_len, grid.k_len)
+        return np.ascontiguousarray(np.broadcast_to(codes, shape))
     plane = _array_2d(source, b, h, grid)[first * grid.q_tile:last * grid.q_tile]
     padded = np.zeros((shape[0] * grid.q_tile, shape[1] * grid.k_tile), dtype=bool)
     padded[:plane.shape[0], :grid.k_len] = plane
@@ -207,9 +207,8 @@ def _refined_tiles(source: MaskSource, b: int, h: int, grid: TileGrid):
         unsure = np.nonzero(code == PARTIAL)[0]
         if unsure.shape[0]:
             ur, uc = r[unsure], c[unsure]
-            code[unsure] = np.asarray(source.value.classify(
-                q0[ur], q1[ur], k0[uc], k1[uc], q_len=grid.q_len, k_len=grid.k_len,
-                batch=b, head=h), dtype=np.int8)
+            code[unsure] = rectangle_codes(source, b, h, q0[ur], q1[ur], k0[uc], k1[uc],
+                                           grid.q_len, grid.k_len)
         kept = np.nonzero(code)[0]
         order = kept[np.lexsort((c[kept], r[kept]))]
         rows.append(r[order])
@@ -326,6 +325,30 @@ def band_rule(source: MaskSource, grid: TileGrid) -> np.ndarray:
     return np.concatenate([[1, low, high], offsets.reshape(-1)]).astype(np.int64)
 
 
+def rectangle_codes(source: MaskSource, b: int, h: int, q0, q1, k0, k1, q_len: int,
+                    k_len: int) -> np.ndarray:
+    """Block codes (int8, the broadcast shape of the bounds) of the index rectangles
+    ``[q0, q1) x [k0, k1)`` of a mask source of kind "mask" for (b, h): ``mask.classify``,
+    or for a band mask (:func:`band_rule`) the same codes from the rule's numbers. The
+    distances (i + offset_b) - j of a rectangle fill
+
+        [d_min, d_max] = [q0 + offset_b - (k1 - 1), (q1 - 1) + offset_b - k0]
+
+    so it is EMPTY iff [d_min, d_max] misses [low, high] and FULL iff it lies inside (what
+    the mask's classify computes, without its argument checks and batch/head aggregation:
+    a third of the planning time of the 256-key window at T = 4096)."""
+    band = band_rule(source, TileGrid(q_len, k_len, 1, 1))
+    if not band[0]:
+        return np.asarray(source.value.classify(q0, q1, k0, k1, q_len=q_len, k_len=k_len,
+                                                batch=b, head=h), dtype=np.int8)
+    offset = band[3] if band.shape[0] == 4 else band[3 + b]
+    d_min = q0 + (offset + 1) - k1
+    d_max = (q1 - 1 + offset) - k0
+    full = (d_min >= band[1]) & (d_max <= band[2])
+    empty = (d_max < band[1]) | (d_min > band[2])
+    return (full.astype(np.int8) - empty.astype(np.int8)) + np.int8(PARTIAL)
+
+
 def tile_map_keys(source: MaskSource, batch: int, heads: int):
     """``(map_of (B, Hq) int64, maps)``: the distinct (b, h) whose tile maps serve every
     (b, h) (``maps[map_of[b, h]]``)."""
@@ -401,14 +424,33 @@ COST_SAMPLE_ROWS = 64
 
 def _sample_rectangles(grid: TileGrid):
     """``(rows, (q0, q1, k0, k1))``: at most COST_SAMPLE_ROWS evenly spaced query-tile rows
-    of the grid, and the bounds of all their tiles, flattened row-major (rows x nk)."""
+    of the grid, and the bounds of all their tiles, broadcastable to (rows, nk)."""
     n_q = grid.n_q_tiles
     rows = np.unique(np.linspace(0, n_q - 1, min(n_q, COST_SAMPLE_ROWS)).astype(np.int64))
-    q0, q1 = grid.q_bounds()
-    k0, k1 = grid.k_bounds()
-    shape = (rows.shape[0], grid.n_k_tiles)
-    return rows, tuple(np.broadcast_to(x, shape).reshape(-1) for x in (
-        q0[rows][:, None], q1[rows][:, None], k0[None, :], k1[None, :]))
+    (q0, q1), (k0, k1) = grid.q_bounds(), grid.k_bounds()
+    return rows, (q0[rows][:, None], q1[rows][:, None], k0[None, :], k1[None, :])
+
+
+def _sample_codes(source: MaskSource, b: int, h: int, grids: list, samples: list) -> list:
+    """The codes (rows, nk) of each grid's sampled tiles for (b, h): FULL without a mask; a
+    band mask's per grid (:func:`rectangle_codes` on the broadcast bounds); any other
+    mask's from one ``mask.classify`` call for all grids (its fixed cost, ~0.2 ms, was most
+    of the planning time of a 256-key window at T = 4096)."""
+    shapes = [(rows.shape[0], grid.n_k_tiles) for grid, (rows, _) in zip(grids, samples,
+                                                                          strict=True)]
+    q_len, k_len = grids[0].q_len, grids[0].k_len
+    if source.kind == "none":
+        return [np.full(shape, FULL, dtype=np.int8) for shape in shapes]
+    if band_rule(source, grids[0])[0]:
+        return [np.broadcast_to(rectangle_codes(source, b, h, *bounds, q_len, k_len), shape)
+                for (_, bounds), shape in zip(samples, shapes, strict=True)]
+    bounds = (np.concatenate([np.broadcast_to(sample[1][part], shape).reshape(-1)
+                              for sample, shape in zip(samples, shapes, strict=True)])
+              for part in range(4))
+    flat = rectangle_codes(source, b, h, *bounds, q_len, k_len)
+    cuts = np.cumsum([rows * cols for rows, cols in shapes])[:-1]
+    return [codes.reshape(shape) for codes, shape in zip(np.split(flat, cuts), shapes,
+                                                         strict=True)]
 
 
 def sampled_costs(source: MaskSource, map_of: np.ndarray, maps: tuple, grids: list,
@@ -421,28 +463,19 @@ def sampled_costs(source: MaskSource, map_of: np.ndarray, maps: tuple, grids: li
                             + n_partial Bq Bk PARTIAL_COST
 
     with n_spans = sum over rows of ceil(non-empty tiles of the row / spans[n]) (tiles one
-    product may cover; 1 for the backward, which computes tile by tile). The sampled tiles
-    of all candidates go to one ``mask.classify`` call per tile map (its fixed cost, ~0.2 ms,
-    was most of the planning time of a 256-key window at T = 4096).
+    product may cover; 1 for the backward, which computes tile by tile), the codes from
+    :func:`_sample_codes`.
     """
     live = [n for n, grid in enumerate(grids) if grid.n_q_tiles and grid.n_k_tiles]
     totals = [0.0] * len(grids)
     if not live:  # Tq = 0 or Tk = 0: no tile, nothing to cost
         return totals
-    samples = {n: _sample_rectangles(grids[n]) for n in live}
-    sizes = [samples[n][1][0].shape[0] for n in live]
+    samples = [_sample_rectangles(grids[n]) for n in live]
     uses = np.bincount(map_of.reshape(-1), minlength=len(maps))
     for count, (b, h) in zip(uses, maps, strict=True):
-        if source.kind == "none":
-            flat = np.full(sum(sizes), FULL, dtype=np.int8)
-        else:
-            bounds = (np.concatenate([samples[n][1][part] for n in live]) for part in range(4))
-            flat = np.asarray(source.value.classify(
-                *bounds, q_len=grids[live[0]].q_len, k_len=grids[live[0]].k_len, batch=b,
-                head=h)).reshape(-1)
-        for n, codes in zip(live, np.split(flat, np.cumsum(sizes)[:-1]), strict=True):
-            grid, rows = grids[n], samples[n][0]
-            codes = codes.reshape(rows.shape[0], grid.n_k_tiles)
+        all_codes = _sample_codes(source, b, h, [grids[n] for n in live], samples)
+        for n, (rows, _), codes in zip(live, samples, all_codes, strict=True):
+            grid = grids[n]
             area = grid.q_tile * grid.k_tile
             per_row = np.count_nonzero(codes, axis=-1)
             n_spans = int(np.sum(-(-per_row // spans[n])))
