@@ -17,7 +17,7 @@ Scores of one tile, in the order of the reference (docs/spec.md section 3.2):
 ALiBi: ``dist = -|pq - pk|`` ("abs", kind 1) or ``pk - pq`` ("signed", kind 2), with
 ``pq = i + offset(b)``, ``pk = j``; kind 0 = no ALiBi.
 
-The exponential is :func:`exp_shifted`, a branch-free vectorisable ``exp`` (Cody-Waite
+The exponential is :func:`exp_lanes`, a branch-free vectorisable ``exp`` (Cody-Waite
 reduction, degree-11 polynomial, 2^n built in the exponent bits): relative error below
 5e-16 on [-708, 0] (measured against mpmath), exactly 0 below -708 (such terms are below
 2^-1021 of the row's largest term, which is 1), NaN for NaN; ~4x faster than libm's exp.
@@ -40,6 +40,7 @@ _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
 _EXP_FLOOR = -708.0
+_ROUNDER = 6755399441055744.0  # 1.5 * 2^52
 # exp(r) on |r| <= ln2/2: degree-11 Chebyshev interpolant (50-digit mpmath fit, relative
 # error 4.2e-18 before rounding), coefficients of r^2 .. r^11 (those of 1 and r are 1).
 _P2 = 0.5000000000000019
@@ -98,33 +99,64 @@ def scratch(shape, poison):
     return out
 
 
+@intrinsic
+def _float64_bits_as_int64(typingctx, value):
+    """Reinterpret the 64 bits of a float64 as an int64 (an LLVM bitcast, vectorisable)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
+@njit(**_OPTIONS)
+def exp_lanes(x):
+    """``exp(x)`` for x <= 709, branch-free (inlined into the callers' vectorised loops):
+
+        exp(x) = P(r) * 2^n,  n = round(x / ln 2),  r = x - n ln 2 (two-part ln 2),
+        |r| <= ln2/2, P a degree-11 Chebyshev fit (error 4e-18 before rounding, Estrin order)
+
+    n is rounded by adding 1.5 * 2^52 (``_ROUNDER``; |x / ln 2| <= 1022 here), which leaves
+    n in the low bits of the sum, so 2^n is that sum's bits plus 1023, shifted into the
+    exponent field (no float -> int conversion). x < -708 (including -inf) gives 0 (such
+    terms are below 2^-1021 of a row's largest term, 1), NaN gives NaN.
+    """
+    xc = _EXP_FLOOR if x < _EXP_FLOOR else x
+    rounded = xc * _LOG2E + _ROUNDER
+    n = rounded - _ROUNDER
+    r = (xc - n * _LN2_HI) - n * _LN2_LO
+    r2 = r * r
+    r4 = r2 * r2
+    low = (1.0 + r) + r2 * (_P2 + r * _P3)
+    mid = (_P4 + r * _P5) + r2 * (_P6 + r * _P7)
+    high = (_P8 + r * _P9) + r2 * (_P10 + r * _P11)
+    poly = (low + r4 * mid) + (r4 * r4) * high
+    value = poly * _int64_bits_as_float64((_float64_bits_as_int64(rounded) + 1023) << 52)
+    return 0.0 if x < _EXP_FLOOR else value
+
+
 @njit(**_OPTIONS)
 def exp_shifted(scores, shift, log_scale, out, row_sums):
     """``out[jj, ii] = exp(x)``, ``x = (scores[jj, ii] - shift[ii]) - log_scale[ii]``, and
-    ``row_sums[ii] += sum_jj out``; requires x <= 709 (here x <= 0: shift is the row
-    maximum). (The backward passes shift = row max M and log_scale = log L separately
-    instead of lse = M + log L: lse rounded to ulp(|M|) would cost large scores that many
-    ulps of relative accuracy in p.)
-
-    exp(x) = P(r) * 2^n,  n = round(x / ln 2),  r = x - n ln 2 (two-part ln 2),  |r| <= ln2/2,
-    P a degree-11 Chebyshev fit (error 4e-18 before rounding, Estrin order); 2^n is the float64
-    whose exponent field is n + 1023. x < -708 (including -inf) gives 0, NaN gives NaN.
-    One branch-free loop that LLVM vectorises.
+    ``row_sums[ii] += sum_jj out`` (:func:`exp_lanes`; requires x <= 709, here x <= 0:
+    shift is the row maximum). The backward passes shift = row max M and log_scale = log L
+    separately instead of lse = M + log L: lse rounded to ulp(|M|) would cost large scores
+    that many ulps of relative accuracy in p. One branch-free loop that LLVM vectorises
+    (``out`` must not alias ``scores``: a runtime alias check would fall back to scalars).
     """
     for jj in range(scores.shape[0]):
         for ii in range(scores.shape[1]):
-            x = (scores[jj, ii] - shift[ii]) - log_scale[ii]
-            xc = _EXP_FLOOR if x < _EXP_FLOOR else x
-            n = math.floor(xc * _LOG2E + 0.5)
-            r = (xc - n * _LN2_HI) - n * _LN2_LO
-            r2 = r * r
-            r4 = r2 * r2
-            low = (1.0 + r) + r2 * (_P2 + r * _P3)
-            mid = (_P4 + r * _P5) + r2 * (_P6 + r * _P7)
-            high = (_P8 + r * _P9) + r2 * (_P10 + r * _P11)
-            poly = (low + r4 * mid) + (r4 * r4) * high
-            value = poly * _int64_bits_as_float64((np.int64(n) + 1023) << 52)
-            value = 0.0 if x < _EXP_FLOOR else value
+            value = exp_lanes((scores[jj, ii] - shift[ii]) - log_scale[ii])
+            out[jj, ii] = value
+            row_sums[ii] += value
+
+
+@njit(**_OPTIONS)
+def exp_rows(scores, shift, out, row_sums):
+    """:func:`exp_shifted` without log_scale (the forward): ``out[jj, ii] =
+    exp(scores[jj, ii] - shift[ii])``, ``row_sums[ii] += sum_jj out``."""
+    for jj in range(scores.shape[0]):
+        for ii in range(scores.shape[1]):
+            value = exp_lanes(scores[jj, ii] - shift[ii])
             out[jj, ii] = value
             row_sums[ii] += value
 
@@ -317,7 +349,6 @@ def forward_items(items, counter, tile_col, tile_keep, keep_blocks, band, q_rows
     span_max = scratch(block_q, poison)
     shift = scratch(block_q, poison)
     rescale = scratch(block_q, poison)
-    no_log_scale = np.zeros(block_q)
     plain = softcap == 0.0 and not has_bias and alibi_kind == NO_ALIBI
     while True:
         item = claim_item(counter)
@@ -373,7 +404,7 @@ def forward_items(items, counter, tile_col, tile_keep, keep_blocks, band, q_rows
                 rescale[ii] = math.exp(old - shift[ii])
                 row_max[ii] = new
                 row_sum[ii] *= rescale[ii]
-            exp_shifted(span_scores, shift, no_log_scale, span_probs, row_sum)
+            exp_rows(span_scores, shift, span_probs, row_sum)
             if span_tiles == 1:
                 np.dot(vT_t[b, g, c0], span_probs, pv_t)
             else:
