@@ -332,7 +332,7 @@ def forward_items(items, counter, tile_col, tile_keep, keep_blocks, band, q_rows
     then, with the sink (sink_h = -inf without sinks) joining at the end:
 
         M = max(m, sink_h);  L = l exp(m - M) + exp(sink_h - M)
-        o_i = acc exp(m - M) / L,  lse_i = M + log(L);   M = -inf (empty row): o = 0, -inf
+        o_i = acc (exp(m - M) / L),  lse_i = M + log(L);   M = -inf (empty row): o = 0, -inf
 
     Operands: q_rows (B, Hq, nq Bq, Dqk), k_rows (B, Hkv, nk Bk, Dqk), v_rows
     (B, Hkv, nk Bk, Dv), zero-padded to whole tiles; each query tile is copied transposed
@@ -439,8 +439,9 @@ def forward_items(items, counter, tile_col, tile_keep, keep_blocks, band, q_rows
             else:
                 factor = 1.0
                 denominator = row_sum[ii]
+            weight = factor / denominator  # one division per row, not per entry
             for d in range(v_dim):
-                out_t[b, h, r, ii, d] = (acc_t[d, ii] * factor) / denominator
+                out_t[b, h, r, ii, d] = acc_t[d, ii] * weight
             log_sum = math.log(denominator)
             lse_t[b, h, r, ii] = total + log_sum
             max_t[b, h, r, ii] = total
