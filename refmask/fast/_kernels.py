@@ -414,13 +414,17 @@ def forward_items(items, counter, tile_col, tile_keep, keep_blocks, band, q_rows
                 row_max[ii] = new
                 row_sum[ii] *= rescale[ii]
             exp_rows(span_scores, shift, span_probs, row_sum)
+            # the first span's rescale is exp(-inf - shift) = 0 (NaN for a NaN maximum, whose
+            # row of P V is NaN as well): acc = P V, written in place
+            product = acc_t if t == start else pv_t
             if span_tiles == 1:
-                np.dot(vT_t[b, g, c0], span_probs, pv_t)
+                np.dot(vT_t[b, g, c0], span_probs, product)
             else:
-                np.dot(v_rows[b, g, j0:j0 + n_keys].T, span_probs, pv_t)
-            for d in range(v_dim):
-                for ii in range(block_q):
-                    acc_t[d, ii] = rescale[ii] * acc_t[d, ii] + pv_t[d, ii]
+                np.dot(v_rows[b, g, j0:j0 + n_keys].T, span_probs, product)
+            if t != start:
+                for d in range(v_dim):
+                    for ii in range(block_q):
+                        acc_t[d, ii] = rescale[ii] * acc_t[d, ii] + pv_t[d, ii]
             t = u
         sink = sinks[h] if has_sinks else -np.inf
         for ii in range(block_q):
