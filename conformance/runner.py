@@ -39,6 +39,7 @@ from refmask.case import (
 )
 
 from .diagnosis import Diagnosis, Match, diagnose
+from .gradient_model import alternative_gradient_model, case_error_model
 from .judging import (
     DEFAULT_CASE_TIMEOUT,
     Judging,
@@ -61,12 +62,11 @@ from .scores_judging import (
 )
 from .split_kv import run_split
 from .tolerance import (
+    GRADIENT_AGGREGATE_FLOOR,
     ForwardModel,
     TensorCheck,
     case_forward_model,
     check_forward,
-    check_tensor,
-    score_sensitivity,
     weighted_rms,
 )
 
@@ -158,12 +158,12 @@ def _compare(case: Case, output, golden: dict, naive: dict, model: ForwardModel,
     for name, weight in model.scores.items():  # spec 3.9: per element, -inf placement exact
         checks.append(check_forward(name, output.scores[name], golden[name], naive[name],
                                     weight, case.dtype, aggregate=False))
-    if grads and output.grads:
-        kappa = score_sensitivity(golden["lse"])
+    if grads and output.grads:  # spec 5.2, gradients: judged like the output
         for name in GRAD_NAMES:
             if name in output.grads and name in golden:
-                checks.append(check_tensor(name, output.grads[name], golden[name], naive[name],
-                                           case.dtype, backward=True, kappa=kappa))
+                checks.append(check_forward(name, output.grads[name], golden[name], naive[name],
+                                            model.grads[name], case.dtype,
+                                            floor=GRADIENT_AGGREGATE_FLOOR))
     return checks
 
 
@@ -171,6 +171,12 @@ def _compare(case: Case, output, golden: dict, naive: dict, model: ForwardModel,
 #: refmask.attention with the same meaning (an alternative using only these can predict
 #: gradients through attention_vjp).
 _ATTENTION_CHANGES = {"mask", "scale", "empty_rows", "alibi", "softcap", "sinks"}
+
+
+def _attention_changes(changes: dict) -> dict:
+    """An alternative's changes as refmask.attention keyword arguments (sinks "dropped" ->
+    no sinks)."""
+    return {**changes, **({"sinks": None} if "sinks" in changes else {})}
 
 
 def _alternative_gradients(case: Case, inputs: dict, changes: dict) -> dict | None:
@@ -184,9 +190,8 @@ def _alternative_gradients(case: Case, inputs: dict, changes: dict) -> dict | No
     from refmask.case import attention_kwargs, gradient_arrays
 
     values = float64_inputs(inputs)
-    changed = {**changes, **({"sinks": None} if "sinks" in changes else {})}
     try:
-        kwargs = {**attention_kwargs(case, values), **changed}
+        kwargs = {**attention_kwargs(case, values), **_attention_changes(changes)}
         with np.errstate(all="ignore"):
             grads = attention_vjp(values["q"], values["k"], values["v"], values["d_out"],
                                   **kwargs, path="exact")
@@ -212,10 +217,11 @@ def _gradients_explained(case: Case, inputs: dict, output, checks: list, naive: 
     if not failed:
         return True
     alt = _alternative_gradients(case, inputs, changes)
-    return alt is not None and all(
-        c.name in alt and check_tensor(c.name, output.grads[c.name], alt[c.name],
-                                       naive[c.name], case.dtype, backward=True,
-                                       tol=c.tolerance).ok for c in failed)
+    if alt is None or any(c.name not in alt for c in failed):
+        return False
+    weights = alternative_gradient_model(case, inputs, _attention_changes(changes), alt)
+    return all(check_forward(c.name, output.grads[c.name], alt[c.name], None, weights[c.name],
+                             case.dtype).ok for c in failed)
 
 
 def _diagnose(case: Case, inputs: dict, output, checks: list, golden: dict,
@@ -380,7 +386,7 @@ def _judge(adapter: Adapter, case: Case, judging: Judging, golden: Callable,
     reference64 = naive if case.dtype == "float64" else reference_outputs(
         case, inputs, float64=True, grads=grads)
     check_golden_sanity(case, gold, reference64)
-    model = case_forward_model(case, inputs, gold)
+    model = case_error_model(case, inputs, gold, grads=grads)
     checks = _compare(case, output, gold, naive, model, grads)
     lowest = judging.accepts(LOWEST, adapter.profile.declared())  # spec 3.9, onnxruntime
     if lowest:

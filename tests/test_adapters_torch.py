@@ -201,9 +201,9 @@ def test_grads_float64(name, golden):
     assert {"out", "dq", "dk", "dv"} <= {c.name for c in results["causal/top_left/wide@float64"]
                                          .checks}
     # SDPA's CPU flash backward recomputes the weights from the stored LSE (|lse| ~ 1989 here),
-    # so dv is off by ~|lse| * eps (3.9e-14). The tolerance model's kappa = max(1, |lse|)
-    # (spec 5.2) admits exactly this conditioning-bound error: the case passes, and the dv
-    # tolerance is far wider than on an ordinary case.
+    # so dv is off by ~|lse| * eps (3.9e-14). The gradient model's gamma_i = eps (2 |lse_i| +
+    # sqrt(n_i) + 2) (spec 5.2) admits exactly this conditioning-bound error: the case passes,
+    # and the dv tolerance is far wider than on an ordinary case.
     large = results["full/large_magnitude@float64"]
     assert large.verdict == "pass", large.reason
     dv = {c.name: c for c in large.checks}["dv"]

@@ -132,3 +132,104 @@ def test_golden_values_and_the_numpy_adapter_never_use_the_fast_path(monkeypatch
     inputs = case_inputs(case)
     reference_outputs(case, inputs, float64=True, grads=True)
     load("numpy").run(case, inputs, grads=True)
+
+
+# --- gradients (spec 5.2, gradients) ---------------------------------------------------------
+
+#: The uniform relative gradient error each dtype must catch in >= 95% of the cases. bfloat16
+#: is 2%, not the output's 1%: FlashAttention-style float32 backwards reach an RMS error of
+#: 0.3-1.5% of dq/dk/dv on the catalog's small tensors, so 1% is caught in ~35% of the
+#: cases (docs/conformance.md, "Tolerance margins").
+RELATIVE_GRADIENT_ERROR = {"bfloat16": 0.02, "float16": 0.003, "float32": 1e-5,
+                           "float64": 1e-12}
+
+
+def _nonzero_gradient_cases(dtype: str) -> set:
+    """Ids of the catalog cases of ``dtype`` with a gradient that is not all zero."""
+    from refmask.conformance.cases import case_inputs
+    from refmask.conformance.runner import shipped_golden
+
+    golden = shipped_golden()
+    ids = set()
+    for case in catalog([dtype]):
+        values = golden(case, case_inputs(case), True)
+        if any(np.nanmax(np.abs(values[name]), initial=0.0) > 0
+               for name in ("dq", "dk", "dv", "dbias", "dsinks") if name in values):
+            ids.add(case.id)
+    return ids
+
+
+def _gradient_checks(result) -> list:
+    return [c for c in result.checks if c.name in ("dq", "dk", "dv", "dbias", "dsinks")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_uniform_relative_gradient_error_fails_almost_every_case(dtype):
+    """The exact gradients times (1 +- r), rounded to the case dtype, with the exact output:
+    the gradient checks alone must fail >= 95% of the cases with a non-zero gradient."""
+    relative = RELATIVE_GRADIENT_ERROR[dtype]
+    nonzero = _nonzero_gradient_cases(dtype)
+    for factor in (1 + relative, 1 - relative):
+        report = check(lk.exact_gradients_scaled(factor), dtypes=[dtype], grads=True,
+                       explain=False)
+        judged = [r for r in _implemented(report.results) if r.case.id in nonzero]
+        failed = sum(any(not c.ok for c in _gradient_checks(r)) for r in judged)
+        assert failed >= 0.95 * len(judged), (factor, failed, len(judged))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("factor", [0.0, 0.5])
+def test_zero_and_half_gradients_fail_every_nonzero_case(dtype, factor):
+    nonzero = _nonzero_gradient_cases(dtype)
+    report = check(lk.exact_gradients_scaled(factor), dtypes=[dtype], grads=True,
+                   explain=False)
+    passed = [r.case.id for r in _implemented(report.results)
+              if r.case.id in nonzero and all(c.ok for c in _gradient_checks(r))]
+    assert not passed
+
+
+def _gradient_margins(results) -> tuple:
+    """(max per-element ratio, max aggregate / limit) over the gradient checks."""
+    checks = [c for r in results for c in _gradient_checks(r)]
+    assert checks
+    return (max(c.worst_ratio for c in checks),
+            max(c.aggregate / c.aggregate_limit for c in checks))
+
+
+@pytest.mark.parametrize("name", sorted(lk.LEGIT_BACKWARD))
+def test_legitimate_backwards_pass_every_case_with_a_margin(name):
+    report = check(lk.LEGIT_BACKWARD[name], grads=True)
+    bad = [(r.case.id, r.reason) for r in _implemented(report.results) if r.verdict != "pass"]
+    assert not bad, bad[:3]
+    worst, aggregate = _gradient_margins(report.results)
+    assert worst <= 0.5, worst
+    assert aggregate <= 0.85, aggregate
+
+
+@pytest.mark.parametrize("backend,dtypes", [("torch.sdpa", ["bfloat16", "float16"]),
+                                            ("jax.dpa", ["bfloat16"])])
+def test_framework_gradients_pass_with_a_margin(backend, dtypes):
+    """Autograd through torch SDPA and jax.nn.dot_product_attention in low precision: every
+    gradient of a case whose forward is right passes (the verdicts of their forward are the
+    matrix's business)."""
+    pytest.importorskip(backend.split(".")[0])
+    report = check(backend, dtypes=dtypes, grads=True)
+    forward_right = [r for r in report.results if r.verdict in ("pass", "policy", "fail")
+                     and all(c.ok for c in r.checks if c.name in ("out", "lse"))]
+    bad = [(r.case.id, c.reason) for r in forward_right for c in _gradient_checks(r)
+           if not c.ok]
+    assert not bad, bad[:3]
+    worst, aggregate = _gradient_margins(forward_right)
+    assert worst <= 0.5, worst
+    assert aggregate <= 0.85, aggregate
+
+
+def test_gradient_tolerance_does_not_grow_with_the_lse():
+    """The 0.x gradient floor was 8 eps |lse| max|X|: on large-magnitude rows (|lse| ~ 2000)
+    a zero dv passed in bfloat16. The v2 model bounds the change of each weight by its exact
+    range, so one-hot rows keep their winner: a zero dv fails."""
+    case = next(c for c in catalog(["bfloat16"]) if c.name == "causal/large_magnitude")
+    (result,) = check(lk.exact_gradients_scaled(0.0), cases=[case], grads=True,
+                      explain=False).results
+    dv = next(c for c in result.checks if c.name == "dv")
+    assert not dv.ok and dv.worst_ratio > 10, dv
