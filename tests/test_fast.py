@@ -662,3 +662,30 @@ def test_kernel_exp_is_within_5e16_of_mpmath():
     out = np.empty_like(special)
     _kernels.exp_rows(special, np.zeros(8), out, np.zeros(8))
     assert np.array_equal(out, [[0.0, 0.0, 0.0, np.nan, 1.0, 0.0, 0.0, np.nan]], equal_nan=True)
+
+
+def test_forward_threads_share_the_items_each_computed_once():
+    """The forward's threads take (b, h, query tile) items from one shared queue
+    (``_kernels.claim_item``): with 1 to 5 threads (more than some rows have items) every
+    item is computed exactly once (tile counts equal to the plan's, whatever the thread
+    count), each by one thread alone (the outputs bit-identical), and equal to the exact
+    path."""
+    rng = np.random.default_rng(13)
+    q, k, v = (rng.standard_normal((2, 3, 50, 4)) for _ in range(3))
+    mask = m.sliding_window(11, 0, align="top_left")
+    inputs = checked("attention", q, k, v, _kwargs(mask=mask, sinks=rng.standard_normal(3)),
+                     grads=False)
+    from refmask.fast._forward import make_plan
+
+    plan = make_plan(inputs, 8, 4)
+    assert len(plan.maps) == 1  # one tile map serves the 2 x 3 (b, h)
+    codes = plan.tile_code
+    results = [run_forward("attention", inputs, q_tile=8, k_tile=4, threads=threads)
+               for threads in (1, 2, 3, 5)]
+    for result, stats in results:
+        assert stats.partial_tiles == 6 * np.count_nonzero(codes == PARTIAL)
+        assert stats.full_tiles == 6 * np.count_nonzero(codes == 2)
+        assert np.array_equal(result.out, results[0][0].out)
+        assert np.array_equal(result.lse, results[0][0].lse)
+    exact = attention(q, k, v, mask=mask, sinks=inputs.inp.sinks, path="exact")
+    assert normwise(results[0][0].out, exact.out) <= 1e-12
