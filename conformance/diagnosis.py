@@ -241,7 +241,7 @@ def diagnose(case: Case, inputs: dict, output: Output, golden: dict, model: Forw
     ``computed_in``); ``naive_agg`` is refmask's naive weighted RMS error of the case.
     """
     values = float64_inputs(inputs)
-    declared = sorted(declared)
+    declared_names = sorted(declared)
     with np.errstate(all="ignore"):
         spec_out, spec_lse, _ = alternative(case, values)
     cache: dict[str, tuple] = {}
@@ -270,7 +270,7 @@ def diagnose(case: Case, inputs: dict, output: Output, golden: dict, model: Forw
     # entry: they are judged only when nothing exact (named, lower precision, fitted) matches
     singles = [e for e in applicable if not e.noise]
     noise = [e for e in applicable if e.noise]
-    declared = [e for e in singles if e.name in declared]
+    declared = [e for e in singles if e.name in declared_names]
 
     v = _values(case, values)
     judge = _Judge(output, golden, model, naive_agg, case.dtype, v)
@@ -305,7 +305,7 @@ def diagnose(case: Case, inputs: dict, output: Output, golden: dict, model: Forw
             results[e.name] = (score(e, judge), e)
     candidates = [*singles, *pairs.values()]
     evaluated = len(results)
-    best = _pick(results, case, values, model, compute, declared, None)
+    best = _pick(results, case, values, model, compute, declared_names, None)
     if best[0] is None and model_for is not None:
         for precision in LOWER_PRECISIONS[case.dtype]:
             low = _Judge(output, golden, model_for(precision), naive_agg, precision, v)
@@ -314,7 +314,7 @@ def diagnose(case: Case, inputs: dict, output: Output, golden: dict, model: Forw
             low_results = {"spec": (score(spec, low), spec)}
             for e in candidates:
                 low_results[e.name] = (score(e, low), e)
-            best = _pick(low_results, case, values, model, compute, declared,
+            best = _pick(low_results, case, values, model, compute, declared_names,
                          precision)
             if best[0] is not None:
                 break
@@ -329,7 +329,7 @@ def diagnose(case: Case, inputs: dict, output: Output, golden: dict, model: Forw
         noise_results = {e.name: (score(e, judge), e) for e in noise}
         results.update(noise_results)
         evaluated = len(results)
-        best = _pick(noise_results, case, values, model, compute, declared, None)
+        best = _pick(noise_results, case, values, model, compute, declared_names, None)
     ranked = sorted(results.values(), key=lambda x: x[0])
     closest_matches = tuple(Match(e, r, e.kind) for r, e in ranked[:3] if np.isfinite(r))
     return Diagnosis(best=best[0], runners_up=tuple(best[1]), closest=closest_matches,

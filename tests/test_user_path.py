@@ -597,3 +597,21 @@ def test_cases_the_record_does_not_hold_warn_unless_they_fail():
     changes, _ = expect.compare([zeros], document)
     assert sorted((c.kind, c.case_id) for c in changes) == [
         ("new fail", "causal/top_left/square@float64"), ("new fail", "full/square@float64")]
+
+
+def test_a_declared_convention_wins_a_tie_inside_a_composite_name():
+    """Rows that are complete or empty: a multiplied 0/1 mask and mean-of-V empty rows give the
+    same output. A kernel that rounds the scale to float32 and masks with finfo.min, declaring
+    empty_rows=uniform, is named by its declared reading (the fail is the float32 scale);
+    Keras' TensorFlow backend in float64 is such a kernel."""
+    def float32_scale(q, k, v, call):
+        scores = (q @ np.swapaxes(k, -1, -2)) * float(np.float32(call.scale))
+        scores = np.where(call.keep, scores, np.finfo(np.float64).min)
+        weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        return (weights / weights.sum(axis=-1, keepdims=True)) @ v
+
+    float32_scale.refmask_conventions = {"empty_rows": "uniform"}
+    report = check(float32_scale, dtypes="float64",
+                   filter="padding/queries_right,padding/all_keys_padded")
+    assert {(r.verdict, r.convention) for r in report.results} == {
+        ("fail", "scale=float32 + empty_rows=uniform")}
