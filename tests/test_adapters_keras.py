@@ -183,3 +183,20 @@ def test_translations():
 def test_runner_names_the_float32_scale_bug():
     report = check("keras.dpa", dtypes=["float64"], filter="full/square,causal/top_left/wide")
     assert [(r.verdict, r.convention) for r in report.results] == [("fail", "scale=float32")] * 2
+
+
+def test_gradient_failures_keep_the_forward_name():
+    """Gradients under the v2 gradient model (spec 5.2): on `causal/large_magnitude` the
+    float64 output passes, but the float32-rounded scale moves the gradient entries of
+    1e-78 relatively by ~1e-5, and the name is the alternative that predicts those gradients
+    (scale=float32, not the first alternative the output admits). On the float16 einsum rows
+    the backward accumulates in float16 too: the forward's accumulation name stays."""
+    (large,) = check("keras.dpa", dtypes=["float64"], filter="causal/large_magnitude",
+                     grads=True).results
+    assert (large.verdict, large.convention) == ("fail", "scale=float32"), large.reason
+    assert all(c.ok for c in large.checks if c.name == "out")
+    rows = check("keras.dpa", dtypes=["float16"], grads=True,
+                 filter=",".join(FLOAT16_EINSUM)).results
+    named = {r.case.name: r.convention for r in rows if r.case.name in FLOAT16_EINSUM}
+    assert set(named) == FLOAT16_EINSUM
+    assert set(named.values()) <= ACCUMULATION, named
