@@ -353,6 +353,14 @@ def with_slopes(case: Case, slopes: object) -> dict:
                            layout=case.alibi.layout)}
 
 
+def _accumulation_applies(case: Case, per_score: int) -> bool:
+    """A low-precision accumulation record applies to float16/bfloat16 rows of more than one
+    key, where the sequential rounding it replays (``per_score`` terms per score: Dv for
+    P @ V, 1 for the row sum) stays within 2^22 steps."""
+    return case.dtype in ("float16", "bfloat16") and case.k_len > 1 and (
+        case.batch * case.q_heads * case.q_len * case.k_len * per_score <= 1 << 22)
+
+
 def _score_explanations() -> list[Explanation]:
     float64_only = lambda c: c.dtype == "float64"  # noqa: E731
 
@@ -518,24 +526,21 @@ def _score_explanations() -> list[Explanation]:
                     "the softmax denominator and P @ V are accumulated in the case dtype "
                     "(float16 / bfloat16) instead of float32",
                     "accumulate in float32 (acc_dtype=float32)",
-                    lambda c: c.dtype in ("float16", "bfloat16") and c.k_len > 1 and (
-                        c.batch * c.q_heads * c.q_len * c.k_len * c.v_dim <= 1 << 22),
+                    lambda c: _accumulation_applies(c, c.v_dim),
                     lambda c: {"accumulate": c.dtype}, noise=True),
         Explanation("softmax=denominator_in_case_dtype", "bug", "accumulation",
                     "the softmax row sum is accumulated in float16 / bfloat16 (P @ V in "
                     "float32): once the running sum's ulp exceeds the terms it stops growing, "
                     "so long rows are normalised by too small a sum",
                     "accumulate the row sum of exp in float32",
-                    lambda c: c.dtype in ("float16", "bfloat16") and c.k_len > 1 and (
-                        c.batch * c.q_heads * c.q_len * c.k_len <= 1 << 22),
+                    lambda c: _accumulation_applies(c, 1),
                     lambda c: {"accumulate": c.dtype, "accumulate_pv": False}, noise=True),
         Explanation("pv=accumulated_in_case_dtype", "bug", "accumulation",
                     "P @ V is accumulated in float16 / bfloat16 (the softmax in float32): a "
                     "long row's output sum stops growing once its ulp exceeds the terms "
                     "(e.g. tf.einsum in float16 on CPUs without native half dot products)",
                     "accumulate P @ V in float32 (preferred_element_type=float32)",
-                    lambda c: c.dtype in ("float16", "bfloat16") and c.k_len > 1 and (
-                        c.batch * c.q_heads * c.q_len * c.k_len * c.v_dim <= 1 << 22),
+                    lambda c: _accumulation_applies(c, c.v_dim),
                     lambda c: {"accumulate": c.dtype, "accumulate_denominator": False},
                     noise=True),
     ]

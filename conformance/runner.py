@@ -200,8 +200,8 @@ def _alternative_gradients(case: Case, inputs: dict, changes: dict) -> dict | No
     return gradient_arrays(case, grads)
 
 
-def _gradients_explained(case: Case, inputs: dict, output, checks: list, naive: dict,
-                         match: Match, model: ForwardModel, lowest: bool) -> bool:
+def _gradients_explained(case: Case, inputs: dict, output, checks: list, match: Match,
+                         model: ForwardModel, lowest: bool) -> bool:
     """Whether the gradients and score stages the output got wrong are those of the matched
     alternative."""
     failed = [c for c in checks if not c.ok and c.name not in ("out", "lse")]
@@ -247,7 +247,7 @@ def _diagnose(case: Case, inputs: dict, output, checks: list, golden: dict,
                          declared=adapter.profile.declared(), model_for=model_for)
 
     def explained(match):
-        return _gradients_explained(case, inputs, output, checks, naive, match, model, lowest)
+        return _gradients_explained(case, inputs, output, checks, match, model, lowest)
 
     if diagnosis.best is not None and not explained(diagnosis.best):
         # the output admits several alternatives (e.g. it passes and only gradients fail):
